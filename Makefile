@@ -1,0 +1,70 @@
+# dvs — top-level targets. `make run` and `make test` are the two commands a user needs;
+# both install what they need first (scripts/setup.sh, idempotent).
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all setup build images run stop test test-unit test-guest-build test-qemu cluster-test bench lint fmt fuzz clean
+
+all: build
+
+## setup: install what the project needs (QEMU, the x86_64-unknown-none target, iproute2); idempotent
+setup:
+	@bash scripts/setup.sh
+
+## build: host crates (debug)
+build: setup
+	$(CARGO) build --workspace
+
+## images: build images/vos.elf (release, stripped) and its manifest
+images: setup
+	@bash images/build.sh
+
+## run: build the images and bring up a working DC on this machine (see README)
+run: setup images
+	@bash scripts/run.sh
+
+## stop: tear down what `make run` started, leaving no QEMU behind
+stop:
+	@bash scripts/stop.sh
+
+## test: lint, unit + property tests, the guest build, QEMU boot tests, the cluster test
+test: setup lint test-unit test-guest-build images test-qemu cluster-test
+	@echo "make test: all stages passed"
+
+test-unit:
+	$(CARGO) test --workspace --exclude qemu-tests
+
+## the no_std protocol crate must build for the guest target
+test-guest-build:
+	$(CARGO) build -p m3ipc-core --target x86_64-unknown-none --release
+
+test-qemu: images
+	@bash scripts/qemu-tests.sh
+
+## cluster-test: three nodes as network namespaces on this machine (needs root)
+cluster-test: images
+	@bash scripts/cluster-test.sh
+
+## bench: criterion benchmarks and the system benchmarks; prints tables
+bench: setup images
+	@bash scripts/bench.sh
+
+## lint: rustfmt check and clippy with warnings as errors, host and guest
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd unikernel-vos && $(CARGO) fmt -- --check && $(CARGO) clippy -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+	cd unikernel-vos && $(CARGO) fmt
+
+## fuzz: run the frame decoder fuzzer for a bounded time (FUZZ_SECONDS, default 60); not part of `make test`
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+clean:
+	$(CARGO) clean
+	cd unikernel-vos && $(CARGO) clean

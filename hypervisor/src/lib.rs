@@ -1,0 +1,1 @@
+//! dvs hypervisor (work in progress, see README).

@@ -1,0 +1,1 @@
+//! dvs proxy (work in progress, see README).

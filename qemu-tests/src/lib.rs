@@ -1,0 +1,1 @@
+//! Host-side harness for tests that boot real images (work in progress).

@@ -1,0 +1,160 @@
+//! The IDT and the only ring-0 code after boot: exception entry, interrupt entry (EOI and
+//! return) and the halt gate that ring 3 calls to sleep until the next interrupt.
+
+use core::arch::{asm, global_asm};
+
+/// Vector of the LAPIC timer.
+pub const TIMER_VECTOR: u8 = 0x20;
+/// First vector used for device interrupts (IOAPIC pins are mapped from here).
+pub const DEVICE_VECTOR_BASE: u8 = 0x30;
+/// Number of device vectors (one per IOAPIC pin used).
+pub const DEVICE_VECTORS: u8 = 24;
+/// Vector of the halt gate (DPL 3): `int 0x80` sleeps until an interrupt.
+pub const HALT_VECTOR: u8 = 0x80;
+/// Spurious-interrupt vector of the LAPIC.
+pub const SPURIOUS_VECTOR: u8 = 0xFF;
+
+/// The IDT, filled from ring 3 (its page is user-writable) before interrupts are used.
+#[no_mangle]
+static mut IDT: [u64; 512] = [0; 512];
+
+global_asm!(
+    r#"
+    .section .text
+    /* Exceptions: push a dummy error code where the CPU does not, then the vector. */
+    .altmacro
+    .macro EXC_NOERR n
+    .global exc_stub_\n
+exc_stub_\n:
+    push 0
+    push \n
+    jmp exc_common
+    .endm
+    .macro EXC_ERR n
+    .global exc_stub_\n
+exc_stub_\n:
+    push \n
+    jmp exc_common
+    .endm
+    .irp n, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31
+    EXC_NOERR \n
+    .endr
+    .irp n, 8,10,11,12,13,14,17,21,29,30
+    EXC_ERR \n
+    .endr
+
+    .section .rodata
+    .balign 8
+    .global exc_stub_table
+exc_stub_table:
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .quad exc_stub_\n
+    .endr
+
+    .section .text
+exc_common:
+    mov rdi, rsp                      /* [vector, error, rip, cs, rflags, rsp, ss] */
+    and rsp, -16
+    call vos_exception
+
+    /* Device and timer interrupts: acknowledge at the LAPIC and return; the main loop,
+       back in ring 3, polls the devices. */
+    .global irq_stub
+irq_stub:
+    push rax
+    mov rax, 0xFEE000B0
+    mov dword ptr [rax], 0
+    pop rax
+    iretq
+
+    .global spurious_stub
+spurious_stub:
+    iretq
+
+    /* The halt gate: enable interrupts for exactly one hlt, then return to ring 3 with the
+       caller's flags (IF=0). sti's interrupt shadow closes the race with a pending IRQ. */
+    .global halt_stub
+halt_stub:
+    sti
+    hlt
+    cli
+    iretq
+"#
+);
+
+extern "C" {
+    fn irq_stub();
+    fn spurious_stub();
+    fn halt_stub();
+    static exc_stub_table: [usize; 32];
+}
+
+/// Writes one 64-bit interrupt gate (ring-0 code segment) into the IDT.
+fn set_gate(vector: u8, handler: usize, dpl: u8) {
+    let lo = (handler as u64 & 0xFFFF)
+        | ((super::boot::KERNEL_CS as u64) << 16)
+        | ((0x8E_u64 | ((dpl as u64 & 3) << 5)) << 40)
+        | (((handler as u64 >> 16) & 0xFFFF) << 48);
+    let hi = handler as u64 >> 32;
+    // SAFETY: single-threaded kernel; the IDT is only written here, with interrupts off.
+    unsafe {
+        let idt = &raw mut IDT;
+        (*idt)[vector as usize * 2] = lo;
+        (*idt)[vector as usize * 2 + 1] = hi;
+    }
+}
+
+/// Fills the IDT: exceptions, timer, device vectors, spurious vector and the halt gate.
+pub fn init() {
+    // SAFETY: the table is immutable data emitted by the assembly above.
+    let exc = unsafe { &exc_stub_table };
+    for (v, h) in exc.iter().enumerate() {
+        set_gate(v as u8, *h, 0);
+    }
+    set_gate(TIMER_VECTOR, irq_stub as *const () as usize, 0);
+    for v in DEVICE_VECTOR_BASE..DEVICE_VECTOR_BASE + DEVICE_VECTORS {
+        set_gate(v, irq_stub as *const () as usize, 0);
+    }
+    set_gate(SPURIOUS_VECTOR, spurious_stub as *const () as usize, 0);
+    set_gate(HALT_VECTOR, halt_stub as *const () as usize, 3);
+}
+
+/// Sleeps (ring 0 `sti; hlt`) until the next interrupt; returns with interrupts off again.
+pub fn halt() {
+    // SAFETY: the halt gate only enables interrupts around one hlt and returns.
+    unsafe { asm!("int 0x80", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Exception entry, reached in ring 0: names the exception and ends the VM.
+#[no_mangle]
+extern "C" fn vos_exception(frame: *const u64) -> ! {
+    // SAFETY: exc_common passes the stack it built: vector, error, then the CPU frame.
+    let f = unsafe { core::slice::from_raw_parts(frame, 7) };
+    let cr2: u64;
+    // SAFETY: reading CR2 has no side effect (we are in ring 0 here).
+    unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
+    crate::println!(
+        "dvs: FATAL cpu exception {} ({}) error={:#x} rip={:#x} cs={:#x} rflags={:#x} rsp={:#x} cr2={:#x}",
+        f[0],
+        exception_name(f[0]),
+        f[1],
+        f[2],
+        f[3],
+        f[4],
+        f[5],
+        cr2
+    );
+    super::exit(super::ExitCode::Fault)
+}
+
+fn exception_name(v: u64) -> &'static str {
+    match v {
+        0 => "divide error",
+        3 => "breakpoint",
+        6 => "invalid opcode",
+        8 => "double fault",
+        13 => "general protection",
+        14 => "page fault",
+        _ => "exception",
+    }
+}

@@ -1,0 +1,76 @@
+//! The machine: boot, descriptor tables, port I/O, serial console, exit device, boot info,
+//! clock and interrupt controllers. Nothing above this module touches the CPU directly.
+
+pub mod apic;
+pub mod boot;
+pub mod interrupts;
+pub mod pvh;
+pub mod serial;
+pub mod time;
+
+use core::arch::asm;
+
+/// Writes one byte to an I/O port (allowed in ring 3: IOPL=3).
+#[inline]
+pub fn outb(port: u16, value: u8) {
+    // SAFETY: port I/O to devices this kernel owns; no memory is touched.
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// Reads one byte from an I/O port.
+#[inline]
+pub fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: as `outb`.
+    unsafe {
+        asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+/// Writes a 32-bit value to an I/O port.
+#[inline]
+pub fn outl(port: u16, value: u32) {
+    // SAFETY: as `outb`.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// Reads a 32-bit value from an I/O port.
+#[inline]
+pub fn inl(port: u16) -> u32 {
+    let v: u32;
+    // SAFETY: as `outb`.
+    unsafe {
+        asm!("in eax, dx", out("eax") v, in("dx") port, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+/// Why the VM ends; QEMU's isa-debug-exit turns value `v` into exit status `2v+1`.
+#[derive(Clone, Copy, Debug)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Orderly end (QEMU exits with status 1: isa-debug-exit cannot exit 0).
+    Done = 0,
+    /// Panic or CPU exception (status 3).
+    Fault = 1,
+    /// Bad kernel command line (status 5).
+    BadConfig = 2,
+}
+
+/// I/O port of QEMU's `isa-debug-exit` device (`-device isa-debug-exit,iobase=0xf4,iosize=4`).
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// Ends the VM through isa-debug-exit; without that device, sleeps forever with interrupts off.
+pub fn exit(code: ExitCode) -> ! {
+    outl(DEBUG_EXIT_PORT, code as u32);
+    // Without isa-debug-exit: stop (the LAPIC timer is masked first so the halt is final).
+    apic::mask_timer();
+    loop {
+        interrupts::halt();
+    }
+}

@@ -1,0 +1,114 @@
+//! Monotonic clock: the TSC, calibrated at boot against the PIT (1.193182 MHz), and the
+//! LAPIC timer rate measured over the same window.
+
+use core::arch::x86_64::_rdtsc;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+const PIT_HZ: u64 = 1_193_182;
+const PIT_CMD: u16 = 0x43;
+const PIT_CH0: u16 = 0x40;
+
+static TSC_BASE: AtomicU64 = AtomicU64::new(0);
+/// Nanoseconds per TSC tick as a 32.32 fixed-point factor.
+static NS_PER_TICK_FP: AtomicU64 = AtomicU64::new(1 << 32);
+static TSC_HZ: AtomicU64 = AtomicU64::new(1_000_000_000);
+static LAPIC_HZ: AtomicU64 = AtomicU64::new(1_000_000_000);
+
+/// Reads the time-stamp counter.
+#[inline]
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc is allowed in ring 3 (CR4.TSD is clear) and has no side effect.
+    unsafe { _rdtsc() }
+}
+
+fn pit_read() -> u16 {
+    super::outb(PIT_CMD, 0x00); // latch channel 0
+    let lo = super::inb(PIT_CH0) as u16;
+    let hi = super::inb(PIT_CH0) as u16;
+    lo | (hi << 8)
+}
+
+/// Result of the boot-time calibration.
+#[derive(Clone, Copy, Debug)]
+pub struct Calibration {
+    /// TSC ticks per second.
+    pub tsc_hz: u64,
+    /// LAPIC timer ticks per second (divide-by-1).
+    pub lapic_hz: u64,
+    /// PIT ticks the measurement spanned.
+    pub pit_ticks: u64,
+}
+
+/// Measures the TSC and LAPIC timer rates against the PIT over `window_us` microseconds.
+pub fn calibrate(window_us: u64) -> Result<Calibration, &'static str> {
+    let want = (PIT_HZ * window_us / 1_000_000).clamp(100, 50_000);
+    super::outb(PIT_CMD, 0x34); // channel 0, lo/hi, mode 2 (rate generator)
+    super::outb(PIT_CH0, 0);
+    super::outb(PIT_CH0, 0); // reload 65536: wraps every 54.9 ms
+    super::apic::start_calibration_count();
+    let p0 = pit_read();
+    let t0 = rdtsc();
+    let l0 = super::apic::current_count();
+    let mut spins = 0u32;
+    let (p1, t1, l1) = loop {
+        let p = pit_read();
+        let t = rdtsc();
+        let l = super::apic::current_count();
+        let elapsed = p0.wrapping_sub(p) as u64;
+        if elapsed >= want {
+            break (p, t, l);
+        }
+        spins += 1;
+        if spins > 5_000_000 {
+            return Err("PIT does not count: no i8254 (use -M microvm,pit=on)");
+        }
+    };
+    super::outb(PIT_CMD, 0x30); // channel 0, mode 0, no count written: the counter stops
+    let pit_ticks = p0.wrapping_sub(p1) as u64;
+    let tsc_hz = ((t1 - t0) as u128 * PIT_HZ as u128 / pit_ticks as u128) as u64;
+    let lapic_hz = (l0.wrapping_sub(l1) as u128 * PIT_HZ as u128 / pit_ticks as u128) as u64;
+    if tsc_hz < 1_000_000 {
+        return Err("TSC runs slower than 1 MHz against the PIT");
+    }
+    TSC_HZ.store(tsc_hz, Relaxed);
+    LAPIC_HZ.store(lapic_hz.max(1), Relaxed);
+    NS_PER_TICK_FP.store(((1_000_000_000u128 << 32) / tsc_hz as u128) as u64, Relaxed);
+    Ok(Calibration {
+        tsc_hz,
+        lapic_hz,
+        pit_ticks,
+    })
+}
+
+/// Sets the clock's origin (time 0) to now.
+pub fn set_origin() {
+    TSC_BASE.store(rdtsc(), Relaxed);
+}
+
+/// Nanoseconds since the origin.
+#[inline]
+pub fn now_ns() -> u64 {
+    let ticks = rdtsc().wrapping_sub(TSC_BASE.load(Relaxed));
+    ((ticks as u128 * NS_PER_TICK_FP.load(Relaxed) as u128) >> 32) as u64
+}
+
+/// Microseconds since the origin.
+#[inline]
+pub fn now_us() -> u64 {
+    now_ns() / 1000
+}
+
+/// Converts a duration in TSC ticks to nanoseconds.
+pub fn ticks_to_ns(ticks: u64) -> u64 {
+    ((ticks as u128 * NS_PER_TICK_FP.load(Relaxed) as u128) >> 32) as u64
+}
+
+/// The calibrated TSC rate.
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Relaxed)
+}
+
+/// The calibrated LAPIC timer rate.
+pub fn lapic_hz() -> u64 {
+    LAPIC_HZ.load(Relaxed)
+}

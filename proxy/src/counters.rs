@@ -1,0 +1,135 @@
+//! Counters per port, per DC and per peer: frames, bytes and drops by reason.
+
+use serde::Serialize;
+
+/// Why the proxy dropped a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    /// The bytes are not a valid Ethernet or M3-IPC frame.
+    Malformed,
+    /// A VM port sent as a DC, endpoint or MAC address the node did not assign to it.
+    Spoofed,
+    /// A peer sent a frame for a DC that does not span it.
+    WrongDc,
+    /// The destination (port socket or peer queue) was full or gone.
+    QueueFull,
+    /// No route: unknown endpoint, other DC, unreachable node (an Error frame went back when one was due).
+    NoRoute,
+    /// A frame went round between nodes too often.
+    Loop,
+}
+
+/// Drops by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Drops {
+    /// Not a valid frame.
+    pub malformed: u64,
+    /// Sent as someone else.
+    pub spoofed: u64,
+    /// From a peer outside the frame's DC.
+    pub wrong_dc: u64,
+    /// Destination full or gone.
+    pub queue_full: u64,
+    /// No route.
+    pub no_route: u64,
+    /// Loop guard.
+    pub loop_guard: u64,
+}
+
+impl Drops {
+    /// Counts one drop.
+    pub fn add(&mut self, why: Drop) {
+        let c = match why {
+            Drop::Malformed => &mut self.malformed,
+            Drop::Spoofed => &mut self.spoofed,
+            Drop::WrongDc => &mut self.wrong_dc,
+            Drop::QueueFull => &mut self.queue_full,
+            Drop::NoRoute => &mut self.no_route,
+            Drop::Loop => &mut self.loop_guard,
+        };
+        *c += 1;
+    }
+
+    /// All drops.
+    pub fn total(&self) -> u64 {
+        self.malformed
+            + self.spoofed
+            + self.wrong_dc
+            + self.queue_full
+            + self.no_route
+            + self.loop_guard
+    }
+}
+
+/// Frames and bytes in one direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Flow {
+    /// Frames.
+    pub frames: u64,
+    /// Bytes (Ethernet frames, headers included).
+    pub bytes: u64,
+}
+
+impl Flow {
+    /// Counts one frame of `len` bytes.
+    pub fn add(&mut self, len: usize) {
+        self.frames += 1;
+        self.bytes += len as u64;
+    }
+}
+
+/// Counters of one VM port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PortCounters {
+    /// Frames the instance sent (all of them, dropped ones too).
+    pub rx: Flow,
+    /// Frames delivered to the instance.
+    pub tx: Flow,
+    /// Frames from this instance that were dropped.
+    pub drops: Drops,
+}
+
+/// Counters of one DC on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DcCounters {
+    /// M3-IPC frames routed.
+    pub m3ipc: Flow,
+    /// Virtual-LAN frames (Ethernet, ARP, IPv4...) switched.
+    pub lan: Flow,
+    /// Error or Migrated frames the proxy sent back to sources, by code.
+    pub refused: Refusals,
+    /// Frames of this DC that were dropped.
+    pub drops: Drops,
+}
+
+/// Refusals sent back to sources, by error code.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Refusals {
+    /// Error UnknownDestination.
+    pub unknown_destination: u64,
+    /// Error NotInDc.
+    pub not_in_dc: u64,
+    /// Error NodeUnreachable.
+    pub node_unreachable: u64,
+    /// Error DeadDestination (the instance went away with a call in progress).
+    pub dead_destination: u64,
+    /// Migrated.
+    pub migrated: u64,
+}
+
+/// Counters of one peer link.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PeerCounters {
+    /// True while the link is up.
+    pub up: bool,
+    /// Frames received from the peer.
+    pub rx: Flow,
+    /// Frames sent to the peer.
+    pub tx: Flow,
+    /// Writes to the socket (tx.frames / writes is the mean batch size).
+    pub writes: u64,
+    /// Times the link came up.
+    pub connects: u64,
+    /// Frames to or from the peer that were dropped.
+    pub drops: Drops,
+}

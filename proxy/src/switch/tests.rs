@@ -1,0 +1,406 @@
+//! Switch behaviour on plain byte vectors.
+
+use super::*;
+use crate::cluster::{DcInfo, NodeInfo};
+use m3ipc_core::wire::ethernet::ETH_HEADER_LEN;
+use m3ipc_core::wire::{Kind, HEADER_LEN};
+use proptest::prelude::*;
+
+const N1: NodeId = NodeId(1);
+const N2: NodeId = NodeId(2);
+const DC1: DcId = DcId(1);
+const DC2: DcId = DcId(2);
+
+fn cluster() -> ClusterMap {
+    let node = |id: u16| NodeInfo {
+        id,
+        proxy: format!("127.0.0.1:{}", 7000 + id).parse().unwrap(),
+        api: format!("127.0.0.1:{}", 8000 + id).parse().unwrap(),
+    };
+    ClusterMap {
+        nodes: vec![node(1), node(2), node(3)],
+        dcs: vec![
+            DcInfo {
+                id: 1,
+                name: "one".into(),
+                nodes: vec![1, 2, 3],
+            },
+            DcInfo {
+                id: 2,
+                name: "two".into(),
+                nodes: vec![1, 2],
+            },
+        ],
+    }
+}
+
+fn mac(n: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, n]
+}
+
+fn spec(name: &str, dc: DcId, eps: &[u32], m: u8) -> PortSpec {
+    PortSpec {
+        name: name.into(),
+        dc,
+        endpoints: eps.iter().map(|&e| Endpoint(e)).collect(),
+        mac: Some(mac(m)),
+        gen: 10,
+        announce: Announce::Now,
+    }
+}
+
+fn m3(kind: Kind, dc: DcId, src: u32, dst: u32, seq: u64) -> Bytes {
+    let payload = match kind {
+        Kind::Send | Kind::SendRec | Kind::Reply => vec![0u8; 60],
+        _ => vec![],
+    };
+    let repr = FrameRepr {
+        kind,
+        dc,
+        flags: 0,
+        src: Endpoint(src),
+        dst: Endpoint(dst),
+        seq,
+        aux: 0,
+        code: 0,
+        payload: &payload,
+    };
+    let mut buf = vec![0u8; ETH_HEADER_LEN + repr.buffer_len()];
+    EthernetHeader {
+        dst: [0xff; 6],
+        src: mac(src as u8),
+        ethertype: ETHERTYPE_M3IPC,
+    }
+    .emit(&mut buf)
+    .unwrap();
+    repr.emit(&mut buf[ETH_HEADER_LEN..]).unwrap();
+    Bytes::from(buf)
+}
+
+fn lan(src: [u8; 6], dst: [u8; 6]) -> Bytes {
+    let mut buf = vec![0u8; 60];
+    EthernetHeader {
+        dst,
+        src,
+        ethertype: 0x0806,
+    }
+    .emit(&mut buf)
+    .unwrap();
+    Bytes::from(buf)
+}
+
+fn answer(out: &Out) -> (Kind, u16, u32, u32, u64) {
+    let bytes = match out {
+        Out::Port(_, b) => b,
+        Out::Peer { frame, .. } => frame,
+        Out::Dir(..) => panic!("not a frame: {out:?}"),
+    };
+    let r = FrameRepr::parse(&bytes[ETH_HEADER_LEN..]).unwrap();
+    (r.kind, r.code, r.src.0, r.dst.0, r.aux)
+}
+
+fn frames(out: Vec<Out>) -> Vec<Out> {
+    out.into_iter()
+        .filter(|o| !matches!(o, Out::Dir(..)))
+        .collect()
+}
+
+/// Node 1 with ports a (DC 1, ep 10), b (DC 1, ep 20), c (DC 2, ep 30); node 2 holds ep 40 of DC 1.
+fn node1() -> (Switch, PortId, PortId, PortId) {
+    let mut s = Switch::new(N1, cluster());
+    let mut out = vec![];
+    let a = s.add_port(spec("a", DC1, &[10], 10), &mut out).unwrap();
+    let b = s.add_port(spec("b", DC1, &[20], 20), &mut out).unwrap();
+    let c = s.add_port(spec("c", DC2, &[30], 30), &mut out).unwrap();
+    s.peer_up(N2, &mut out);
+    s.handle_dir(
+        N2,
+        DirMsg::Snapshot(vec![Binding {
+            dc: 1,
+            ep: 40,
+            gen: 5,
+        }]),
+    );
+    (s, a, b, c)
+}
+
+#[test]
+fn same_node_sendrec_goes_to_the_port() {
+    let (mut s, a, b, _) = node1();
+    let mut out = vec![];
+    let f = m3(Kind::SendRec, DC1, 10, 20, 1);
+    s.from_port(a, f.clone(), &mut out);
+    assert_eq!(out, vec![Out::Port(b, f)]);
+    assert_eq!(s.port_pending(b), 1);
+    let mut out = vec![];
+    s.from_port(b, m3(Kind::Reply, DC1, 20, 10, 1), &mut out);
+    assert!(matches!(out[0], Out::Port(p, _) if p == a));
+    assert_eq!(s.port_pending(b), 0);
+}
+
+#[test]
+fn other_node_goes_to_the_peer_and_down_peer_is_unreachable() {
+    let (mut s, a, _, _) = node1();
+    let mut out = vec![];
+    s.from_port(a, m3(Kind::SendRec, DC1, 10, 40, 7), &mut out);
+    assert!(matches!(
+        out[0],
+        Out::Peer {
+            node: N2,
+            dc: DC1,
+            hops: FIRST_HOPS,
+            ..
+        }
+    ));
+    // The link drops with the call in progress: the caller hears NodeUnreachable at once.
+    let mut out = vec![];
+    s.peer_down(N2, &mut out);
+    assert_eq!(
+        answer(&out[0]),
+        (Kind::Error, ErrorCode::NodeUnreachable as u16, 40, 10, 7)
+    );
+    let mut out = vec![];
+    s.from_port(a, m3(Kind::SendRec, DC1, 10, 40, 8), &mut out);
+    assert_eq!(
+        answer(&out[0]),
+        (Kind::Error, ErrorCode::NodeUnreachable as u16, 40, 10, 8)
+    );
+    assert_eq!(s.stats().dcs[&1].refused.node_unreachable, 1);
+}
+
+#[test]
+fn unknown_and_other_dc_endpoints_are_refused() {
+    let (mut s, a, _, c) = node1();
+    let mut out = vec![];
+    s.from_port(a, m3(Kind::Send, DC1, 10, 99, 1), &mut out);
+    assert_eq!(answer(&out[0]).1, ErrorCode::UnknownDestination as u16);
+    let mut out = vec![];
+    s.from_port(c, m3(Kind::SendRec, DC2, 30, 10, 1), &mut out);
+    assert_eq!(
+        answer(&out[0]),
+        (Kind::Error, ErrorCode::NotInDc as u16, 10, 30, 1)
+    );
+    assert!(matches!(out[0], Out::Port(p, _) if p == c));
+    // Answers are never answered.
+    let mut out = vec![];
+    s.from_port(a, m3(Kind::Reply, DC1, 10, 99, 1), &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn spoofed_and_malformed_frames_are_dropped_and_counted() {
+    let (mut s, a, _, _) = node1();
+    let mut out = vec![];
+    s.from_port(a, m3(Kind::Send, DC1, 20, 10, 1), &mut out); // as b's endpoint
+    s.from_port(a, m3(Kind::Send, DC2, 10, 30, 1), &mut out); // as another DC
+    s.from_port(a, lan(mac(99), [0xff; 6]), &mut out); // as another MAC
+    s.from_port(a, Bytes::from_static(&[1, 2, 3]), &mut out);
+    let mut bad = m3(Kind::Send, DC1, 10, 20, 1).to_vec();
+    bad[ETH_HEADER_LEN] = 0; // magic
+    s.from_port(a, Bytes::from(bad), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    let c = s.port_counters(a).unwrap();
+    assert_eq!((c.drops.spoofed, c.drops.malformed, c.rx.frames), (3, 2, 5));
+}
+
+#[test]
+fn lan_floods_only_inside_the_dc_and_learns() {
+    let (mut s, a, b, _) = node1();
+    let mut out = vec![];
+    s.from_port(a, lan(mac(10), [0xff; 6]), &mut out);
+    assert_eq!(out.len(), 2, "{out:?}"); // b and node 2; not c (DC 2), not node 3 (down)
+    assert!(matches!(out[0], Out::Port(p, _) if p == b));
+    assert!(matches!(
+        out[1],
+        Out::Peer {
+            node: N2,
+            dc: DC1,
+            ..
+        }
+    ));
+    // b answers a unicast: a's MAC was learned, so no flood.
+    let mut out = vec![];
+    s.from_port(b, lan(mac(20), mac(10)), &mut out);
+    assert_eq!(out, vec![Out::Port(a, lan(mac(20), mac(10)))]);
+    // A frame from node 2 for DC 2 ports never reaches DC 1 ports.
+    let mut out = vec![];
+    s.from_peer(N2, DC2, 0, lan(mac(77), [0xff; 6]), &mut out);
+    assert_eq!(out.len(), 1);
+    assert!(matches!(out[0], Out::Port(3, _)));
+}
+
+#[test]
+fn peers_outside_the_dc_are_refused() {
+    let (mut s, _, _, _) = node1();
+    let mut out = vec![];
+    s.from_peer(NodeId(3), DC2, 0, lan(mac(77), [0xff; 6]), &mut out);
+    s.from_peer(N2, DC1, 1, m3(Kind::Send, DC2, 40, 30, 1), &mut out);
+    assert!(out.is_empty());
+    assert_eq!(s.stats().peers[&2].drops.wrong_dc, 1);
+    assert_eq!(s.stats().peers[&3].drops.wrong_dc, 1);
+}
+
+#[test]
+fn removed_port_fails_calls_in_progress() {
+    let (mut s, a, b, _) = node1();
+    let mut out = vec![];
+    s.from_port(a, m3(Kind::SendRec, DC1, 10, 20, 3), &mut out);
+    let mut out = vec![];
+    s.remove_port(b, &mut out).unwrap();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Out::Dir(None, DirMsg::Unbind { moved_to: None, .. }))));
+    let f = frames(out);
+    assert_eq!(
+        answer(&f[0]),
+        (Kind::Error, ErrorCode::DeadDestination as u16, 20, 10, 3)
+    );
+    let mut out = vec![];
+    s.from_port(a, m3(Kind::SendRec, DC1, 10, 20, 4), &mut out);
+    assert_eq!(answer(&out[0]).1, ErrorCode::UnknownDestination as u16);
+}
+
+#[test]
+fn moved_endpoints_are_forwarded_and_newer_bindings_win() {
+    let (mut s, a, b, _) = node1();
+    let mut out = vec![];
+    s.move_port(b, N2, 20, &mut out).unwrap();
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Out::Dir(
+            None,
+            DirMsg::Unbind {
+                moved_to: Some(2),
+                ..
+            }
+        )
+    )));
+    let mut out = vec![];
+    s.from_port(a, m3(Kind::SendRec, DC1, 10, 20, 1), &mut out);
+    assert!(matches!(out[0], Out::Peer { node: N2, .. }));
+    // An older binding from node 3 does not take the endpoint back.
+    s.handle_dir(
+        NodeId(3),
+        DirMsg::Bind(Binding {
+            dc: 1,
+            ep: 20,
+            gen: 15,
+        }),
+    );
+    assert_eq!(s.lookup(DC1, Endpoint(20)).unwrap().node, N2);
+    s.handle_dir(
+        NodeId(3),
+        DirMsg::Bind(Binding {
+            dc: 1,
+            ep: 20,
+            gen: 25,
+        }),
+    );
+    assert_eq!(s.lookup(DC1, Endpoint(20)).unwrap().node, NodeId(3));
+    // A frame arriving from a peer with no hops left for a remote endpoint is refused with Migrated.
+    let mut out = vec![];
+    s.from_peer(N2, DC1, 0, m3(Kind::SendRec, DC1, 40, 20, 9), &mut out);
+    assert_eq!(answer(&out[0]).0, Kind::Migrated);
+}
+
+#[test]
+fn a_taking_over_port_announces_on_its_first_frame() {
+    let mut s = Switch::new(N1, cluster());
+    let mut out = vec![];
+    let mut sp = spec("x", DC1, &[50], 50);
+    sp.announce = Announce::OnFirstFrame;
+    let x = s.add_port(sp, &mut out).unwrap();
+    assert!(out.is_empty());
+    s.from_port(x, lan(mac(50), [0xff; 6]), &mut out);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Out::Dir(None, DirMsg::Bind(Binding { ep: 50, .. })))));
+    assert!(matches!(
+        s.add_port(spec("y", DC1, &[50], 51), &mut out),
+        Err(SwitchError::EndpointTaken { .. })
+    ));
+    assert!(matches!(
+        s.add_port(spec("z", DcId(9), &[1], 1), &mut out),
+        Err(SwitchError::UnknownDc(_))
+    ));
+}
+
+#[test]
+fn snapshot_replaces_what_a_node_held() {
+    let (mut s, _, _, _) = node1();
+    s.handle_dir(
+        N2,
+        DirMsg::Snapshot(vec![Binding {
+            dc: 1,
+            ep: 41,
+            gen: 6,
+        }]),
+    );
+    assert!(s.lookup(DC1, Endpoint(40)).is_none());
+    assert_eq!(s.lookup(DC1, Endpoint(41)).unwrap().node, N2);
+    // Node 3 may not bind in DC 2, which does not span it.
+    s.handle_dir(
+        NodeId(3),
+        DirMsg::Bind(Binding {
+            dc: 2,
+            ep: 42,
+            gen: 6,
+        }),
+    );
+    assert!(s.lookup(DC2, Endpoint(42)).is_none());
+}
+
+fn m3_frame_strategy() -> impl Strategy<Value = Vec<u8>> {
+    (
+        any::<u8>(),
+        0u16..4,
+        any::<u16>(),
+        0u32..64,
+        0u32..64,
+        any::<u64>(),
+        proptest::collection::vec(any::<u8>(), 0..80),
+    )
+        .prop_map(|(kind, dc, flags, src, dst, seq, payload)| {
+            let mut f = vec![0u8; ETH_HEADER_LEN + HEADER_LEN];
+            f[12..14].copy_from_slice(&ETHERTYPE_M3IPC.to_be_bytes());
+            let h = &mut f[ETH_HEADER_LEN..];
+            h[0..2].copy_from_slice(&0x4D33u16.to_be_bytes());
+            h[2] = 1;
+            h[3] = kind % 15;
+            h[4..6].copy_from_slice(&dc.to_be_bytes());
+            h[6..8].copy_from_slice(&(flags & 7).to_be_bytes());
+            h[8..12].copy_from_slice(&src.to_be_bytes());
+            h[12..16].copy_from_slice(&dst.to_be_bytes());
+            h[16..24].copy_from_slice(&seq.to_be_bytes());
+            h[32..34].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+            f.extend_from_slice(&payload);
+            f
+        })
+}
+
+proptest! {
+    #[test]
+    fn any_bytes_from_a_port_or_peer_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), dc in 0u16..4, hops in 0u8..3) {
+        let (mut s, a, _, _) = node1();
+        let mut out = vec![];
+        s.from_port(a, Bytes::from(bytes.clone()), &mut out);
+        s.from_peer(N2, DcId(dc), hops, Bytes::from(bytes), &mut out);
+    }
+
+    #[test]
+    fn nothing_leaves_a_port_as_another_endpoint(frame in m3_frame_strategy()) {
+        let (mut s, a, _, _) = node1();
+        let mut out = vec![];
+        s.from_port(a, Bytes::from(frame.clone()), &mut out);
+        let sent_as_a = FrameRepr::parse(&frame[ETH_HEADER_LEN..]).is_ok_and(|r| r.dc == DC1 && r.src == Endpoint(10));
+        for o in &out {
+            match o {
+                Out::Port(p, _) if *p == a => {} // an Error frame back to the sender
+                Out::Dir(..) => {}
+                _ => prop_assert!(sent_as_a, "{o:?} left for {frame:?}"),
+            }
+        }
+        let c = s.port_counters(a).unwrap();
+        prop_assert_eq!(c.rx.frames, 1);
+    }
+}

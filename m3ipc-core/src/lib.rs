@@ -14,12 +14,14 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod engine;
 pub mod error;
 pub mod ids;
 pub mod message;
 pub mod time;
 pub mod wire;
 
+pub use engine::{Completion, Engine, EngineConfig, Event, Stats};
 pub use error::{ErrorCode, IpcError};
 pub use ids::{DcId, Endpoint, NodeId};
 pub use message::Message;

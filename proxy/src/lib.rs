@@ -8,9 +8,13 @@
 
 pub mod cluster;
 pub mod counters;
+pub mod peer;
 pub mod placement;
+pub mod port;
+mod runtime;
 pub mod switch;
 
 pub use cluster::{ClusterMap, DcInfo, Directory, NodeInfo, StaticDirectory};
 pub use placement::{DirMsg, PortId};
+pub use runtime::{Proxy, ProxyConfig, ProxyError};
 pub use switch::{Announce, Out, PortSpec, Switch, SwitchError, Via};

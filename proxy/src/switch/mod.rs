@@ -487,7 +487,7 @@ impl Switch {
     // ---- the data path ----
 
     /// A frame from VM port `id`. Everything a guest writes is hostile input: checked, then routed.
-    pub fn from_port(&mut self, id: PortId, frame: Bytes, out: &mut Vec<Out>) {
+    pub fn port_frame(&mut self, id: PortId, frame: Bytes, out: &mut Vec<Out>) {
         let Some(port) = self.ports.get_mut(&id) else {
             return;
         };
@@ -520,7 +520,7 @@ impl Switch {
     }
 
     /// A frame of `dc` from the peer `node`, which allows `hops` more forwards.
-    pub fn from_peer(
+    pub fn peer_frame(
         &mut self,
         node: NodeId,
         dc: DcId,

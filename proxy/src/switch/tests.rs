@@ -129,11 +129,11 @@ fn same_node_sendrec_goes_to_the_port() {
     let (mut s, a, b, _) = node1();
     let mut out = vec![];
     let f = m3(Kind::SendRec, DC1, 10, 20, 1);
-    s.from_port(a, f.clone(), &mut out);
+    s.port_frame(a, f.clone(), &mut out);
     assert_eq!(out, vec![Out::Port(b, f)]);
     assert_eq!(s.port_pending(b), 1);
     let mut out = vec![];
-    s.from_port(b, m3(Kind::Reply, DC1, 20, 10, 1), &mut out);
+    s.port_frame(b, m3(Kind::Reply, DC1, 20, 10, 1), &mut out);
     assert!(matches!(out[0], Out::Port(p, _) if p == a));
     assert_eq!(s.port_pending(b), 0);
 }
@@ -142,7 +142,7 @@ fn same_node_sendrec_goes_to_the_port() {
 fn other_node_goes_to_the_peer_and_down_peer_is_unreachable() {
     let (mut s, a, _, _) = node1();
     let mut out = vec![];
-    s.from_port(a, m3(Kind::SendRec, DC1, 10, 40, 7), &mut out);
+    s.port_frame(a, m3(Kind::SendRec, DC1, 10, 40, 7), &mut out);
     assert!(matches!(
         out[0],
         Out::Peer {
@@ -160,7 +160,7 @@ fn other_node_goes_to_the_peer_and_down_peer_is_unreachable() {
         (Kind::Error, ErrorCode::NodeUnreachable as u16, 40, 10, 7)
     );
     let mut out = vec![];
-    s.from_port(a, m3(Kind::SendRec, DC1, 10, 40, 8), &mut out);
+    s.port_frame(a, m3(Kind::SendRec, DC1, 10, 40, 8), &mut out);
     assert_eq!(
         answer(&out[0]),
         (Kind::Error, ErrorCode::NodeUnreachable as u16, 40, 10, 8)
@@ -172,10 +172,10 @@ fn other_node_goes_to_the_peer_and_down_peer_is_unreachable() {
 fn unknown_and_other_dc_endpoints_are_refused() {
     let (mut s, a, _, c) = node1();
     let mut out = vec![];
-    s.from_port(a, m3(Kind::Send, DC1, 10, 99, 1), &mut out);
+    s.port_frame(a, m3(Kind::Send, DC1, 10, 99, 1), &mut out);
     assert_eq!(answer(&out[0]).1, ErrorCode::UnknownDestination as u16);
     let mut out = vec![];
-    s.from_port(c, m3(Kind::SendRec, DC2, 30, 10, 1), &mut out);
+    s.port_frame(c, m3(Kind::SendRec, DC2, 30, 10, 1), &mut out);
     assert_eq!(
         answer(&out[0]),
         (Kind::Error, ErrorCode::NotInDc as u16, 10, 30, 1)
@@ -183,7 +183,7 @@ fn unknown_and_other_dc_endpoints_are_refused() {
     assert!(matches!(out[0], Out::Port(p, _) if p == c));
     // Answers are never answered.
     let mut out = vec![];
-    s.from_port(a, m3(Kind::Reply, DC1, 10, 99, 1), &mut out);
+    s.port_frame(a, m3(Kind::Reply, DC1, 10, 99, 1), &mut out);
     assert!(out.is_empty());
 }
 
@@ -191,13 +191,13 @@ fn unknown_and_other_dc_endpoints_are_refused() {
 fn spoofed_and_malformed_frames_are_dropped_and_counted() {
     let (mut s, a, _, _) = node1();
     let mut out = vec![];
-    s.from_port(a, m3(Kind::Send, DC1, 20, 10, 1), &mut out); // as b's endpoint
-    s.from_port(a, m3(Kind::Send, DC2, 10, 30, 1), &mut out); // as another DC
-    s.from_port(a, lan(mac(99), [0xff; 6]), &mut out); // as another MAC
-    s.from_port(a, Bytes::from_static(&[1, 2, 3]), &mut out);
+    s.port_frame(a, m3(Kind::Send, DC1, 20, 10, 1), &mut out); // as b's endpoint
+    s.port_frame(a, m3(Kind::Send, DC2, 10, 30, 1), &mut out); // as another DC
+    s.port_frame(a, lan(mac(99), [0xff; 6]), &mut out); // as another MAC
+    s.port_frame(a, Bytes::from_static(&[1, 2, 3]), &mut out);
     let mut bad = m3(Kind::Send, DC1, 10, 20, 1).to_vec();
     bad[ETH_HEADER_LEN] = 0; // magic
-    s.from_port(a, Bytes::from(bad), &mut out);
+    s.port_frame(a, Bytes::from(bad), &mut out);
     assert!(out.is_empty(), "{out:?}");
     let c = s.port_counters(a).unwrap();
     assert_eq!((c.drops.spoofed, c.drops.malformed, c.rx.frames), (3, 2, 5));
@@ -207,7 +207,7 @@ fn spoofed_and_malformed_frames_are_dropped_and_counted() {
 fn lan_floods_only_inside_the_dc_and_learns() {
     let (mut s, a, b, _) = node1();
     let mut out = vec![];
-    s.from_port(a, lan(mac(10), [0xff; 6]), &mut out);
+    s.port_frame(a, lan(mac(10), [0xff; 6]), &mut out);
     assert_eq!(out.len(), 2, "{out:?}"); // b and node 2; not c (DC 2), not node 3 (down)
     assert!(matches!(out[0], Out::Port(p, _) if p == b));
     assert!(matches!(
@@ -220,11 +220,11 @@ fn lan_floods_only_inside_the_dc_and_learns() {
     ));
     // b answers a unicast: a's MAC was learned, so no flood.
     let mut out = vec![];
-    s.from_port(b, lan(mac(20), mac(10)), &mut out);
+    s.port_frame(b, lan(mac(20), mac(10)), &mut out);
     assert_eq!(out, vec![Out::Port(a, lan(mac(20), mac(10)))]);
     // A frame from node 2 for DC 2 ports never reaches DC 1 ports.
     let mut out = vec![];
-    s.from_peer(N2, DC2, 0, lan(mac(77), [0xff; 6]), &mut out);
+    s.peer_frame(N2, DC2, 0, lan(mac(77), [0xff; 6]), &mut out);
     assert_eq!(out.len(), 1);
     assert!(matches!(out[0], Out::Port(3, _)));
 }
@@ -233,8 +233,8 @@ fn lan_floods_only_inside_the_dc_and_learns() {
 fn peers_outside_the_dc_are_refused() {
     let (mut s, _, _, _) = node1();
     let mut out = vec![];
-    s.from_peer(NodeId(3), DC2, 0, lan(mac(77), [0xff; 6]), &mut out);
-    s.from_peer(N2, DC1, 1, m3(Kind::Send, DC2, 40, 30, 1), &mut out);
+    s.peer_frame(NodeId(3), DC2, 0, lan(mac(77), [0xff; 6]), &mut out);
+    s.peer_frame(N2, DC1, 1, m3(Kind::Send, DC2, 40, 30, 1), &mut out);
     assert!(out.is_empty());
     assert_eq!(s.stats().peers[&2].drops.wrong_dc, 1);
     assert_eq!(s.stats().peers[&3].drops.wrong_dc, 1);
@@ -244,7 +244,7 @@ fn peers_outside_the_dc_are_refused() {
 fn removed_port_fails_calls_in_progress() {
     let (mut s, a, b, _) = node1();
     let mut out = vec![];
-    s.from_port(a, m3(Kind::SendRec, DC1, 10, 20, 3), &mut out);
+    s.port_frame(a, m3(Kind::SendRec, DC1, 10, 20, 3), &mut out);
     let mut out = vec![];
     s.remove_port(b, &mut out).unwrap();
     assert!(out
@@ -256,7 +256,7 @@ fn removed_port_fails_calls_in_progress() {
         (Kind::Error, ErrorCode::DeadDestination as u16, 20, 10, 3)
     );
     let mut out = vec![];
-    s.from_port(a, m3(Kind::SendRec, DC1, 10, 20, 4), &mut out);
+    s.port_frame(a, m3(Kind::SendRec, DC1, 10, 20, 4), &mut out);
     assert_eq!(answer(&out[0]).1, ErrorCode::UnknownDestination as u16);
 }
 
@@ -276,7 +276,7 @@ fn moved_endpoints_are_forwarded_and_newer_bindings_win() {
         )
     )));
     let mut out = vec![];
-    s.from_port(a, m3(Kind::SendRec, DC1, 10, 20, 1), &mut out);
+    s.port_frame(a, m3(Kind::SendRec, DC1, 10, 20, 1), &mut out);
     assert!(matches!(out[0], Out::Peer { node: N2, .. }));
     // An older binding from node 3 does not take the endpoint back.
     s.handle_dir(
@@ -299,7 +299,7 @@ fn moved_endpoints_are_forwarded_and_newer_bindings_win() {
     assert_eq!(s.lookup(DC1, Endpoint(20)).unwrap().node, NodeId(3));
     // A frame arriving from a peer with no hops left for a remote endpoint is refused with Migrated.
     let mut out = vec![];
-    s.from_peer(N2, DC1, 0, m3(Kind::SendRec, DC1, 40, 20, 9), &mut out);
+    s.peer_frame(N2, DC1, 0, m3(Kind::SendRec, DC1, 40, 20, 9), &mut out);
     assert_eq!(answer(&out[0]).0, Kind::Migrated);
 }
 
@@ -311,7 +311,7 @@ fn a_taking_over_port_announces_on_its_first_frame() {
     sp.announce = Announce::OnFirstFrame;
     let x = s.add_port(sp, &mut out).unwrap();
     assert!(out.is_empty());
-    s.from_port(x, lan(mac(50), [0xff; 6]), &mut out);
+    s.port_frame(x, lan(mac(50), [0xff; 6]), &mut out);
     assert!(out
         .iter()
         .any(|o| matches!(o, Out::Dir(None, DirMsg::Bind(Binding { ep: 50, .. })))));
@@ -383,15 +383,15 @@ proptest! {
     fn any_bytes_from_a_port_or_peer_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), dc in 0u16..4, hops in 0u8..3) {
         let (mut s, a, _, _) = node1();
         let mut out = vec![];
-        s.from_port(a, Bytes::from(bytes.clone()), &mut out);
-        s.from_peer(N2, DcId(dc), hops, Bytes::from(bytes), &mut out);
+        s.port_frame(a, Bytes::from(bytes.clone()), &mut out);
+        s.peer_frame(N2, DcId(dc), hops, Bytes::from(bytes), &mut out);
     }
 
     #[test]
     fn nothing_leaves_a_port_as_another_endpoint(frame in m3_frame_strategy()) {
         let (mut s, a, _, _) = node1();
         let mut out = vec![];
-        s.from_port(a, Bytes::from(frame.clone()), &mut out);
+        s.port_frame(a, Bytes::from(frame.clone()), &mut out);
         let sent_as_a = FrameRepr::parse(&frame[ETH_HEADER_LEN..]).is_ok_and(|r| r.dc == DC1 && r.src == Endpoint(10));
         for o in &out {
             match o {

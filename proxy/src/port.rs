@@ -1,0 +1,271 @@
+//! VM ports: the host end of an instance's fabric NIC. QEMU's `-netdev dgram` (one Ethernet frame per unix
+//! datagram) and `-netdev stream` (4-byte big-endian length, then the frame) are both here; a vhost-user
+//! backend would be one more [`VmPort`] without touching routing.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixDatagram, UnixListener};
+use tokio::sync::mpsc;
+
+/// The largest Ethernet frame a port takes (a little over 1514, for VLAN tags and slack).
+pub const MAX_ETH_FRAME: usize = 1600;
+/// Frames queued towards a stream port before new ones are dropped.
+const STREAM_QUEUE: usize = 256;
+
+/// Which QEMU socket protocol a port speaks.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum PortKind {
+    /// `-netdev dgram`: the proxy binds `proxy_path`, the instance binds `vm_path`.
+    Dgram {
+        /// The proxy's socket.
+        proxy_path: PathBuf,
+        /// The instance's socket.
+        vm_path: PathBuf,
+    },
+    /// `-netdev stream`: the proxy listens on `path`, the instance connects.
+    Stream {
+        /// The proxy's listening socket.
+        path: PathBuf,
+    },
+}
+
+/// The sending half of a VM port, as the proxy's data path sees it.
+pub trait VmPort: Send + Sync + 'static {
+    /// Hands one Ethernet frame to the instance without waiting; `WouldBlock` when the instance is not taking
+    /// frames (the caller drops and counts it, like a NIC with a full ring).
+    fn try_send(&self, frame: &[u8]) -> io::Result<()>;
+}
+
+/// What a port's reader does with each frame the instance sends.
+pub type Sink = Arc<dyn Fn(Bytes) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Opens a port of `kind`; frames the instance sends are given to `on_frame` in order. The returned task ends
+/// when the port is closed with [`PortHandle::close`].
+pub async fn open(kind: &PortKind, on_frame: Sink) -> io::Result<PortHandle> {
+    match kind {
+        PortKind::Dgram {
+            proxy_path,
+            vm_path,
+        } => DgramPort::open(proxy_path, vm_path, on_frame).await,
+        PortKind::Stream { path } => StreamPort::open(path, on_frame).await,
+    }
+}
+
+/// An open port: its sending half and the task that reads it.
+pub struct PortHandle {
+    /// Sends frames to the instance.
+    pub tx: Arc<dyn VmPort>,
+    task: tokio::task::JoinHandle<()>,
+    paths: Vec<PathBuf>,
+}
+
+impl PortHandle {
+    /// Stops reading and removes the port's socket files.
+    pub fn close(self) {
+        self.task.abort();
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn unlink(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A `-netdev dgram` port: one frame per datagram.
+pub struct DgramPort {
+    sock: Arc<UnixDatagram>,
+    vm_path: PathBuf,
+    connected: AtomicBool,
+}
+
+impl DgramPort {
+    async fn open(proxy_path: &Path, vm_path: &Path, on_frame: Sink) -> io::Result<PortHandle> {
+        unlink(proxy_path)?;
+        let sock = Arc::new(UnixDatagram::bind(proxy_path)?);
+        let port = Arc::new(DgramPort {
+            sock: sock.clone(),
+            vm_path: vm_path.to_owned(),
+            connected: AtomicBool::new(false),
+        });
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match sock.recv(&mut buf).await {
+                    Ok(n) => on_frame(Bytes::copy_from_slice(&buf[..n])).await,
+                    Err(e) => {
+                        tracing::warn!("VM port: receive failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        Ok(PortHandle {
+            tx: port,
+            task,
+            paths: vec![proxy_path.to_owned()],
+        })
+    }
+}
+
+impl VmPort for DgramPort {
+    fn try_send(&self, frame: &[u8]) -> io::Result<()> {
+        if !self.connected.load(Ordering::Relaxed) {
+            // The instance binds its socket when it starts: connect on first use, and again after it restarts.
+            self.sock.connect(&self.vm_path)?;
+            self.connected.store(true, Ordering::Relaxed);
+        }
+        match self.sock.try_send(frame) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+            Err(e) => {
+                self.connected.store(false, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A `-netdev stream` port: a 4-byte big-endian length, then the frame, over one unix stream connection.
+pub struct StreamPort {
+    queue: std::sync::Mutex<Option<mpsc::Sender<Bytes>>>,
+}
+
+impl StreamPort {
+    async fn open(path: &Path, on_frame: Sink) -> io::Result<PortHandle> {
+        unlink(path)?;
+        let listener = UnixListener::bind(path)?;
+        let port = Arc::new(StreamPort {
+            queue: std::sync::Mutex::new(None),
+        });
+        let me = port.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (mut rd, mut wr) = stream.into_split();
+                let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+                *me.queue.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+                let writer = tokio::spawn(async move {
+                    let mut buf = Vec::with_capacity(65536);
+                    while let Some(f) = rx.recv().await {
+                        buf.clear();
+                        put_framed(&mut buf, &f);
+                        while buf.len() < 60000 {
+                            let Ok(f) = rx.try_recv() else { break };
+                            put_framed(&mut buf, &f);
+                        }
+                        if wr.write_all(&buf).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut frame = vec![0u8; 65536];
+                while let Ok(len) = rd.read_u32().await {
+                    let len = len as usize;
+                    if len > frame.len() || rd.read_exact(&mut frame[..len]).await.is_err() {
+                        break;
+                    }
+                    on_frame(Bytes::copy_from_slice(&frame[..len])).await;
+                }
+                writer.abort();
+                *me.queue.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        });
+        Ok(PortHandle {
+            tx: port,
+            task,
+            paths: vec![path.to_owned()],
+        })
+    }
+}
+
+fn put_framed(buf: &mut Vec<u8>, frame: &[u8]) {
+    buf.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    buf.extend_from_slice(frame);
+}
+
+impl VmPort for StreamPort {
+    fn try_send(&self, frame: &[u8]) -> io::Result<()> {
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = q.as_ref() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "instance not connected",
+            ));
+        };
+        q.try_send(Bytes::copy_from_slice(frame))
+            .map_err(|_| io::Error::new(io::ErrorKind::WouldBlock, "stream port queue full"))
+    }
+}
+
+/// The instance's end of a port, as QEMU would open it: for host-side fake instances and tests.
+pub enum VmEnd {
+    /// The instance's datagram socket, connected to the proxy's.
+    Dgram(UnixDatagram),
+    /// The instance's stream connection to the proxy.
+    Stream(tokio::net::UnixStream),
+}
+
+impl VmEnd {
+    /// Opens the instance's end of a port of `kind` (the proxy's end must exist for `Stream`).
+    pub async fn open(kind: &PortKind) -> io::Result<VmEnd> {
+        match kind {
+            PortKind::Dgram {
+                proxy_path,
+                vm_path,
+            } => {
+                unlink(vm_path)?;
+                let s = UnixDatagram::bind(vm_path)?;
+                s.connect(proxy_path)?;
+                Ok(VmEnd::Dgram(s))
+            }
+            PortKind::Stream { path } => {
+                Ok(VmEnd::Stream(tokio::net::UnixStream::connect(path).await?))
+            }
+        }
+    }
+
+    /// Sends one Ethernet frame to the proxy.
+    pub async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        match self {
+            VmEnd::Dgram(s) => s.send(frame).await.map(|_| ()),
+            VmEnd::Stream(s) => {
+                let mut buf = Vec::with_capacity(frame.len() + 4);
+                put_framed(&mut buf, frame);
+                s.write_all(&buf).await
+            }
+        }
+    }
+
+    /// Receives one Ethernet frame from the proxy into `buf`; returns its length.
+    pub async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            VmEnd::Dgram(s) => s.recv(buf).await,
+            VmEnd::Stream(s) => {
+                let len = s.read_u32().await? as usize;
+                if len > buf.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("frame of {len} bytes"),
+                    ));
+                }
+                s.read_exact(&mut buf[..len]).await?;
+                Ok(len)
+            }
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! The proxy on tokio: the switch behind a lock, VM ports, and one peer link per other node (dialled by the
+//! lower node id, accepted by the higher), with batching, heartbeats, reconnect with backoff and a bounded
+//! queue per peer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use m3ipc_core::{DcId, Endpoint, NodeId};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster::ClusterMap;
+use crate::counters::Drop;
+use crate::peer::{PeerError, PeerMsg, PROTOCOL};
+use crate::placement::{Place, PlacementView, PortId};
+use crate::port::{self, PortHandle, PortKind, VmPort};
+use crate::switch::{Out, PortSpec, Stats, Switch, SwitchError, Via};
+
+/// How a proxy runs.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// This node.
+    pub node: NodeId,
+    /// Nodes and DCs.
+    pub cluster: ClusterMap,
+    /// Where to accept peer links (usually this node's `proxy` address in the cluster map).
+    pub listen: SocketAddr,
+    /// A link idle this long sends a heartbeat.
+    pub heartbeat: Duration,
+    /// A link silent this long is declared down.
+    pub dead_after: Duration,
+    /// Messages queued per peer before senders wait (back-pressure) or drop.
+    pub peer_queue: usize,
+}
+
+impl ProxyConfig {
+    /// Defaults for `node` in `cluster`: listen on the node's proxy address, 1 s heartbeats, down after 3 s.
+    pub fn new(node: NodeId, cluster: ClusterMap) -> Result<ProxyConfig, ProxyError> {
+        let me = cluster.node(node).ok_or(ProxyError::UnknownNode(node))?;
+        Ok(ProxyConfig {
+            node,
+            listen: me.proxy,
+            cluster,
+            heartbeat: Duration::from_secs(1),
+            dead_after: Duration::from_secs(3),
+            peer_queue: 1024,
+        })
+    }
+}
+
+/// Why a proxy operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// This node is not in the cluster map.
+    #[error("{0} is not in the cluster map")]
+    UnknownNode(NodeId),
+    /// The switch refused.
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+    /// A socket could not be opened.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being opened.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+struct Peer {
+    addr: SocketAddr,
+    tx: mpsc::Sender<PeerMsg>,
+    rx: tokio::sync::Mutex<mpsc::Receiver<PeerMsg>>,
+    cancel: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+struct Core {
+    cfg: ProxyConfig,
+    switch: Mutex<Switch>,
+    ports: RwLock<HashMap<PortId, Arc<dyn VmPort>>>,
+    peers: HashMap<NodeId, Peer>,
+}
+
+/// A running proxy. Cloning gives another handle to the same proxy.
+#[derive(Clone)]
+pub struct Proxy {
+    core: Arc<Core>,
+    handles: Arc<Mutex<HashMap<PortId, PortHandle>>>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Proxy {
+    /// Starts the proxy: accepts peer links on `cfg.listen` and dials the nodes with higher ids.
+    pub async fn start(cfg: ProxyConfig) -> Result<Proxy, ProxyError> {
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ProxyError::Io {
+                what: format!("peer listener on {}", cfg.listen),
+                source,
+            })?;
+        let peers = cfg
+            .cluster
+            .nodes
+            .iter()
+            .filter(|n| n.id != cfg.node.0)
+            .map(|n| {
+                let (tx, rx) = mpsc::channel(cfg.peer_queue);
+                let peer = Peer {
+                    addr: n.proxy,
+                    tx,
+                    rx: tokio::sync::Mutex::new(rx),
+                    cancel: Mutex::new(None),
+                };
+                (NodeId(n.id), peer)
+            })
+            .collect();
+        let switch = Mutex::new(Switch::new(cfg.node, cfg.cluster.clone()));
+        let core = Arc::new(Core {
+            cfg,
+            switch,
+            ports: RwLock::new(HashMap::new()),
+            peers,
+        });
+        let mut tasks = vec![tokio::spawn(accept_loop(core.clone(), listener))];
+        for &node in core.peers.keys() {
+            if node > core.cfg.node {
+                tasks.push(tokio::spawn(dial_loop(core.clone(), node)));
+            }
+        }
+        Ok(Proxy {
+            core,
+            handles: Arc::default(),
+            tasks: Arc::new(Mutex::new(tasks)),
+        })
+    }
+
+    /// This node.
+    pub fn node(&self) -> NodeId {
+        self.core.cfg.node
+    }
+
+    /// Opens a VM port of `kind` for an instance holding `spec`.
+    pub async fn add_port(&self, spec: PortSpec, kind: &PortKind) -> Result<PortId, ProxyError> {
+        let mut out = vec![];
+        let id = lock(&self.core.switch).add_port(spec, &mut out)?;
+        let core = self.core.clone();
+        let sink: port::Sink = Arc::new(move |frame: Bytes| {
+            let core = core.clone();
+            Box::pin(async move { core.port_frame(id, frame).await })
+        });
+        let handle = match port::open(kind, sink).await {
+            Ok(h) => h,
+            Err(source) => {
+                let _ = lock(&self.core.switch).remove_port(id, &mut vec![]);
+                return Err(ProxyError::Io {
+                    what: format!("VM port {kind:?}"),
+                    source,
+                });
+            }
+        };
+        self.core
+            .ports
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, handle.tx.clone());
+        lock(&self.handles).insert(id, handle);
+        self.core.dispatch(out, true).await;
+        Ok(id)
+    }
+
+    /// Closes a port and unbinds its endpoints.
+    pub async fn remove_port(&self, id: PortId) -> Result<(), ProxyError> {
+        let mut out = vec![];
+        let r = lock(&self.core.switch).remove_port(id, &mut out);
+        self.core.dispatch(out, true).await;
+        self.core
+            .ports
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Some(h) = lock(&self.handles).remove(&id) {
+            h.close();
+        }
+        Ok(r?)
+    }
+
+    /// Moves a port's endpoints to `to` (bound there with generation `gen`); see [`Switch::move_port`].
+    pub async fn move_port(&self, id: PortId, to: NodeId, gen: u64) -> Result<(), ProxyError> {
+        let mut out = vec![];
+        let r = lock(&self.core.switch).move_port(id, to, gen, &mut out);
+        self.core.dispatch(out, true).await;
+        Ok(r?)
+    }
+
+    /// Calls in progress towards a port.
+    pub fn port_pending(&self, id: PortId) -> usize {
+        lock(&self.core.switch).port_pending(id)
+    }
+
+    /// Where an endpoint lives, as far as this node knows.
+    pub fn lookup(&self, dc: DcId, ep: Endpoint) -> Option<Place> {
+        lock(&self.core.switch).lookup(dc, ep)
+    }
+
+    /// Every known endpoint placement.
+    pub fn placements(&self) -> Vec<PlacementView> {
+        lock(&self.core.switch).placements()
+    }
+
+    /// True while the link to `node` is up.
+    pub fn peer_is_up(&self, node: NodeId) -> bool {
+        lock(&self.core.switch).peer_is_up(node)
+    }
+
+    /// All counters.
+    pub fn stats(&self) -> Stats {
+        lock(&self.core.switch).stats()
+    }
+
+    /// Stops every task and closes every port.
+    pub fn shutdown(&self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+        for (_, h) in lock(&self.handles).drain() {
+            h.close();
+        }
+        for p in self.core.peers.values() {
+            if let Some(c) = lock(&p.cancel).take() {
+                let _ = c.send(());
+            }
+        }
+    }
+}
+
+impl Core {
+    async fn port_frame(&self, id: PortId, frame: Bytes) {
+        let mut out = Vec::new();
+        lock(&self.switch).port_frame(id, frame, &mut out);
+        self.dispatch(out, true).await;
+    }
+
+    /// Carries out what the switch asked. With `wait`, a full peer queue makes the caller wait (back-pressure
+    /// on the VM port); without, the frame is dropped and counted (peer readers never wait on each other).
+    async fn dispatch(&self, out: Vec<Out>, wait: bool) {
+        for o in out {
+            match o {
+                Out::Port(id, frame) => {
+                    let port = self
+                        .ports
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&id)
+                        .cloned();
+                    if port.is_none_or(|p| p.try_send(&frame).is_err()) {
+                        lock(&self.switch).count_drop(Via::Port(id), Drop::QueueFull);
+                    }
+                }
+                Out::Peer {
+                    node,
+                    dc,
+                    hops,
+                    frame,
+                } => {
+                    self.to_peer(
+                        node,
+                        PeerMsg::Frame {
+                            dc: dc.0,
+                            hops,
+                            frame,
+                        },
+                        wait,
+                    )
+                    .await;
+                }
+                Out::Dir(Some(node), msg) => self.to_peer(node, PeerMsg::Dir(msg), true).await,
+                Out::Dir(None, msg) => {
+                    let up: Vec<NodeId> = {
+                        let sw = lock(&self.switch);
+                        self.peers
+                            .keys()
+                            .copied()
+                            .filter(|&n| sw.peer_is_up(n))
+                            .collect()
+                    };
+                    for node in up {
+                        self.to_peer(node, PeerMsg::Dir(msg.clone()), true).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn to_peer(&self, node: NodeId, msg: PeerMsg, wait: bool) {
+        let Some(peer) = self.peers.get(&node) else {
+            return;
+        };
+        let sent = if wait {
+            tokio::time::timeout(self.cfg.dead_after, peer.tx.send(msg))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        } else {
+            peer.tx.try_send(msg).is_ok()
+        };
+        if !sent {
+            lock(&self.switch).count_drop(Via::Peer(node), Drop::QueueFull);
+        }
+    }
+}
+
+async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
+    loop {
+        let Ok((stream, addr)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            match handshake(&core, stream, None).await {
+                Ok((node, stream)) => run_session(core, node, stream).await,
+                Err(e) => tracing::warn!("peer link from {addr} refused: {e}"),
+            }
+        });
+    }
+}
+
+async fn dial_loop(core: Arc<Core>, node: NodeId) {
+    let Some(addr) = core.peers.get(&node).map(|p| p.addr) else {
+        return;
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let attempt = async {
+            let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+                .await
+                .map_err(|_| PeerError::Protocol(format!("connect to {addr} timed out")))??;
+            handshake(&core, stream, Some(node)).await
+        };
+        match attempt.await {
+            Ok((node, stream)) => {
+                backoff = Duration::from_millis(50);
+                run_session(core.clone(), node, stream).await;
+            }
+            Err(e) => tracing::debug!("peer link to {node} at {addr}: {e}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Exchanges Hello messages; `expect` is the node we dialled (None when accepting).
+async fn handshake(
+    core: &Core,
+    mut stream: TcpStream,
+    expect: Option<NodeId>,
+) -> Result<(NodeId, TcpStream), PeerError> {
+    stream.set_nodelay(true)?;
+    let mut buf = vec![];
+    PeerMsg::Hello {
+        node: core.cfg.node.0,
+        protocol: PROTOCOL,
+    }
+    .encode(&mut buf);
+    stream.write_all(&buf).await?;
+    let msg = tokio::time::timeout(Duration::from_secs(5), PeerMsg::read(&mut stream, &mut buf))
+        .await
+        .map_err(|_| PeerError::Protocol("no Hello within 5 s".into()))??;
+    let PeerMsg::Hello { node, protocol } = msg else {
+        return Err(PeerError::Protocol(format!("expected Hello, got {msg:?}")));
+    };
+    let node = NodeId(node);
+    if protocol != PROTOCOL {
+        return Err(PeerError::Protocol(format!(
+            "{node} speaks protocol {protocol}, we speak {PROTOCOL}"
+        )));
+    }
+    if !core.peers.contains_key(&node) || expect.is_some_and(|e| e != node) {
+        return Err(PeerError::Protocol(format!("unexpected {node}")));
+    }
+    if expect.is_none() && node > core.cfg.node {
+        return Err(PeerError::Protocol(format!(
+            "{node} has the higher id: we dial it"
+        )));
+    }
+    Ok((node, stream))
+}
+
+/// Runs one connected link until it fails or a newer connection replaces it.
+async fn run_session(core: Arc<Core>, node: NodeId, stream: TcpStream) {
+    let Some(peer) = core.peers.get(&node) else {
+        return;
+    };
+    let (cancel_tx, cancel_rx) = oneshot::channel();
+    if let Some(old) = lock(&peer.cancel).replace(cancel_tx) {
+        let _ = old.send(());
+    }
+    let mut rx = peer.rx.lock().await; // waits for a replaced session to finish its cleanup
+    tracing::info!("peer link to {node} up");
+    let mut out = vec![];
+    lock(&core.switch).peer_up(node, &mut out);
+    for o in out {
+        if let Out::Dir(_, msg) = o {
+            let _ = peer.tx.try_send(PeerMsg::Dir(msg));
+        }
+    }
+    let (rd, mut wr) = stream.into_split();
+    let reader = read_loop(&core, node, rd);
+    let writer = write_loop(&core, node, &mut rx, &mut wr);
+    let why = tokio::select! {
+        r = reader => r.err().map(|e| e.to_string()).unwrap_or_default(),
+        r = writer => r.err().map(|e| e.to_string()).unwrap_or_default(),
+        _ = cancel_rx => "replaced".to_string(),
+    };
+    tracing::info!("peer link to {node} down: {why}");
+    let mut out = vec![];
+    lock(&core.switch).peer_down(node, &mut out);
+    while rx.try_recv().is_ok() {}
+    drop(rx);
+    core.dispatch(out, false).await;
+}
+
+async fn read_loop(
+    core: &Core,
+    node: NodeId,
+    rd: tokio::net::tcp::OwnedReadHalf,
+) -> Result<(), PeerError> {
+    let mut rd = BufReader::with_capacity(1 << 16, rd);
+    let mut body = Vec::with_capacity(2048);
+    loop {
+        let msg = tokio::time::timeout(core.cfg.dead_after, PeerMsg::read(&mut rd, &mut body))
+            .await
+            .map_err(|_| PeerError::Protocol(format!("silent for {:?}", core.cfg.dead_after)))??;
+        match msg {
+            PeerMsg::Frame { dc, hops, frame } => {
+                let mut out = Vec::new();
+                lock(&core.switch).peer_frame(node, DcId(dc), hops, frame, &mut out);
+                core.dispatch(out, false).await;
+            }
+            PeerMsg::Dir(d) => lock(&core.switch).handle_dir(node, d),
+            PeerMsg::Heartbeat => {}
+            PeerMsg::Hello { .. } => {
+                return Err(PeerError::Protocol("Hello in the middle of a link".into()))
+            }
+        }
+    }
+}
+
+/// Writes queued messages, as many per write as are waiting (no added delay when idle), and heartbeats.
+async fn write_loop(
+    core: &Core,
+    node: NodeId,
+    rx: &mut mpsc::Receiver<PeerMsg>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> Result<(), PeerError> {
+    const BATCH: usize = 1 << 16;
+    let mut buf = Vec::with_capacity(BATCH + 2048);
+    loop {
+        let first = match tokio::time::timeout(core.cfg.heartbeat, rx.recv()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(_) => PeerMsg::Heartbeat,
+        };
+        buf.clear();
+        let mut frames = u64::from(matches!(first, PeerMsg::Frame { .. }));
+        first.encode(&mut buf);
+        while buf.len() < BATCH {
+            let Ok(m) = rx.try_recv() else { break };
+            frames += u64::from(matches!(m, PeerMsg::Frame { .. }));
+            m.encode(&mut buf);
+        }
+        wr.write_all(&buf).await?;
+        lock(&core.switch).count_peer_write(node, frames, buf.len() as u64);
+    }
+}

@@ -280,38 +280,30 @@ impl Engine {
         if !dst.is_addressable() || dst == src {
             return Err(ErrorCode::InvalidArgument);
         }
+        let local_dst = self.locals.contains_key(&dst);
+        if !local_dst {
+            if let Some(err) = self.refusal_for_remote(dst) {
+                return Err(err);
+            }
+        }
         let seq = self.start_op(src)?;
         msg.source = src;
-        let deadline = deadline(now, timeout);
-        if self.locals.contains_key(&dst) {
-            let op = Op {
-                seq,
-                deadline,
-                kind,
-                peer: dst,
-                msg,
-                retx: Retx::none(),
-                delivered: false,
-                transfer: None,
-            };
-            self.local_mut(src).op = Some(op);
-            self.deliver_local_call(now, src, dst, seq, msg, kind);
-        } else if let Some(err) = self.refusal_for_remote(dst) {
-            self.local_mut(src).op = None;
-            return Err(err);
+        // Local calls keep a timer too: a full queue or a migration away turns them into retransmissions.
+        let retx = Retx::start(now, self.cfg.rto);
+        let op = Op {
+            seq,
+            deadline: deadline(now, timeout),
+            kind,
+            peer: dst,
+            msg,
+            retx,
+            delivered: false,
+            transfer: None,
+        };
+        self.local_mut(src).op = Some(op);
+        if local_dst {
+            self.accept_call(now, dst, src, seq, msg, kind, true);
         } else {
-            let retx = Retx::start(now, self.cfg.rto);
-            let op = Op {
-                seq,
-                deadline,
-                kind,
-                peer: dst,
-                msg,
-                retx,
-                delivered: false,
-                transfer: None,
-            };
-            self.local_mut(src).op = Some(op);
             self.push_call_frame(src, dst, seq, msg, kind);
         }
         Ok(())
@@ -531,9 +523,17 @@ impl Engine {
     /// Takes `ep` out of this engine for migration: its dedup table, reply cache, seq counter,
     /// pending notifications and buffer travel in the returned state; later frames for it are
     /// answered with Migrated. A pending `receive` ends with `Migrated` (the task re-issues it at the
-    /// new place); any other blocking call makes this fail with `Busy`.
+    /// new place); any other blocking call, or an event for `ep` not yet taken by `poll_event`, makes
+    /// this fail with `Busy`.
     pub fn export_endpoint(&mut self, ep: Endpoint) -> Result<EndpointState, ErrorCode> {
         let local = self.locals.get(&ep).ok_or(ErrorCode::NotBound)?;
+        let undrained = self
+            .events
+            .iter()
+            .any(|ev| matches!(ev, Event::Done { ep: e, .. } if *e == ep));
+        if undrained {
+            return Err(ErrorCode::Busy);
+        }
         match local.op.map(|op| op.kind) {
             None => {}
             Some(OpKind::Receive) => self.complete(ep, Err(ErrorCode::Migrated)),
@@ -542,6 +542,15 @@ impl Engine {
         let local = self.locals.remove(&ep).ok_or(ErrorCode::NotBound)?;
         self.drop_local_state(ep);
         self.moved.insert(ep);
+        // Local callers of `ep` now reach it through the network: resend at once.
+        for l in self.locals.values_mut() {
+            if let Some(op) =
+                l.op.as_mut()
+                    .filter(|op| op.peer == ep && matches!(op.kind, OpKind::Send | OpKind::SendRec))
+            {
+                op.retx.next = Instant::ZERO;
+            }
+        }
         Ok(EndpointState::from_local(ep, local))
     }
 
@@ -790,32 +799,110 @@ impl Engine {
         self.transfers.retain(|k, _| k.local != ep);
     }
 
-    /// A call from local `src` reaches local `dst`.
-    fn deliver_local_call(
+    /// A call reaches local `dst` from `src` (a local endpoint if `local`, else a frame): suppresses
+    /// duplicates (answering them again), then delivers it to a waiting `receive` or queues it.
+    #[allow(clippy::too_many_arguments)]
+    fn accept_call(
         &mut self,
         now: Instant,
-        src: Endpoint,
         dst: Endpoint,
+        src: Endpoint,
         seq: u64,
         msg: Message,
         kind: OpKind,
+        local: bool,
     ) {
+        let limit = self.cfg.peer_limit;
+        let queue_limit = self.cfg.queue_limit;
+        let d = self.local_mut(dst);
+        let peer = d.peer_entry(src, now, limit);
+        if seq <= peer.last_seq {
+            let (state, last_seq) = (peer.state, peer.last_seq);
+            self.stats.duplicates += 1;
+            if seq != last_seq {
+                self.stats.stale += 1;
+                return;
+            }
+            match state {
+                InState::Replied(reply) if kind == OpKind::SendRec => {
+                    self.answer_reply(dst, src, seq, reply, local)
+                }
+                InState::Delivered | InState::AwaitingReply | InState::Replied(_) => {
+                    self.answer_delivered(dst, src, seq, local)
+                }
+                InState::Queued | InState::Idle => {}
+            }
+            return;
+        }
+        // A newer call from the same source: any older one still queued was given up by its sender.
+        if peer.state == InState::Queued {
+            d.queue.retain(|m| m.src != src);
+        }
         let incoming = Incoming {
             src,
             seq,
             msg,
             kind,
-            local: true,
+            local,
         };
-        let peer_limit = self.cfg.peer_limit;
-        let d = self.local_mut(dst);
-        let peer = d.peer_entry(src, now, peer_limit);
-        peer.last_seq = seq;
-        peer.state = InState::Queued;
         if d.receiving_from(src) {
+            d.peer_entry(src, now, limit).last_seq = seq;
             self.take_incoming(now, dst, incoming);
+        } else if d.queue.len() < queue_limit {
+            let peer = d.peer_entry(src, now, limit);
+            peer.last_seq = seq;
+            peer.state = InState::Queued;
+            d.queue.push_back(incoming);
         } else {
-            self.local_mut(dst).queue.push_back(incoming);
+            self.stats.queue_full += 1;
+        }
+    }
+
+    /// Tells the sender of call `seq` that `dst` took it (again, for a duplicate).
+    fn answer_delivered(&mut self, dst: Endpoint, src: Endpoint, seq: u64, local: bool) {
+        if !local {
+            self.tx
+                .push_back(Tx::ctl(Kind::Delivered, dst, src, 0, seq));
+            return;
+        }
+        let probe = self.cfg.probe_interval;
+        let Some(op) = self
+            .locals
+            .get_mut(&src)
+            .and_then(|l| l.op.as_mut())
+            .filter(|op| op.seq == seq)
+        else {
+            return;
+        };
+        if op.kind == OpKind::SendRec {
+            op.delivered = true;
+            op.retx.interval = probe;
+        } else {
+            self.complete(src, Ok(Completion::Sent));
+        }
+    }
+
+    /// Gives the sender of SendRec `seq` its reply (again, for a duplicate).
+    fn answer_reply(
+        &mut self,
+        dst: Endpoint,
+        src: Endpoint,
+        seq: u64,
+        reply: Message,
+        local: bool,
+    ) {
+        if !local {
+            self.tx.push_back(Tx {
+                body: Body::Msg(reply),
+                ..Tx::ctl(Kind::Reply, dst, src, seq, 0)
+            });
+        } else if self
+            .locals
+            .get(&src)
+            .and_then(|l| l.op)
+            .is_some_and(|op| op.seq == seq && op.kind == OpKind::SendRec)
+        {
+            self.complete(src, Ok(Completion::Replied(reply)));
         }
     }
 
@@ -883,57 +970,7 @@ impl Engine {
             self.stats.bad_frames += 1;
             return;
         };
-        let (dst, src, seq) = (f.dst, f.src, f.seq);
-        let limit = self.cfg.peer_limit;
-        let queue_limit = self.cfg.queue_limit;
-        let d = self.local_mut(dst);
-        let peer = d.peer_entry(src, now, limit);
-        if seq <= peer.last_seq {
-            let state = peer.state;
-            let same = seq == peer.last_seq;
-            self.stats.duplicates += 1;
-            if same {
-                match state {
-                    InState::Replied(reply) if kind == OpKind::SendRec => {
-                        self.tx.push_back(Tx {
-                            body: Body::Msg(reply),
-                            ..Tx::ctl(Kind::Reply, dst, src, seq, 0)
-                        });
-                    }
-                    InState::Delivered | InState::AwaitingReply | InState::Replied(_) => {
-                        self.tx
-                            .push_back(Tx::ctl(Kind::Delivered, dst, src, 0, seq));
-                    }
-                    InState::Queued | InState::Idle => {}
-                }
-            } else {
-                self.stats.stale += 1;
-            }
-            return;
-        }
-        // A newer call from the same source: any older one still queued was given up by its sender.
-        if peer.state == InState::Queued {
-            d.queue.retain(|m| m.src != src);
-        }
-        let incoming = Incoming {
-            src,
-            seq,
-            msg,
-            kind,
-            local: false,
-        };
-        if d.receiving_from(src) {
-            let peer = d.peer_entry(src, now, limit);
-            peer.last_seq = seq;
-            self.take_incoming(now, dst, incoming);
-        } else if d.queue.len() < queue_limit {
-            let peer = d.peer_entry(src, now, limit);
-            peer.last_seq = seq;
-            peer.state = InState::Queued;
-            d.queue.push_back(incoming);
-        } else {
-            self.stats.queue_full += 1;
-        }
+        self.accept_call(now, f.dst, f.src, f.seq, msg, kind, false);
     }
 
     fn on_delivered(&mut self, now: Instant, f: &FrameRepr<'_>) {
@@ -1116,6 +1153,10 @@ impl Engine {
             };
         }
         match op.kind {
+            OpKind::Send | OpKind::SendRec if self.locals.contains_key(&op.peer) => {
+                // The destination is (now) here: retry locally; duplicates are suppressed as for frames.
+                self.accept_call(now, op.peer, ep, op.seq, op.msg, op.kind, true);
+            }
             OpKind::Send | OpKind::SendRec => {
                 self.stats.retransmits += 1;
                 self.push_call_frame(ep, op.peer, op.seq, op.msg, op.kind);

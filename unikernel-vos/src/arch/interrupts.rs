@@ -9,8 +9,6 @@ pub const TIMER_VECTOR: u8 = 0x20;
 pub const DEVICE_VECTOR_BASE: u8 = 0x30;
 /// Number of device vectors (one per IOAPIC pin used).
 pub const DEVICE_VECTORS: u8 = 24;
-/// Vector of the halt gate (DPL 3): `int 0x80` sleeps until an interrupt.
-pub const HALT_VECTOR: u8 = 0x80;
 /// Spurious-interrupt vector of the LAPIC.
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
 
@@ -71,21 +69,36 @@ irq_stub:
 spurious_stub:
     iretq
 
-    /* The halt gate: enable interrupts for exactly one hlt, then return to ring 3 with the
-       caller's flags (IF=0). sti's interrupt shadow closes the race with a pending IRQ. */
-    .global halt_stub
-halt_stub:
+    /* The halt gate. Paravirtual KVM refuses `int n` and `syscall` to ring 0 from ring 3,
+       but faults still arrive: ring 3 executes `hlt`, which raises #GP; this handler sees
+       the hlt byte at the faulting rip, steps over it, and halts in ring 0 with interrupts
+       enabled for exactly that one hlt (sti's shadow closes the race with a pending IRQ),
+       then returns to ring 3 with its flags (IF=0). Any other #GP is fatal. */
+    .global gp_stub
+gp_stub:
+    push rax
+    mov rax, [rsp + 16]
+    cmp byte ptr [rax], 0xF4
+    jne 1f
+    inc rax
+    mov [rsp + 16], rax
+    pop rax
+    add rsp, 8
     sti
     hlt
     cli
     iretq
+1:
+    pop rax
+    push 13
+    jmp exc_common
 "#
 );
 
 extern "C" {
     fn irq_stub();
     fn spurious_stub();
-    fn halt_stub();
+    fn gp_stub();
     static exc_stub_table: [usize; 32];
 }
 
@@ -104,25 +117,25 @@ fn set_gate(vector: u8, handler: usize, dpl: u8) {
     }
 }
 
-/// Fills the IDT: exceptions, timer, device vectors, spurious vector and the halt gate.
+/// Fills the IDT: exceptions, timer, device vectors and the spurious vector.
 pub fn init() {
     // SAFETY: the table is immutable data emitted by the assembly above.
     let exc = unsafe { &exc_stub_table };
     for (v, h) in exc.iter().enumerate() {
         set_gate(v as u8, *h, 0);
     }
+    set_gate(13, gp_stub as *const () as usize, 0);
     set_gate(TIMER_VECTOR, irq_stub as *const () as usize, 0);
     for v in DEVICE_VECTOR_BASE..DEVICE_VECTOR_BASE + DEVICE_VECTORS {
         set_gate(v, irq_stub as *const () as usize, 0);
     }
     set_gate(SPURIOUS_VECTOR, spurious_stub as *const () as usize, 0);
-    set_gate(HALT_VECTOR, halt_stub as *const () as usize, 3);
 }
 
 /// Sleeps (ring 0 `sti; hlt`) until the next interrupt; returns with interrupts off again.
 pub fn halt() {
-    // SAFETY: the halt gate only enables interrupts around one hlt and returns.
-    unsafe { asm!("int 0x80", options(nomem, nostack, preserves_flags)) };
+    // SAFETY: the #GP handler turns this hlt into one ring-0 halt and returns past it.
+    unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) };
 }
 
 /// Exception entry, reached in ring 0: names the exception and ends the VM.

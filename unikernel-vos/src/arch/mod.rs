@@ -74,3 +74,22 @@ pub fn exit(code: ExitCode) -> ! {
         interrupts::halt();
     }
 }
+
+/// Seconds since 2000-01-01 from the CMOS real-time clock (used as the default incarnation).
+pub fn rtc_seconds() -> u32 {
+    let read = |reg: u8| {
+        outb(0x70, reg);
+        inb(0x71)
+    };
+    let binary = read(0x0B) & 0x04 != 0;
+    let conv = |v: u8| if binary { v as u32 } else { (v as u32 & 0x0F) + (v as u32 >> 4) * 10 };
+    let (s, m, h) = (conv(read(0x00)), conv(read(0x02)), conv(read(0x04) & 0x7F));
+    let (d, mo, y) = (conv(read(0x07)), conv(read(0x08)), conv(read(0x09)));
+    let days = y * 365 + y / 4 + (mo.saturating_sub(1)) * 31 + d;
+    let secs = ((days * 24 + h) * 60 + m) * 60 + s;
+    if secs == 0 {
+        (time::rdtsc() >> 10) as u32 | 1
+    } else {
+        secs
+    }
+}

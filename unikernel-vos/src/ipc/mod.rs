@@ -1,0 +1,186 @@
+//! M3-IPC in the guest: the m3ipc-core engine bound to the fabric NIC (frames of EtherType
+//! 0x88B5, broadcast destination MAC), and the task-facing API (`send`, `receive`, `sendrec`,
+//! `reply`, `notify`, `vcopy`) as futures.
+
+pub mod local_bench;
+
+use crate::drivers::net::Nic;
+use crate::executor;
+use alloc::collections::BTreeMap;
+use alloc::rc::Rc;
+use core::cell::RefCell;
+use core::future::poll_fn;
+use core::task::Poll;
+use core::time::Duration;
+use m3ipc_core::engine::{Completion, Engine, Event};
+use m3ipc_core::wire::ethernet::{EthernetHeader, BROADCAST, ETH_HEADER_LEN};
+use m3ipc_core::wire::{ETHERTYPE_M3IPC, MAX_FRAME};
+use m3ipc_core::{Endpoint, ErrorCode, Instant, Message};
+
+/// The IPC host state shared by the main loop and the tasks.
+pub struct Ipc {
+    /// The engine.
+    pub engine: Engine,
+    /// Results of finished calls, waiting for their task.
+    done: BTreeMap<Endpoint, Result<Completion, ErrorCode>>,
+    /// Ethernet frames refused before the engine (not M3-IPC, too short).
+    pub bad_ethernet: u64,
+    /// Notifications that could not be delivered.
+    pub notify_failed: u64,
+    mac: [u8; 6],
+}
+
+/// Shared handle to the IPC state.
+pub type IpcRef = Rc<RefCell<Ipc>>;
+
+/// The current time on the engine's clock.
+pub fn now() -> Instant {
+    Instant::from_micros(crate::arch::time::now_us())
+}
+
+impl Ipc {
+    /// An IPC host around `engine`, sending from MAC `mac`.
+    pub fn new(engine: Engine, mac: [u8; 6]) -> Ipc {
+        Ipc { engine, done: BTreeMap::new(), bad_ethernet: 0, notify_failed: 0, mac }
+    }
+
+    /// Feeds one received Ethernet frame (EtherType 0x88B5, any destination MAC) to the engine.
+    pub fn on_frame(&mut self, now: Instant, frame: &[u8]) {
+        match EthernetHeader::m3ipc_payload(frame) {
+            Ok((_, payload)) => self.engine.handle_frame(now, payload),
+            Err(_) => self.bad_ethernet += 1,
+        }
+    }
+
+    /// Runs timers, collects events and sends what the engine has queued on `nic`.
+    /// Returns whether anything happened.
+    pub fn poll(&mut self, now: Instant, nic: Option<&mut Nic>) -> bool {
+        let mut work = false;
+        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.engine.handle_timeout(now);
+            work = true;
+        }
+        while let Some(ev) = self.engine.poll_event() {
+            work = true;
+            match ev {
+                Event::Done { ep, result } => {
+                    self.done.insert(ep, result);
+                }
+                Event::NotifyFailed { .. } => self.notify_failed += 1,
+            }
+        }
+        if let Some(nic) = nic {
+            let mac = self.mac;
+            while self.engine.has_transmit() {
+                let engine = &mut self.engine;
+                let sent = nic.send_with(ETH_HEADER_LEN + MAX_FRAME, |buf| {
+                    let hdr = EthernetHeader { dst: BROADCAST, src: mac, ethertype: ETHERTYPE_M3IPC };
+                    match engine.poll_transmit(now, &mut buf[ETH_HEADER_LEN..]) {
+                        Some(n) if hdr.emit(buf).is_ok() => ETH_HEADER_LEN + n,
+                        _ => 0,
+                    }
+                });
+                if !sent {
+                    break;
+                }
+                work = true;
+            }
+        } else {
+            // No fabric NIC: remote frames have nowhere to go.
+            let mut scratch = [0u8; MAX_FRAME];
+            while self.engine.poll_transmit(now, &mut scratch).is_some() {}
+        }
+        work
+    }
+
+    /// When the engine next needs `poll`, in microseconds.
+    pub fn next_deadline_us(&self) -> Option<u64> {
+        self.engine.poll_timeout().map(|t| t.as_micros())
+    }
+}
+
+/// Waits for the result of `ep`'s blocking call.
+async fn wait(ipc: &IpcRef, ep: Endpoint) -> Result<Completion, ErrorCode> {
+    poll_fn(|_| match ipc.borrow_mut().done.remove(&ep) {
+        Some(r) => {
+            executor::progress();
+            Poll::Ready(r)
+        }
+        None => Poll::Pending,
+    })
+    .await
+}
+
+/// Sends `msg` from `src` to `dst` and waits for the reply.
+pub async fn sendrec(
+    ipc: &IpcRef,
+    src: Endpoint,
+    dst: Endpoint,
+    msg: Message,
+    timeout: Option<Duration>,
+) -> Result<Message, ErrorCode> {
+    ipc.borrow_mut().engine.sendrec(now(), src, dst, msg, timeout)?;
+    executor::progress();
+    match wait(ipc, src).await? {
+        Completion::Replied(m) => Ok(m),
+        _ => Err(ErrorCode::InvalidArgument),
+    }
+}
+
+/// Sends `msg` from `src` to `dst`; returns when `dst` has taken it.
+pub async fn send(ipc: &IpcRef, src: Endpoint, dst: Endpoint, msg: Message, timeout: Option<Duration>) -> Result<(), ErrorCode> {
+    ipc.borrow_mut().engine.send(now(), src, dst, msg, timeout)?;
+    executor::progress();
+    match wait(ipc, src).await? {
+        Completion::Sent => Ok(()),
+        _ => Err(ErrorCode::InvalidArgument),
+    }
+}
+
+/// Waits for a message to `ep` from `from` (or `Endpoint::ANY`); returns it and whether its
+/// sender waits for a reply.
+pub async fn receive(
+    ipc: &IpcRef,
+    ep: Endpoint,
+    from: Endpoint,
+    timeout: Option<Duration>,
+) -> Result<(Message, bool), ErrorCode> {
+    ipc.borrow_mut().engine.receive(now(), ep, from, timeout)?;
+    match wait(ipc, ep).await? {
+        Completion::Received { msg, needs_reply } => Ok((msg, needs_reply)),
+        _ => Err(ErrorCode::InvalidArgument),
+    }
+}
+
+/// Answers `dst`, blocked in `sendrec` towards `src`; does not block.
+pub fn reply(ipc: &IpcRef, src: Endpoint, dst: Endpoint, msg: Message) -> Result<(), ErrorCode> {
+    executor::progress();
+    ipc.borrow_mut().engine.reply(now(), src, dst, msg)
+}
+
+/// Notifies `dst` from `src`; never blocks.
+pub fn notify(ipc: &IpcRef, src: Endpoint, dst: Endpoint) -> Result<(), ErrorCode> {
+    executor::progress();
+    ipc.borrow_mut().engine.notify(now(), src, dst)
+}
+
+/// Copies `len` bytes from `src_ep`'s buffer at `src_off` to `dst_ep`'s at `dst_off`;
+/// `requester` is one of the two and must be local.
+#[allow(clippy::too_many_arguments)]
+pub async fn vcopy(
+    ipc: &IpcRef,
+    requester: Endpoint,
+    src_ep: Endpoint,
+    src_off: u64,
+    dst_ep: Endpoint,
+    dst_off: u64,
+    len: u64,
+    timeout: Option<Duration>,
+) -> Result<u64, ErrorCode> {
+    ipc.borrow_mut().engine.vcopy(now(), requester, src_ep, src_off, dst_ep, dst_off, len, timeout)?;
+    executor::progress();
+    match wait(ipc, requester).await? {
+        Completion::Copied { len } => Ok(len),
+        _ => Err(ErrorCode::InvalidArgument),
+    }
+}

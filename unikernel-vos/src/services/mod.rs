@@ -1,0 +1,5 @@
+//! The VOS's services, chosen by `svc=` on the command line.
+
+pub mod echo;
+pub mod http;
+pub mod ipc_bench;

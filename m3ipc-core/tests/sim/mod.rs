@@ -40,11 +40,6 @@ pub struct Faults {
 }
 
 impl Faults {
-    pub const NONE: Faults = Faults {
-        loss: 0.0,
-        dup: 0.0,
-        delay_us: (50, 50),
-    };
     pub fn lossy(loss: f64) -> Faults {
         Faults {
             loss,

@@ -203,8 +203,8 @@ impl Engine {
     }
 
     /// Unbinds `ep`: its call ends with `NotBound`, later frames for it get `DeadDestination`.
-    pub fn unbind(&mut self, now: Instant, ep: Endpoint) -> Result<(), ErrorCode> {
-        self.fail_op(now, ep, ErrorCode::NotBound);
+    pub fn unbind(&mut self, ep: Endpoint) -> Result<(), ErrorCode> {
+        self.fail_op(ep, ErrorCode::NotBound);
         self.drop_local_state(ep);
         self.locals.remove(&ep).ok_or(ErrorCode::NotBound)?;
         self.dead.insert(ep);
@@ -413,7 +413,7 @@ impl Engine {
             return Err(ErrorCode::NotBound);
         }
         if self.locals.contains_key(&dst) {
-            self.post_notification(now, dst, src);
+            self.post_notification(dst, src);
             return Ok(());
         }
         if let Some(err) = self.refusal_for_remote(dst) {
@@ -668,26 +668,35 @@ impl Engine {
 
     /// Runs every timer due at `now`: deadlines, retransmissions, idle transfers.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<Endpoint> = self
+        // Walk the maps by key range rather than collecting the due keys: no allocation per tick.
+        let mut from = Endpoint(0);
+        while let Some(ep) = self
             .locals
-            .iter()
-            .filter(|(_, l)| {
+            .range(from..)
+            .find(|(_, l)| {
                 l.op.as_ref()
                     .is_some_and(|op| op.deadline <= now || op.retx.next <= now)
             })
             .map(|(ep, _)| *ep)
-            .collect();
-        for ep in due {
+        {
             self.op_timer(now, ep);
+            match ep.0.checked_add(1) {
+                Some(next) => from = Endpoint(next),
+                None => break,
+            }
         }
-        let due: Vec<(Endpoint, Endpoint)> = self
+        let mut from = (Endpoint(0), Endpoint(0));
+        while let Some((src, dst)) = self
             .notifies
-            .iter()
-            .filter(|(_, p)| p.deadline <= now || p.retx.next <= now)
+            .range(from..)
+            .find(|(_, p)| p.deadline <= now || p.retx.next <= now)
             .map(|(k, _)| *k)
-            .collect();
-        for (src, dst) in due {
+        {
             self.notify_timer(now, src, dst);
+            match dst.0.checked_add(1) {
+                Some(next) => from = (src, Endpoint(next)),
+                None => from = (Endpoint(src.0.saturating_add(1)), Endpoint(0)),
+            }
         }
         self.vcopy_timers(now);
     }
@@ -762,7 +771,7 @@ impl Engine {
     }
 
     /// Ends `ep`'s call with `err`, withdrawing whatever it left at its peer.
-    fn fail_op(&mut self, now: Instant, ep: Endpoint, err: ErrorCode) {
+    fn fail_op(&mut self, ep: Endpoint, err: ErrorCode) {
         let Some(op) = self.locals.get(&ep).and_then(|l| l.op) else {
             return;
         };
@@ -790,7 +799,6 @@ impl Engine {
             }
             OpKind::Receive => {}
         }
-        let _ = now;
         self.complete(ep, Err(err));
     }
 
@@ -943,7 +951,7 @@ impl Engine {
         }
     }
 
-    fn post_notification(&mut self, now: Instant, dst: Endpoint, src: Endpoint) {
+    fn post_notification(&mut self, dst: Endpoint, src: Endpoint) {
         let d = self.local_mut(dst);
         if d.receiving_from(src) {
             d.op = None;
@@ -960,7 +968,6 @@ impl Engine {
         } else if !d.notify_pending.insert(src) {
             self.stats.notify_coalesced += 1;
         }
-        let _ = now;
     }
 
     // ---------------------------------------------------------------- internals: frames in
@@ -1032,7 +1039,7 @@ impl Engine {
             ..Tx::ctl(Kind::Delivered, f.dst, f.src, 0, f.seq)
         });
         if fresh {
-            self.post_notification(now, f.dst, f.src);
+            self.post_notification(f.dst, f.src);
         }
     }
 
@@ -1137,7 +1144,7 @@ impl Engine {
             return;
         };
         if op.deadline <= now {
-            self.fail_op(now, ep, ErrorCode::Timeout);
+            self.fail_op(ep, ErrorCode::Timeout);
             return;
         }
         if op.retx.next > now {

@@ -315,7 +315,7 @@ fn unknown_and_dead_destinations_fail_the_call() {
         events(&mut p.a),
         vec![done(A, Err(ErrorCode::UnknownDestination))]
     );
-    p.b.unbind(p.now, B2).unwrap();
+    p.b.unbind(B2).unwrap();
     p.a.send(p.now, A, B2, Message::new(1), T).unwrap();
     p.pump();
     assert_eq!(

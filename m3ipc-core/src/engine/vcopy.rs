@@ -7,7 +7,7 @@
 //! of its whole range (FINAL ack); the holder compares it with its own. On a push the holder is the
 //! requester and ends the call; on a pull it answers with VcopyFin carrying the verdict.
 
-use super::state::{OpKind, Retx};
+use super::state::Retx;
 use super::{Body, Completion, Engine, EngineConfig, Tx};
 use crate::error::ErrorCode;
 use crate::ids::Endpoint;
@@ -664,13 +664,28 @@ impl Engine {
         let max = self.cfg.max_rto;
         let idle = self.cfg.transfer_idle_timeout;
         let window = self.cfg.vcopy_window;
-        let due: Vec<TransferKey> = self
+        let mut from = TransferKey {
+            local: Endpoint(0),
+            peer: Endpoint(0),
+            id: 0,
+        };
+        while let Some(key) = self
             .transfers
-            .iter()
-            .filter(|(_, t)| t.next_timer(&self.cfg) <= now)
+            .range(from..)
+            .find(|(_, t)| t.next_timer(&self.cfg) <= now)
             .map(|(k, _)| *k)
-            .collect();
-        for key in due {
+        {
+            from = TransferKey {
+                id: key.id.wrapping_add(1),
+                ..key
+            };
+            if key.id == u64::MAX {
+                from = TransferKey {
+                    local: key.local,
+                    peer: Endpoint(key.peer.0.saturating_add(1)),
+                    id: 0,
+                };
+            }
             let Some(t) = self.transfers.get_mut(&key) else {
                 continue;
             };
@@ -710,7 +725,5 @@ impl Engine {
                 Phase::Running => t.timer = Retx::none(),
             }
         }
-        // Requesters' calls end through their op deadline; nothing else to do here.
-        let _ = OpKind::Vcopy;
     }
 }

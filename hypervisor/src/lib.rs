@@ -1,1 +1,9 @@
-//! dvs hypervisor (work in progress, see README).
+//! # dvs-hypervisor — the node daemon and the `dvs` CLI
+//!
+//! The daemon (`dvs node`) keeps an image store, boots instances through a VM backend, runs the node's proxy
+//! and answers an HTTP/JSON API; the CLI talks to that API. See hypervisor/README.md.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod fakevos;
+pub mod images;

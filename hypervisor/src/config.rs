@@ -1,0 +1,105 @@
+//! The node's configuration file (`node.toml`) and the cluster file it points to.
+
+use std::path::{Path, PathBuf};
+
+use dvs_proxy::ClusterMap;
+use serde::Deserialize;
+
+/// Which VM backend boots instances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// QEMU (`-M microvm`), with KVM when `/dev/kvm` works, TCG otherwise.
+    #[default]
+    Qemu,
+    /// Host-side fake instances (`dvs-fake-vos`): the same command line and ports, no VM. For tests.
+    Fake,
+}
+
+/// Which QEMU socket netdev the fabric NIC uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetdevKind {
+    /// `-netdev dgram` (measured faster; the default).
+    #[default]
+    Dgram,
+    /// `-netdev stream`.
+    Stream,
+}
+
+/// KVM or TCG.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when `/dev/kvm` opens, TCG otherwise.
+    #[default]
+    Auto,
+    /// Always KVM.
+    Kvm,
+    /// Always TCG.
+    Tcg,
+}
+
+/// `node.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id in the cluster file.
+    pub node: u16,
+    /// The cluster file (relative paths are relative to node.toml).
+    pub cluster: PathBuf,
+    /// Images, instance records and console logs live here (relative to node.toml).
+    pub data_dir: PathBuf,
+    /// VM backend.
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// Fabric netdev flavour.
+    #[serde(default)]
+    pub netdev: NetdevKind,
+    /// KVM or TCG.
+    #[serde(default)]
+    pub accel: Accel,
+    /// QEMU binary.
+    #[serde(default = "default_qemu")]
+    pub qemu: PathBuf,
+    /// Overrides the API listen address of the cluster file (e.g. 0.0.0.0:7070).
+    pub api_listen: Option<std::net::SocketAddr>,
+}
+
+fn default_qemu() -> PathBuf {
+    PathBuf::from("qemu-system-x86_64")
+}
+
+/// Reads `node.toml` and its cluster file; relative paths become relative to node.toml's folder.
+pub fn load(path: &Path) -> anyhow::Result<(NodeConfig, ClusterMap)> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut cfg: NodeConfig =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    cfg.cluster = base.join(&cfg.cluster);
+    cfg.data_dir = base.join(&cfg.data_dir);
+    let cluster = load_cluster(&cfg.cluster)?;
+    if cluster.node(m3ipc_core::NodeId(cfg.node)).is_none() {
+        anyhow::bail!(
+            "node {} is not in the cluster file {}",
+            cfg.node,
+            cfg.cluster.display()
+        );
+    }
+    Ok((cfg, cluster))
+}
+
+/// Reads and checks a cluster file.
+pub fn load_cluster(path: &Path) -> anyhow::Result<ClusterMap> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading cluster file {}", path.display()))?;
+    let cluster: ClusterMap = toml::from_str(&text)
+        .with_context(|| format!("parsing cluster file {}", path.display()))?;
+    cluster
+        .validate()
+        .with_context(|| format!("cluster file {}", path.display()))?;
+    Ok(cluster)
+}

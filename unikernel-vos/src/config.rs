@@ -87,7 +87,8 @@ fn num<T: TryFrom<u64>>(key: &str, v: &str) -> Result<T, String> {
 }
 
 fn ip(key: &str, v: &str) -> Result<Ipv4Addr, String> {
-    v.parse().map_err(|_| format!("{key}={v}: not an IPv4 address"))
+    v.parse()
+        .map_err(|_| format!("{key}={v}: not an IPv4 address"))
 }
 
 fn cidr(key: &str, v: &str) -> Result<Cidr, String> {
@@ -96,7 +97,10 @@ fn cidr(key: &str, v: &str) -> Result<Cidr, String> {
     if prefix > 32 {
         return Err(format!("{key}={v}: prefix {prefix} > 32"));
     }
-    Ok(Cidr { addr: ip(key, a)?, prefix })
+    Ok(Cidr {
+        addr: ip(key, a)?,
+        prefix,
+    })
 }
 
 fn size(v: &str) -> Option<u64> {
@@ -116,9 +120,16 @@ fn mmio(v: &str) -> Result<MmioDevice, String> {
     let bad = || format!("virtio_mmio.device={v}: expected SIZE@BASE:IRQ");
     let (sz, rest) = v.split_once('@').ok_or_else(bad)?;
     let (base, irq) = rest.split_once(':').ok_or_else(bad)?;
-    let base = base.strip_prefix("0x").and_then(|h| u64::from_str_radix(h, 16).ok()).ok_or_else(bad)?;
+    let base = base
+        .strip_prefix("0x")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or_else(bad)?;
     let irq: u8 = irq.parse().map_err(|_| bad())?;
-    Ok(MmioDevice { base, size: size(sz).ok_or_else(bad)?, irq })
+    Ok(MmioDevice {
+        base,
+        size: size(sz).ok_or_else(bad)?,
+        irq,
+    })
 }
 
 impl Config {
@@ -166,7 +177,11 @@ impl Config {
                             "http" => Service::Http,
                             "echo" => Service::Echo,
                             "ipc-bench" => Service::IpcBench,
-                            _ => return Err(format!("svc={v}: unknown service '{s}' (http, echo, ipc-bench)")),
+                            _ => {
+                                return Err(format!(
+                                    "svc={v}: unknown service '{s}' (http, echo, ipc-bench)"
+                                ))
+                            }
                         });
                     }
                 }

@@ -24,7 +24,10 @@ struct Shared {
 // SAFETY: the kernel has one CPU and no preemption; these cells are never shared across threads.
 unsafe impl Sync for Shared {}
 
-static SHARED: Shared = Shared { progress: Cell::new(false), wake_at: Cell::new(u64::MAX) };
+static SHARED: Shared = Shared {
+    progress: Cell::new(false),
+    wake_at: Cell::new(u64::MAX),
+};
 
 /// Tells the main loop that a task made progress (so it polls again instead of halting).
 pub fn progress() {
@@ -49,7 +52,8 @@ impl Executor {
         SHARED.progress.set(false);
         SHARED.wake_at.set(u64::MAX);
         let mut cx = Context::from_waker(Waker::noop());
-        self.tasks.retain_mut(|t| t.as_mut().poll(&mut cx).is_pending());
+        self.tasks
+            .retain_mut(|t| t.as_mut().poll(&mut cx).is_pending());
         (SHARED.progress.get(), SHARED.wake_at.get())
     }
 

@@ -53,8 +53,10 @@ extern "C" fn vos_entry(start_info: u32) -> ! {
     let boot = arch::pvh::parse(start_info).unwrap_or_else(|e| fatal(e));
     // SAFETY: [ram_start, ram_end) is RAM after the image that nothing else uses.
     unsafe {
-        HEAP.lock()
-            .init(boot.ram_start as usize as *mut u8, (boot.ram_end - boot.ram_start) as usize)
+        HEAP.lock().init(
+            boot.ram_start as usize as *mut u8,
+            (boot.ram_end - boot.ram_start) as usize,
+        )
     };
     let cfg = match Config::parse(boot.cmdline) {
         Ok(c) => c,
@@ -71,7 +73,10 @@ extern "C" fn vos_entry(start_info: u32) -> ! {
     let mut ports = Vec::new();
     for (i, nic) in nics.into_iter().enumerate() {
         let (ip, gw) = match i {
-            0 => (cfg.ip.or(cfg.pub_ip), if cfg.ip.is_some() { cfg.gw } else { cfg.pub_gw }),
+            0 => (
+                cfg.ip.or(cfg.pub_ip),
+                if cfg.ip.is_some() { cfg.gw } else { cfg.pub_gw },
+            ),
             1 if cfg.ip.is_some() => (cfg.pub_ip, cfg.pub_gw),
             _ => (None, None),
         };
@@ -80,7 +85,10 @@ extern "C" fn vos_entry(start_info: u32) -> ! {
     for p in ports.iter_mut() {
         p.gratuitous_arp();
     }
-    let fabric_mac = ports.first().map(|p| p.nic.borrow().mac).unwrap_or([0x02, 0, 0, 0, 0, 1]);
+    let fabric_mac = ports
+        .first()
+        .map(|p| p.nic.borrow().mac)
+        .unwrap_or([0x02, 0, 0, 0, 0, 1]);
     let net = Rc::new(RefCell::new(Net { ports }));
 
     let incarnation = cfg.incarnation.unwrap_or_else(arch::rtc_seconds);
@@ -96,17 +104,30 @@ extern "C" fn vos_entry(start_info: u32) -> ! {
         _ => (None, cfg.endpoints.clone()),
     };
     let serves_echo = cfg.services.contains(&Service::Echo);
-    for &ep in echo_eps.iter().filter(|_| serves_echo).chain(client_ep.iter()) {
-        let size = if Some(ep) == client_ep { cfg.bench_vcopy.max(cfg.buf) } else { cfg.buf };
+    for &ep in echo_eps
+        .iter()
+        .filter(|_| serves_echo)
+        .chain(client_ep.iter())
+    {
+        let size = if Some(ep) == client_ep {
+            cfg.bench_vcopy.max(cfg.buf)
+        } else {
+            cfg.buf
+        };
         if let Err(e) = engine.set_buffer(Endpoint(ep), vec![0u8; size as usize]) {
-            fatal(&format!("vcopy buffer of {size} bytes for endpoint {ep}: {e:?}"));
+            fatal(&format!(
+                "vcopy buffer of {size} bytes for endpoint {ep}: {e:?}"
+            ));
         }
     }
     let ipc = Rc::new(RefCell::new(ipc::Ipc::new(engine, fabric_mac)));
 
     if cfg.local_n > 0 {
         match ipc::local_bench::run(cfg.dc, cfg.local_n) {
-            Ok(r) => println!("dvs: local-sendrec n={} ns_per_call={}", r.calls, r.ns_per_call),
+            Ok(r) => println!(
+                "dvs: local-sendrec n={} ns_per_call={}",
+                r.calls, r.ns_per_call
+            ),
             Err(e) => println!("dvs: local-sendrec FAILED: {e}"),
         }
     }
@@ -116,19 +137,33 @@ extern "C" fn vos_entry(start_info: u32) -> ! {
     let http_stats = Rc::new(RefCell::new(services::http::HttpStats::default()));
     if serves_echo {
         for &ep in &echo_eps {
-            exec.spawn(services::echo::serve(ipc.clone(), Endpoint(ep), echo_stats.clone()));
+            exec.spawn(services::echo::serve(
+                ipc.clone(),
+                Endpoint(ep),
+                echo_stats.clone(),
+            ));
         }
     }
     if cfg.services.contains(&Service::Http) {
         let n = net.borrow().ports.len();
-        let port = if n > 1 && cfg.pub_ip.is_some() && cfg.ip.is_some() { 1 } else { 0 };
+        let port = if n > 1 && cfg.pub_ip.is_some() && cfg.ip.is_some() {
+            1
+        } else {
+            0
+        };
         if n == 0 {
             fatal("svc=http needs a virtio-net device (-device virtio-net-...)");
         }
         exec.spawn(services::http::serve(net.clone(), port, http_stats.clone()));
     }
     if let (Some(c), Some(peer)) = (client_ep, cfg.peer) {
-        exec.spawn(services::ipc_bench::run(ipc.clone(), Endpoint(c), Endpoint(peer), cfg.bench_n, cfg.bench_vcopy));
+        exec.spawn(services::ipc_bench::run(
+            ipc.clone(),
+            Endpoint(c),
+            Endpoint(peer),
+            cfg.bench_n,
+            cfg.bench_vcopy,
+        ));
     }
 
     let eps: Vec<String> = cfg.endpoints.iter().map(|e| format!("{e}")).collect();
@@ -141,12 +176,24 @@ extern "C" fn vos_entry(start_info: u32) -> ! {
             Service::IpcBench => "ipc-bench",
         })
         .collect();
+    let macs: Vec<String> = net
+        .borrow()
+        .ports
+        .iter()
+        .map(|p| {
+            let m = p.nic.borrow().mac;
+            format!(
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            )
+        })
+        .collect();
     println!(
         "dvs: ready dc={} ep={} svc={} nics={} tsc_mhz={}",
         cfg.dc,
         eps.join(","),
         svcs.join(","),
-        net.borrow().ports.len(),
+        macs.join(","),
         cal.tsc_hz / 1_000_000,
     );
     run(&cfg, &net, &ipc, &mut exec, &echo_stats, &http_stats)
@@ -156,12 +203,11 @@ extern "C" fn vos_entry(start_info: u32) -> ! {
 fn discover(cfg: &Config) -> Vec<Nic> {
     let mut nics = Vec::new();
     if !cfg.mmio.is_empty() {
-        // QEMU lists the transports from the highest address down and plugs the first
-        // -device into the lowest slot: sort by address so NIC order follows -device order.
-        let mut devs = cfg.mmio.clone();
-        devs.sort_by_key(|d| d.base);
-        for d in devs {
-            let Ok(t) = VosTransport::mmio(d.base, d.size) else { continue };
+        // QEMU appends one word per plugged transport, in -device order.
+        for d in cfg.mmio.iter().copied() {
+            let Ok(t) = VosTransport::mmio(d.base, d.size) else {
+                continue;
+            };
             if t.device_type() != DeviceType::Network {
                 continue;
             }
@@ -182,7 +228,9 @@ fn discover(cfg: &Config) -> Vec<Nic> {
         if dev.kind != DeviceType::Network {
             continue;
         }
-        match drivers::transport::CachedPci::new(&mut root, dev.df).and_then(|t| Nic::new(VosTransport::Pci(t))) {
+        match drivers::transport::CachedPci::new(&mut root, dev.df)
+            .and_then(|t| Nic::new(VosTransport::Pci(t)))
+        {
             Ok(nic) => nics.push(nic),
             Err(e) => println!("dvs: pci {}: {e}", dev.df),
         }
@@ -197,7 +245,12 @@ fn discover(cfg: &Config) -> Vec<Nic> {
 }
 
 /// A summary of the counters, printed when it changes.
-fn stats_line(net: &Net, ipc: &ipc::Ipc, echo: &services::echo::EchoStats, http: &services::http::HttpStats) -> String {
+fn stats_line(
+    net: &Net,
+    ipc: &ipc::Ipc,
+    echo: &services::echo::EchoStats,
+    http: &services::http::HttpStats,
+) -> String {
     let s = ipc.engine.stats();
     let (mut rx, mut tx) = (0, 0);
     for p in &net.ports {
@@ -238,7 +291,11 @@ fn run(
     let mut last_work = time::now_us();
     let mut last_stats = String::new();
     let mut last_stats_at = 0u64;
-    let stats_every = if cfg.stats > 0 { cfg.stats as u64 * 1_000_000 } else { 1_000_000 };
+    let stats_every = if cfg.stats > 0 {
+        cfg.stats as u64 * 1_000_000
+    } else {
+        1_000_000
+    };
     loop {
         let now_us = time::now_us();
         let now = m3ipc_core::Instant::from_micros(now_us);
@@ -262,7 +319,9 @@ fn run(
             for port in net.ports.iter_mut() {
                 work |= port.poll_ip(now_us, progress);
             }
-            work |= ipc.borrow_mut().poll(now, net.ports.first_mut().map(|p| p.nic.get_mut()));
+            work |= ipc
+                .borrow_mut()
+                .poll(now, net.ports.first_mut().map(|p| p.nic.get_mut()));
         }
         if work {
             last_work = now_us;

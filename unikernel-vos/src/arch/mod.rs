@@ -82,7 +82,13 @@ pub fn rtc_seconds() -> u32 {
         inb(0x71)
     };
     let binary = read(0x0B) & 0x04 != 0;
-    let conv = |v: u8| if binary { v as u32 } else { (v as u32 & 0x0F) + (v as u32 >> 4) * 10 };
+    let conv = |v: u8| {
+        if binary {
+            v as u32
+        } else {
+            (v as u32 & 0x0F) + (v as u32 >> 4) * 10
+        }
+    };
     let (s, m, h) = (conv(read(0x00)), conv(read(0x02)), conv(read(0x04) & 0x7F));
     let (d, mo, y) = (conv(read(0x07)), conv(read(0x08)), conv(read(0x09)));
     let days = y * 365 + y / 4 + (mo.saturating_sub(1)) * 31 + d;

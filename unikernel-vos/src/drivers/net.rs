@@ -66,7 +66,9 @@ impl Nic {
             .map_err(|_| "virtio-net initialisation failed")?;
         let mac = dev.mac_address();
         let mut tx_bufs: Vec<Buf> = (0..QUEUE_SIZE).map(|_| new_buf()).collect();
-        let tx_hdr_len = dev.fill_buffer_header(&mut tx_bufs[0][..]).map_err(|_| "virtio-net header")?;
+        let tx_hdr_len = dev
+            .fill_buffer_header(&mut tx_bufs[0][..])
+            .map_err(|_| "virtio-net header")?;
         for b in tx_bufs.iter_mut().skip(1) {
             let _ = dev.fill_buffer_header(&mut b[..]);
         }
@@ -92,8 +94,12 @@ impl Nic {
         let b = &mut self.rx_bufs[buf as usize];
         // SAFETY: the buffer stays owned by the device until `poll` completes its token; it is
         // a heap box that is neither moved nor touched meanwhile.
-        let token = unsafe { self.dev.receive_begin(&mut b[..]) }.map_err(|_| "virtio-net rx queue full")?;
-        let slot = self.rx_posted.get_mut(token as usize).ok_or("virtio-net rx token out of range")?;
+        let token = unsafe { self.dev.receive_begin(&mut b[..]) }
+            .map_err(|_| "virtio-net rx queue full")?;
+        let slot = self
+            .rx_posted
+            .get_mut(token as usize)
+            .ok_or("virtio-net rx token out of range")?;
         *slot = Some(buf);
         Ok(())
     }
@@ -102,7 +108,11 @@ impl Nic {
     pub fn poll(&mut self) -> bool {
         let mut any = false;
         while let Some(token) = self.dev.poll_receive() {
-            let Some(buf) = self.rx_posted.get_mut(token as usize).and_then(Option::take) else {
+            let Some(buf) = self
+                .rx_posted
+                .get_mut(token as usize)
+                .and_then(Option::take)
+            else {
                 self.stats.rx_errors += 1;
                 break;
             };
@@ -110,7 +120,11 @@ impl Nic {
             // SAFETY: `b` is the buffer posted under `token`.
             match unsafe { self.dev.receive_complete(token, &mut b[..]) } {
                 Ok((hdr, len)) if hdr + len <= BUF_LEN => {
-                    self.ready.push_back(RxSlot { buf, hdr: hdr as u16, len: len as u16 });
+                    self.ready.push_back(RxSlot {
+                        buf,
+                        hdr: hdr as u16,
+                        len: len as u16,
+                    });
                     self.stats.rx += 1;
                     any = true;
                 }
@@ -148,7 +162,11 @@ impl Nic {
 
     fn reclaim_tx(&mut self) {
         while let Some(token) = self.dev.poll_transmit() {
-            let Some((buf, len)) = self.tx_posted.get_mut(token as usize).and_then(Option::take) else {
+            let Some((buf, len)) = self
+                .tx_posted
+                .get_mut(token as usize)
+                .and_then(Option::take)
+            else {
                 break;
             };
             let b = &self.tx_bufs[buf as usize];
@@ -200,7 +218,9 @@ impl Nic {
             self.stats.tx_full += 1;
             return false;
         }
-        let Some(buf) = self.tx_free.pop() else { return false };
+        let Some(buf) = self.tx_free.pop() else {
+            return false;
+        };
         let h = self.tx_hdr_len;
         let b = &mut self.tx_bufs[buf as usize];
         let max = max_len.min(BUF_LEN - h);

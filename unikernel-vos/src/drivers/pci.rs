@@ -5,7 +5,8 @@
 use crate::arch::{inl, outl};
 use alloc::vec::Vec;
 use virtio_drivers::transport::pci::bus::{
-    BarInfo, Command, ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, MemoryBarType, PciRoot,
+    BarInfo, Command, ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, MemoryBarType,
+    PciRoot,
 };
 use virtio_drivers::transport::pci::virtio_device_type;
 use virtio_drivers::transport::DeviceType;
@@ -68,10 +69,18 @@ pub fn scan(root: &mut PciRoot<PortCam>) -> Vec<PciVirtio> {
     }
     let mut out = Vec::new();
     for (df, info) in found {
-        let Some(kind) = virtio_device_type(&info) else { continue };
+        let Some(kind) = virtio_device_type(&info) else {
+            continue;
+        };
         let Ok(bars) = root.bars(df) else { continue };
         for (i, b) in bars.iter().enumerate() {
-            if let Some(BarInfo::Memory { address: 0, size, address_type, .. }) = b {
+            if let Some(BarInfo::Memory {
+                address: 0,
+                size,
+                address_type,
+                ..
+            }) = b
+            {
                 let size = (*size).max(0x1000);
                 let base = (next + size - 1) & !(size - 1);
                 if base + size > BAR_WINDOW.1 {

@@ -30,8 +30,12 @@ pub struct CachedPci {
 
 impl CachedPci {
     /// Wraps the PCI transport of `df`, locating its common and notify structures.
-    pub fn new(root: &mut PciRoot<PortCam>, df: DeviceFunction) -> core::result::Result<Self, &'static str> {
-        let inner = PciTransport::new::<VosHal, _>(root, df).map_err(|_| "virtio-pci transport setup failed")?;
+    pub fn new(
+        root: &mut PciRoot<PortCam>,
+        df: DeviceFunction,
+    ) -> core::result::Result<Self, &'static str> {
+        let inner = PciTransport::new::<VosHal, _>(root, df)
+            .map_err(|_| "virtio-pci transport setup failed")?;
         let mut common = None;
         let mut notify = None;
         let caps: alloc::vec::Vec<_> = root.capabilities(df).collect();
@@ -58,8 +62,15 @@ impl CachedPci {
             }
         }
         let common = common.ok_or("virtio-pci device has no common config capability")?;
-        let (notify_base, multiplier) = notify.ok_or("virtio-pci device has no notify capability")?;
-        Ok(CachedPci { inner, common, notify_base, multiplier, notify_addr: [0; MAX_QUEUES] })
+        let (notify_base, multiplier) =
+            notify.ok_or("virtio-pci device has no notify capability")?;
+        Ok(CachedPci {
+            inner,
+            common,
+            notify_base,
+            multiplier,
+            notify_addr: [0; MAX_QUEUES],
+        })
     }
 
     fn notify_address(&mut self, queue: u16) -> usize {
@@ -91,10 +102,12 @@ pub enum VosTransport {
 impl VosTransport {
     /// Opens the virtio-mmio device at `base` (`size` bytes, identity mapped).
     pub fn mmio(base: u64, size: u64) -> core::result::Result<Self, &'static str> {
-        let header = NonNull::new(base as usize as *mut VirtIOHeader).ok_or("virtio-mmio base 0")?;
+        let header =
+            NonNull::new(base as usize as *mut VirtIOHeader).ok_or("virtio-mmio base 0")?;
         // SAFETY: `base` comes from QEMU's virtio_mmio.device= entry and lies in the mapped
         // uncached MMIO hole; nothing else uses this device.
-        let t = unsafe { MmioTransport::new(header, size as usize) }.map_err(|_| "not a virtio-mmio device")?;
+        let t = unsafe { MmioTransport::new(header, size as usize) }
+            .map_err(|_| "not a virtio-mmio device")?;
         Ok(VosTransport::Mmio(t))
     }
 }
@@ -176,7 +189,11 @@ impl Transport for VosTransport {
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T> {
         each_ref!(self, t => t.read_config_space(offset))
     }
-    fn write_config_space<T: IntoBytes + Immutable>(&mut self, offset: usize, value: T) -> Result<()> {
+    fn write_config_space<T: IntoBytes + Immutable>(
+        &mut self,
+        offset: usize,
+        value: T,
+    ) -> Result<()> {
         each!(self, t => t.write_config_space(offset, value))
     }
 }

@@ -15,7 +15,10 @@ pub struct LocalBench {
 
 fn done(e: &mut Engine, ep: Endpoint) -> Option<Completion> {
     match e.poll_event()? {
-        Event::Done { ep: got, result: Ok(c) } if got == ep => Some(c),
+        Event::Done {
+            ep: got,
+            result: Ok(c),
+        } if got == ep => Some(c),
         _ => None,
     }
 }
@@ -31,8 +34,10 @@ pub fn run(dc: u16, n: u32) -> Result<LocalBench, &'static str> {
     let start = crate::arch::time::rdtsc();
     for i in 0..n {
         msg.set_u32(0, i);
-        e.receive(now, server, Endpoint::ANY, None).map_err(|_| "receive")?;
-        e.sendrec(now, client, server, msg, None).map_err(|_| "sendrec")?;
+        e.receive(now, server, Endpoint::ANY, None)
+            .map_err(|_| "receive")?;
+        e.sendrec(now, client, server, msg, None)
+            .map_err(|_| "sendrec")?;
         let Some(Completion::Received { msg: req, .. }) = done(&mut e, server) else {
             return Err("server got no request");
         };
@@ -45,5 +50,8 @@ pub fn run(dc: u16, n: u32) -> Result<LocalBench, &'static str> {
         }
     }
     let ns = crate::arch::time::ticks_to_ns(crate::arch::time::rdtsc() - start);
-    Ok(LocalBench { calls: n, ns_per_call: ns / n.max(1) as u64 })
+    Ok(LocalBench {
+        calls: n,
+        ns_per_call: ns / n.max(1) as u64,
+    })
 }

@@ -41,7 +41,13 @@ pub fn now() -> Instant {
 impl Ipc {
     /// An IPC host around `engine`, sending from MAC `mac`.
     pub fn new(engine: Engine, mac: [u8; 6]) -> Ipc {
-        Ipc { engine, done: BTreeMap::new(), bad_ethernet: 0, notify_failed: 0, mac }
+        Ipc {
+            engine,
+            done: BTreeMap::new(),
+            bad_ethernet: 0,
+            notify_failed: 0,
+            mac,
+        }
     }
 
     /// Feeds one received Ethernet frame (EtherType 0x88B5, any destination MAC) to the engine.
@@ -74,7 +80,11 @@ impl Ipc {
             while self.engine.has_transmit() {
                 let engine = &mut self.engine;
                 let sent = nic.send_with(ETH_HEADER_LEN + MAX_FRAME, |buf| {
-                    let hdr = EthernetHeader { dst: BROADCAST, src: mac, ethertype: ETHERTYPE_M3IPC };
+                    let hdr = EthernetHeader {
+                        dst: BROADCAST,
+                        src: mac,
+                        ethertype: ETHERTYPE_M3IPC,
+                    };
                     match engine.poll_transmit(now, &mut buf[ETH_HEADER_LEN..]) {
                         Some(n) if hdr.emit(buf).is_ok() => ETH_HEADER_LEN + n,
                         _ => 0,
@@ -119,7 +129,9 @@ pub async fn sendrec(
     msg: Message,
     timeout: Option<Duration>,
 ) -> Result<Message, ErrorCode> {
-    ipc.borrow_mut().engine.sendrec(now(), src, dst, msg, timeout)?;
+    ipc.borrow_mut()
+        .engine
+        .sendrec(now(), src, dst, msg, timeout)?;
     executor::progress();
     match wait(ipc, src).await? {
         Completion::Replied(m) => Ok(m),
@@ -128,8 +140,16 @@ pub async fn sendrec(
 }
 
 /// Sends `msg` from `src` to `dst`; returns when `dst` has taken it.
-pub async fn send(ipc: &IpcRef, src: Endpoint, dst: Endpoint, msg: Message, timeout: Option<Duration>) -> Result<(), ErrorCode> {
-    ipc.borrow_mut().engine.send(now(), src, dst, msg, timeout)?;
+pub async fn send(
+    ipc: &IpcRef,
+    src: Endpoint,
+    dst: Endpoint,
+    msg: Message,
+    timeout: Option<Duration>,
+) -> Result<(), ErrorCode> {
+    ipc.borrow_mut()
+        .engine
+        .send(now(), src, dst, msg, timeout)?;
     executor::progress();
     match wait(ipc, src).await? {
         Completion::Sent => Ok(()),
@@ -177,7 +197,16 @@ pub async fn vcopy(
     len: u64,
     timeout: Option<Duration>,
 ) -> Result<u64, ErrorCode> {
-    ipc.borrow_mut().engine.vcopy(now(), requester, src_ep, src_off, dst_ep, dst_off, len, timeout)?;
+    ipc.borrow_mut().engine.vcopy(
+        now(),
+        requester,
+        src_ep,
+        src_off,
+        dst_ep,
+        dst_off,
+        len,
+        timeout,
+    )?;
     executor::progress();
     match wait(ipc, requester).await? {
         Completion::Copied { len } => Ok(len),

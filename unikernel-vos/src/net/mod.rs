@@ -13,8 +13,8 @@ use core::net::Ipv4Addr;
 use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr,
-    HardwareAddress, IpCidr, Ipv4Address,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, IpCidr, Ipv4Address,
 };
 
 /// EtherType of M3-IPC frames.
@@ -62,7 +62,10 @@ impl Port {
             let mac = port.nic.borrow().mac;
             let mut cfg = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
             cfg.random_seed = seed;
-            let mut dev = phy::Phy { nic: &port.nic, ip_rx: &port.ip_rx };
+            let mut dev = phy::Phy {
+                nic: &port.nic,
+                ip_rx: &port.ip_rx,
+            };
             let mut iface = Interface::new(cfg, &mut dev, Instant::from_micros(now_us as i64));
             iface.update_ip_addrs(|a| {
                 let _ = a.push(IpCidr::new(cidr.addr.into(), cidr.prefix));
@@ -104,13 +107,18 @@ impl Port {
 
     /// Runs smoltcp if it has input or a timer due; true if socket state may have changed.
     pub fn poll_ip(&mut self, now_us: u64, force: bool) -> bool {
-        let Some(iface) = self.iface.as_mut() else { return false };
+        let Some(iface) = self.iface.as_mut() else {
+            return false;
+        };
         let now = Instant::from_micros(now_us as i64);
         let due = iface.poll_at(now, &self.sockets).is_some_and(|t| t <= now);
         if !force && !due && self.ip_rx.get_mut().is_empty() {
             return false;
         }
-        let mut dev = phy::Phy { nic: &self.nic, ip_rx: &self.ip_rx };
+        let mut dev = phy::Phy {
+            nic: &self.nic,
+            ip_rx: &self.ip_rx,
+        };
         iface.poll(now, &mut dev, &mut self.sockets) == PollResult::SocketStateChanged
     }
 
@@ -136,7 +144,11 @@ impl Port {
             target_hardware_addr: EthernetAddress([0; 6]),
             target_protocol_addr: ip,
         };
-        let eth = EthernetRepr { src_addr: mac, dst_addr: EthernetAddress::BROADCAST, ethertype: EthernetProtocol::Arp };
+        let eth = EthernetRepr {
+            src_addr: mac,
+            dst_addr: EthernetAddress::BROADCAST,
+            ethertype: EthernetProtocol::Arp,
+        };
         let len = eth.buffer_len() + arp.buffer_len();
         nic.send(len, |buf| {
             let mut frame = EthernetFrame::new_unchecked(buf);

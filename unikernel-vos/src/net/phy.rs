@@ -64,7 +64,13 @@ impl phy::Device for Phy<'_> {
             return None;
         }
         let slot = self.ip_rx.borrow_mut().pop_front()?;
-        Some((RxToken { nic: self.nic, slot }, TxToken { nic: self.nic }))
+        Some((
+            RxToken {
+                nic: self.nic,
+                slot,
+            },
+            TxToken { nic: self.nic },
+        ))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {

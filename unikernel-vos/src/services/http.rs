@@ -15,7 +15,7 @@ use smoltcp::socket::tcp;
 /// TCP port served.
 pub const PORT: u16 = 80;
 /// Connections served at once.
-pub const SLOTS: usize = 4;
+pub const SLOTS: usize = 8;
 const RX_BUF: usize = 4096;
 const TX_BUF: usize = 16384;
 /// Longest request head accepted.
@@ -71,7 +71,14 @@ enum Parsed {
     Done(Vec<u8>, bool, usize),
 }
 
-fn response(status: &str, ctype: &str, body: &[u8], head_only: bool, close: bool, extra: &str) -> Vec<u8> {
+fn response(
+    status: &str,
+    ctype: &str,
+    body: &[u8],
+    head_only: bool,
+    close: bool,
+    extra: &str,
+) -> Vec<u8> {
     let mut r = format!(
         "HTTP/1.1 {status}\r\nServer: dvs-vos\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: {}\r\n{extra}\r\n",
         body.len(),
@@ -86,7 +93,18 @@ fn response(status: &str, ctype: &str, body: &[u8], head_only: bool, close: bool
 
 fn bad_request(why: &str) -> Parsed {
     let body = format!("400 Bad Request: {why}\n");
-    Parsed::Done(response("400 Bad Request", "text/plain", body.as_bytes(), false, true, ""), true, usize::MAX)
+    Parsed::Done(
+        response(
+            "400 Bad Request",
+            "text/plain",
+            body.as_bytes(),
+            false,
+            true,
+            "",
+        ),
+        true,
+        usize::MAX,
+    )
 }
 
 fn parse(buf: &[u8], pages: &[Page]) -> Parsed {
@@ -102,7 +120,8 @@ fn parse(buf: &[u8], pages: &[Page]) -> Parsed {
     let mut lines = head.split("\r\n");
     let line = lines.next().unwrap_or("");
     let mut parts = line.split(' ');
-    let (Some(method), Some(path), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(path), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return bad_request("malformed request line");
     };
@@ -142,7 +161,14 @@ fn parse(buf: &[u8], pages: &[Page]) -> Parsed {
         "HEAD" => true,
         _ => {
             let body = format!("405 Method Not Allowed: {method}\n");
-            let r = response("405 Method Not Allowed", "text/plain", body.as_bytes(), false, close, "Allow: GET, HEAD\r\n");
+            let r = response(
+                "405 Method Not Allowed",
+                "text/plain",
+                body.as_bytes(),
+                false,
+                close,
+                "Allow: GET, HEAD\r\n",
+            );
             return Parsed::Done(r, close, consumed);
         }
     };
@@ -151,14 +177,24 @@ fn parse(buf: &[u8], pages: &[Page]) -> Parsed {
         Some(p) => response("200 OK", p.content_type, &p.body, head_only, close, ""),
         None => {
             let body = format!("404 Not Found: {path}\n");
-            response("404 Not Found", "text/plain", body.as_bytes(), head_only, close, "")
+            response(
+                "404 Not Found",
+                "text/plain",
+                body.as_bytes(),
+                head_only,
+                close,
+                "",
+            )
         }
     };
     Parsed::Done(r, close, consumed)
 }
 
 fn listen_socket() -> tcp::Socket<'static> {
-    tcp::Socket::new(tcp::SocketBuffer::new(vec![0; RX_BUF]), tcp::SocketBuffer::new(vec![0; TX_BUF]))
+    tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; RX_BUF]),
+        tcp::SocketBuffer::new(vec![0; TX_BUF]),
+    )
 }
 
 /// Serves HTTP on port `port` of `net` until the kernel stops.
@@ -166,7 +202,9 @@ pub async fn serve(net: Rc<RefCell<Net>>, port: usize, stats: Rc<RefCell<HttpSta
     let pages = pages();
     let mut conns: Vec<Conn> = {
         let mut n = net.borrow_mut();
-        let Some(p) = n.ports.get_mut(port) else { return };
+        let Some(p) = n.ports.get_mut(port) else {
+            return;
+        };
         (0..SLOTS)
             .map(|_| Conn {
                 handle: p.sockets.add(listen_socket()),
@@ -180,9 +218,15 @@ pub async fn serve(net: Rc<RefCell<Net>>, port: usize, stats: Rc<RefCell<HttpSta
     loop {
         {
             let mut n = net.borrow_mut();
-            let Some(p) = n.ports.get_mut(port) else { return };
+            let Some(p) = n.ports.get_mut(port) else {
+                return;
+            };
             for c in conns.iter_mut() {
                 let s = p.sockets.get_mut::<tcp::Socket>(c.handle);
+                if s.state() == tcp::State::TimeWait {
+                    // The exchange is over: free the slot now rather than after 2 MSL.
+                    s.abort();
+                }
                 if !s.is_open() {
                     c.inbuf.clear();
                     c.out.clear();
@@ -220,7 +264,9 @@ fn serve_conn(s: &mut tcp::Socket, c: &mut Conn, pages: &[Page], stats: &mut Htt
     }
     if s.can_recv() {
         let _ = s.recv(|data| {
-            let take = data.len().min(MAX_HEAD * 2 - c.inbuf.len().min(MAX_HEAD * 2));
+            let take = data
+                .len()
+                .min(MAX_HEAD * 2 - c.inbuf.len().min(MAX_HEAD * 2));
             c.inbuf.extend_from_slice(&data[..take]);
             (data.len(), ())
         });

@@ -31,7 +31,11 @@ pub async fn run(ipc: IpcRef, ep: Endpoint, peer: Endpoint, n: u32, vcopy_len: u
     }
     let total_ns = time::ticks_to_ns(time::rdtsc() - start).max(1);
     lat.sort_unstable();
-    let pick = |q: usize| lat.get((lat.len() * q / 100).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pick = |q: usize| {
+        lat.get((lat.len() * q / 100).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "dvs: bench sendrec n={n} median_ns={} p99_ns={} ops_per_s={}",
         time::ticks_to_ns(pick(50)),
@@ -49,7 +53,10 @@ pub async fn run(ipc: IpcRef, ep: Endpoint, peer: Endpoint, n: u32, vcopy_len: u
     let t2 = time::rdtsc();
     match (push, pull) {
         (Ok(_), Ok(_)) => {
-            let (a, b) = (time::ticks_to_ns(t1 - t0).max(1), time::ticks_to_ns(t2 - t1).max(1));
+            let (a, b) = (
+                time::ticks_to_ns(t1 - t0).max(1),
+                time::ticks_to_ns(t2 - t1).max(1),
+            );
             println!(
                 "dvs: bench vcopy bytes={len} push_us={} pull_us={} push_mb_s={} pull_mb_s={}",
                 a / 1000,

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Boots the real VOS image under QEMU and checks it (KVM when /dev/kvm works, else TCG;
+# DVS_ACCEL=kvm|tcg overrides). Builds the image first if needed.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+command -v qemu-system-x86_64 >/dev/null || { echo "qemu-tests: qemu-system-x86_64 not found (run scripts/setup.sh)" >&2; exit 1; }
+[ -f images/vos.elf ] || bash images/build.sh
+exec cargo test -p qemu-tests -- --test-threads=1

@@ -1,1 +1,190 @@
-fn main() {}
+//! The VOS benchmark: boots the real image under KVM (if /dev/kvm works) and TCG, and prints
+//! one table, every row from this run. Not asserted; the aims are printed beside the figures.
+
+use m3ipc_core::Message;
+use qemu_tests::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+const DC: u16 = 1;
+const GUEST_EP: u32 = 10;
+const HOST_EP: u32 = 500;
+const BOOT_RUNS: usize = 7;
+const RTT_N: usize = 2000;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn p99(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+}
+
+/// Median launch-to-exit time of the floor ELF, in ms.
+fn floor_ms(machine: Machine, accel: Accel) -> f64 {
+    let mut t = Vec::new();
+    for _ in 0..BOOT_RUNS {
+        let mut spec = VmSpec::new(machine, accel, "");
+        spec.kernel = floor_image();
+        spec.mem_mib = 8;
+        let mut vm = Vm::start(&spec);
+        match vm.wait_exit(accel.timeout(Duration::from_secs(10))) {
+            Some(_) => t.push(vm.started.elapsed().as_secs_f64() * 1000.0),
+            None => eprintln!("vos-bench: floor ELF did not exit on {} {}", machine.name(), accel.name()),
+        }
+    }
+    median(&mut t)
+}
+
+/// Median launch-to-ready time of the VOS, in ms.
+fn ready_ms(machine: Machine, accel: Accel) -> f64 {
+    let mut t = Vec::new();
+    for _ in 0..BOOT_RUNS {
+        let mut spec = VmSpec::new(machine, accel, "dc=1 ep=10 svc=echo");
+        spec.mem_mib = 8;
+        let mut vm = Vm::start(&spec);
+        match vm.wait_line("dvs: ready", accel.timeout(Duration::from_secs(10))) {
+            Ok(_) => t.push(vm.started.elapsed().as_secs_f64() * 1000.0),
+            Err(e) => eprintln!("vos-bench: {e}"),
+        }
+    }
+    median(&mut t)
+}
+
+/// Boots echo on a dgram NIC and measures host-harness sendrec round trips (µs).
+fn guest_rtt(accel: Accel) -> Result<(f64, f64), String> {
+    let dir = TempDir::new();
+    let (guest, host) = (dir.0.join("g.sock"), dir.0.join("h.sock"));
+    let mut h = Harness::new(DC, &[HOST_EP], &host, &guest);
+    let mut spec = VmSpec::new(Machine::Microvm, accel, &format!("dc={DC} ep={GUEST_EP} svc=echo"));
+    spec.mem_mib = 8;
+    spec.nics.push(NicBackend::Dgram { guest, host });
+    let mut vm = Vm::start(&spec);
+    vm.wait_line("dvs: ready", accel.timeout(Duration::from_secs(10)))?;
+    let to = accel.timeout(Duration::from_secs(2));
+    for i in 0..200 {
+        h.sendrec(HOST_EP, GUEST_EP, Message::new(i), to)?;
+    }
+    let mut lat = Vec::with_capacity(RTT_N);
+    for i in 0..RTT_N as u32 {
+        let t0 = Instant::now();
+        h.sendrec(HOST_EP, GUEST_EP, Message::new(i), to)?;
+        lat.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok((median(&mut lat), p99(&mut lat)))
+}
+
+/// Raw TCP ping-pong of 64-byte messages on loopback (µs).
+fn tcp_rtt() -> Result<(f64, f64), String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = l.accept()?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 64];
+        for _ in 0..RTT_N + 200 {
+            s.read_exact(&mut b)?;
+            s.write_all(&b)?;
+        }
+        Ok(())
+    });
+    let mut c = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    c.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut b = [7u8; 64];
+    let mut lat = Vec::with_capacity(RTT_N);
+    for i in 0..RTT_N + 200 {
+        let t0 = Instant::now();
+        c.write_all(&b).map_err(|e| e.to_string())?;
+        c.read_exact(&mut b).map_err(|e| e.to_string())?;
+        if i >= 200 {
+            lat.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let _ = server.join();
+    Ok((median(&mut lat), p99(&mut lat)))
+}
+
+/// The in-guest local sendrec loop (ns per call), read from the console.
+fn local_ns(accel: Accel) -> Result<u64, String> {
+    let mut spec = VmSpec::new(Machine::Microvm, accel, "dc=1 ep=10 svc=echo local_n=200000");
+    spec.mem_mib = 8;
+    let mut vm = Vm::start(&spec);
+    let line = vm.wait_line("dvs: local-sendrec", accel.timeout(Duration::from_secs(20)))?;
+    field(&line, "ns_per_call").ok_or_else(|| format!("no ns_per_call in '{line}'"))
+}
+
+/// CPU use of an idle instance over 5 s, in percent of one core.
+fn idle_pct(accel: Accel) -> Result<f64, String> {
+    let dir = TempDir::new();
+    let (guest, host) = (dir.0.join("g.sock"), dir.0.join("h.sock"));
+    let _h = Harness::new(DC, &[HOST_EP], &host, &guest);
+    let mut spec = VmSpec::new(Machine::Microvm, accel, &format!("dc={DC} ep={GUEST_EP} svc=echo"));
+    spec.mem_mib = 8;
+    spec.nics.push(NicBackend::Dgram { guest, host });
+    let mut vm = Vm::start(&spec);
+    vm.wait_line("dvs: ready", accel.timeout(Duration::from_secs(10)))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let a = vm.cpu_ticks()?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let used = vm.cpu_ticks()? - a;
+    Ok(used as f64 / (t0.elapsed().as_secs_f64() * 100.0) * 100.0)
+}
+
+fn main() {
+    let mut accels = vec![];
+    if Accel::detect() == Accel::Kvm {
+        accels.push(Accel::Kvm);
+    } else {
+        eprintln!("vos-bench: /dev/kvm not usable: KVM columns show n/a");
+    }
+    accels.push(Accel::Tcg);
+    let col = |a: Accel, f: &dyn Fn(Accel) -> String| if accels.contains(&a) { f(a) } else { "n/a".into() };
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    for m in [Machine::Microvm, Machine::Q35] {
+        eprintln!("vos-bench: boot times on {}", m.name());
+        let boot = |a: Accel| {
+            let (r, f) = (ready_ms(m, a), floor_ms(m, a));
+            format!("{r:.1} ms (floor {f:.1}, {:.2}x)", r / f)
+        };
+        rows.push([
+            format!("boot {}: launch→ready", m.name()),
+            col(Accel::Kvm, &boot),
+            col(Accel::Tcg, &boot),
+            "≤ 1.3x floor".into(),
+        ]);
+    }
+    eprintln!("vos-bench: sendrec round trips");
+    let tcp = tcp_rtt().map(|(m, p)| format!("raw TCP loopback {m:.1} / {p:.1} µs")).unwrap_or_else(|e| e);
+    let rtt = |a: Accel| guest_rtt(a).map(|(m, p)| format!("{m:.1} / {p:.1} µs")).unwrap_or_else(|e| format!("failed: {e}"));
+    rows.push(["host↔guest sendrec median / p99".into(), col(Accel::Kvm, &rtt), col(Accel::Tcg, &rtt), format!("≤ 2x {tcp}")]);
+    eprintln!("vos-bench: in-guest local sendrec");
+    let local = |a: Accel| local_ns(a).map(|n| format!("{n} ns/call")).unwrap_or_else(|e| format!("failed: {e}"));
+    rows.push(["in-guest local sendrec".into(), col(Accel::Kvm, &local), col(Accel::Tcg, &local), "≤ 300 ns".into()]);
+    eprintln!("vos-bench: idle CPU");
+    let idle = |a: Accel| idle_pct(a).map(|p| format!("{p:.2}% of a core")).unwrap_or_else(|e| format!("failed: {e}"));
+    rows.push(["idle instance CPU (5 s)".into(), col(Accel::Kvm, &idle), col(Accel::Tcg, &idle), "< 5%".into()]);
+    let size = std::fs::metadata(image()).map(|m| m.len()).unwrap_or(0);
+    rows.push(["image size (vos.elf)".into(), format!("{} KiB", size / 1024), "same image".into(), "≤ 512 KiB".into()]);
+    rows.push(["guest RAM used by the runs".into(), "8 MiB".into(), "8 MiB".into(), "runs in 8 MiB".into()]);
+
+    let head = ["metric", "KVM", "TCG", "aim / reference"];
+    let mut w = [0usize; 4];
+    for r in rows.iter().map(|r| r.each_ref().map(|s| s.as_str())).chain([head]) {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |r: [&str; 4]| {
+        let cells: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c}{}", " ".repeat(w[i] - c.chars().count()))).collect();
+        println!("| {} |", cells.join(" | "));
+    };
+    line(head);
+    println!("|{}|", w.iter().map(|n| "-".repeat(n + 2)).collect::<Vec<_>>().join("|"));
+    for r in &rows {
+        line(r.each_ref().map(|s| s.as_str()));
+    }
+}

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use dvs_proxy::ClusterMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Which VM backend boots instances.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// QEMU (`-M microvm`), with KVM when `/dev/kvm` works, TCG otherwise.

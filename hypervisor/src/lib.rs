@@ -4,6 +4,13 @@
 //! and answers an HTTP/JSON API; the CLI talks to that API. See hypervisor/README.md.
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod backend;
+pub mod cli;
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod fakevos;
 pub mod images;
+pub mod instances;
+pub mod manifest;

@@ -1,6 +1,6 @@
 //! Counters per port, per DC and per peer: frames, bytes and drops by reason.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why the proxy dropped a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub enum Drop {
 }
 
 /// Drops by reason.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drops {
     /// Not a valid frame.
     pub malformed: u64,
@@ -62,7 +62,7 @@ impl Drops {
 }
 
 /// Frames and bytes in one direction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flow {
     /// Frames.
     pub frames: u64,
@@ -79,7 +79,7 @@ impl Flow {
 }
 
 /// Counters of one VM port.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortCounters {
     /// Frames the instance sent (all of them, dropped ones too).
     pub rx: Flow,
@@ -90,7 +90,7 @@ pub struct PortCounters {
 }
 
 /// Counters of one DC on this node.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DcCounters {
     /// M3-IPC frames routed.
     pub m3ipc: Flow,
@@ -103,7 +103,7 @@ pub struct DcCounters {
 }
 
 /// Refusals sent back to sources, by error code.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusals {
     /// Error UnknownDestination.
     pub unknown_destination: u64,
@@ -118,7 +118,7 @@ pub struct Refusals {
 }
 
 /// Counters of one peer link.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerCounters {
     /// True while the link is up.
     pub up: bool,

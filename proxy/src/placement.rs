@@ -54,7 +54,7 @@ pub enum DirMsg {
 }
 
 /// Where an endpoint lives, for the node API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacementView {
     /// DC number.
     pub dc: u16,

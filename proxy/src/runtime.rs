@@ -200,6 +200,18 @@ impl Proxy {
         Ok(r?)
     }
 
+    /// Announces a port's endpoints now, if its first frame has not done it yet.
+    pub async fn announce_port(&self, id: PortId) {
+        let mut out = vec![];
+        lock(&self.core.switch).announce_port(id, &mut out);
+        self.core.dispatch(out, true).await;
+    }
+
+    /// The cluster map the proxy routes by.
+    pub fn cluster(&self) -> ClusterMap {
+        self.core.cfg.cluster.clone()
+    }
+
     /// Calls in progress towards a port.
     pub fn port_pending(&self, id: PortId) -> usize {
         lock(&self.core.switch).port_pending(id)

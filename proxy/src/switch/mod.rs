@@ -12,7 +12,7 @@ use bytes::Bytes;
 use m3ipc_core::wire::ethernet::EthernetHeader;
 use m3ipc_core::wire::{FrameRepr, ETHERTYPE_M3IPC};
 use m3ipc_core::{DcId, Endpoint, ErrorCode, NodeId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterMap;
 use crate::counters::{DcCounters, Drop, PeerCounters, PortCounters};
@@ -116,7 +116,7 @@ struct Port {
 }
 
 /// Counters of the whole switch, for the node API.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Stats {
     /// Per VM port, by name.
     pub ports: BTreeMap<String, PortCounters>,
@@ -228,7 +228,7 @@ impl Switch {
     }
 
     /// Tells every peer about the port's endpoints (once).
-    fn announce_port(&mut self, id: PortId, out: &mut Vec<Out>) {
+    pub fn announce_port(&mut self, id: PortId, out: &mut Vec<Out>) {
         let Some(port) = self.ports.get_mut(&id) else {
             return;
         };

@@ -1,0 +1,290 @@
+//! An HTTP client of the node API, used by the CLI and by nodes talking to each other (migration).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use dvs_proxy::placement::PlacementView;
+use dvs_proxy::switch::Stats;
+use dvs_proxy::ClusterMap;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::images::{Image, Manifest};
+use crate::instances::{InstanceView, RunRequest};
+
+/// `GET /v1/node`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub node: u16,
+    /// dvs version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// VM backend.
+    pub backend: String,
+    /// Peer links: node id → up.
+    pub peers: std::collections::BTreeMap<u16, bool>,
+    /// Instances on this node.
+    pub instances: usize,
+    /// Images on this node.
+    pub images: usize,
+}
+
+/// `POST /v1/instances/{name}/migrate`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    /// Destination node.
+    pub to: u16,
+}
+
+/// The result of a migration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MigrateResult {
+    /// Source node.
+    pub from: u16,
+    /// Destination node.
+    pub to: u16,
+    /// Binding generation at the destination.
+    pub gen: u64,
+    /// Milliseconds from request to the old instance stopped.
+    pub took_ms: u64,
+    /// Calls still in progress at the old place when it moved (answered with Migrated).
+    pub refused_in_flight: usize,
+}
+
+/// An error answer of the API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    /// What went wrong, for people.
+    pub error: String,
+    /// A stable code: not_found, endpoint_taken, name_taken, dc, image, invalid, unreachable, internal.
+    pub code: String,
+}
+
+/// Why a call to a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node did not answer.
+    #[error("node at {url} is unreachable: {source}")]
+    Unreachable {
+        /// The node's URL.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The node answered with an error.
+    #[error("{body_error} (node {url}, HTTP {status})")]
+    Api {
+        /// The node's URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The error code.
+        code: String,
+        /// The message.
+        body_error: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("node at {url} answered something unreadable: {why}")]
+    BadAnswer {
+        /// The node's URL.
+        url: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl ClientError {
+    /// The API error code, if the node answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one node.
+#[derive(Clone, Debug)]
+pub struct NodeClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl NodeClient {
+    /// A client of the node at `addr` (`host:port` or `http://host:port`).
+    pub fn new(addr: &str) -> NodeClient {
+        let base = if addr.starts_with("http://") {
+            addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(600))
+            .build()
+            .unwrap_or_default();
+        NodeClient { base, http }
+    }
+
+    /// The node's base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    async fn answer<T: DeserializeOwned>(
+        &self,
+        r: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<T, ClientError> {
+        let url = self.base.clone();
+        let resp = r.map_err(|source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        if !status.is_success() {
+            let body: ApiErrorBody = serde_json::from_slice(&bytes).unwrap_or(ApiErrorBody {
+                error: String::from_utf8_lossy(&bytes).into_owned(),
+                code: "internal".into(),
+            });
+            return Err(ClientError::Api {
+                url,
+                status: status.as_u16(),
+                code: body.code,
+                body_error: body.error,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer {
+            url,
+            why: e.to_string(),
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.answer(self.http.get(format!("{}{path}", self.base)).send().await)
+            .await
+    }
+
+    /// `GET /v1/node`.
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        self.get("/v1/node").await
+    }
+
+    /// `GET /v1/cluster`.
+    pub async fn cluster(&self) -> Result<ClusterMap, ClientError> {
+        self.get("/v1/cluster").await
+    }
+
+    /// `GET /v1/directory`.
+    pub async fn directory(&self) -> Result<Vec<PlacementView>, ClientError> {
+        self.get("/v1/directory").await
+    }
+
+    /// `GET /v1/counters`.
+    pub async fn counters(&self) -> Result<Stats, ClientError> {
+        self.get("/v1/counters").await
+    }
+
+    /// `GET /v1/images`.
+    pub async fn images(&self) -> Result<Vec<Image>, ClientError> {
+        self.get("/v1/images").await
+    }
+
+    /// `GET /v1/images/{reference}` (the node re-hashes it).
+    pub async fn image(&self, reference: &str) -> Result<ImageCheck, ClientError> {
+        self.get(&format!("/v1/images/{reference}")).await
+    }
+
+    /// `PUT /v1/images/{sha256}` with a body that reports progress as it is read.
+    pub async fn push_image(
+        &self,
+        manifest: &Manifest,
+        body: reqwest::Body,
+    ) -> Result<Image, ClientError> {
+        let json = serde_json::to_string(manifest).map_err(|e| ClientError::BadAnswer {
+            url: self.base.clone(),
+            why: e.to_string(),
+        })?;
+        let r = self
+            .http
+            .put(format!("{}/v1/images/{}", self.base, manifest.sha256))
+            .header("x-dvs-manifest", json)
+            .body(body)
+            .send()
+            .await;
+        self.answer(r).await
+    }
+
+    /// `GET /v1/instances`.
+    pub async fn instances(&self) -> Result<Vec<InstanceView>, ClientError> {
+        self.get("/v1/instances").await
+    }
+
+    /// `GET /v1/instances/{name}`.
+    pub async fn instance(&self, name: &str) -> Result<InstanceView, ClientError> {
+        self.get(&format!("/v1/instances/{name}")).await
+    }
+
+    /// `POST /v1/instances`.
+    pub async fn run(&self, req: &RunRequest) -> Result<InstanceView, ClientError> {
+        self.answer(
+            self.http
+                .post(format!("{}/v1/instances", self.base))
+                .json(req)
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/instances/{name}`.
+    pub async fn stop(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.answer(
+            self.http
+                .delete(format!("{}/v1/instances/{name}", self.base))
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    /// `GET /v1/instances/{name}/logs`.
+    pub async fn logs(&self, name: &str, tail: Option<usize>) -> Result<String, ClientError> {
+        let q = tail.map(|t| format!("?tail={t}")).unwrap_or_default();
+        let v: serde_json::Value = self.get(&format!("/v1/instances/{name}/logs{q}")).await?;
+        Ok(v["log"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// `POST /v1/instances/{name}/migrate`.
+    pub async fn migrate(&self, name: &str, to: u16) -> Result<MigrateResult, ClientError> {
+        let r = self
+            .http
+            .post(format!("{}/v1/instances/{name}/migrate", self.base))
+            .json(&MigrateRequest { to })
+            .send()
+            .await;
+        self.answer(r).await
+    }
+}
+
+/// `GET /v1/images/{reference}`: the image and whether its bytes still hash right.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImageCheck {
+    /// The image.
+    pub image: Image,
+    /// True if the stored kernel re-hashes to its sha256.
+    pub verified: bool,
+}
+
+/// Turns a client error into an `anyhow` error naming the operation.
+pub fn ctx<T>(r: Result<T, ClientError>, what: &str) -> anyhow::Result<T> {
+    r.map_err(|e| anyhow!(e)).with_context(|| what.to_string())
+}

@@ -1,0 +1,68 @@
+//! `dvs node --config node.toml`: the node daemon. Starts the proxy, restores the instances recorded on disk,
+//! serves the API, and on SIGTERM/SIGINT kills every machine it started before it exits.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use dvs_proxy::{Proxy, ProxyConfig};
+use m3ipc_core::NodeId;
+
+use crate::api::{router, Api};
+use crate::config;
+use crate::images::ImageStore;
+use crate::instances::Manager;
+
+/// Runs the node daemon until SIGTERM or SIGINT.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let (cfg, cluster) = config::load(config_path)?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let me = cluster
+        .node(NodeId(cfg.node))
+        .context("node not in the cluster file")?
+        .clone();
+    let images = ImageStore::open(&cfg.data_dir)?;
+    let proxy = Proxy::start(ProxyConfig::new(NodeId(cfg.node), cluster)?).await?;
+    let listen = cfg.api_listen.unwrap_or(me.api);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("API listener on {listen}"))?;
+    let pid_file = cfg.data_dir.join("node.pid");
+    std::fs::write(&pid_file, std::process::id().to_string())?;
+    let mgr = Manager::new(cfg.clone(), proxy.clone(), images)?;
+    tracing::info!(
+        "node {} up: API on http://{listen}, proxy on {}, backend {}",
+        cfg.node,
+        me.proxy,
+        mgr.backend()
+    );
+    mgr.restore();
+    let api = Arc::new(Api {
+        mgr: mgr.clone(),
+        started: Instant::now(),
+    });
+    let served = axum::serve(listener, router(api))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    tracing::info!("node {} stopping: killing its machines", cfg.node);
+    mgr.shutdown().await;
+    proxy.shutdown();
+    let _ = std::fs::remove_file(&pid_file);
+    served.context("API server")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,166 @@
+//! `dvs apply dc.toml`: a declarative DC manifest (images, instances and where they run), deployed across
+//! the cluster. Applying the same manifest twice changes nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::backend::Publish;
+use crate::config::BackendKind;
+use crate::images::Manifest as ImageManifest;
+use crate::instances::{InstanceSpec, RestartPolicy};
+
+/// The manifest file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcManifest {
+    /// The DC (by number or name).
+    pub dc: DcRef,
+    /// Images the instances use, pushed to the nodes that lack them.
+    #[serde(default, rename = "image")]
+    pub images: Vec<ImageEntry>,
+    /// The instances.
+    #[serde(default, rename = "instance")]
+    pub instances: Vec<InstanceEntry>,
+}
+
+/// Which DC.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcRef {
+    /// Number.
+    pub id: Option<u16>,
+    /// Name.
+    pub name: Option<String>,
+}
+
+/// An image file and its manifest.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEntry {
+    /// Name the instances use.
+    pub name: String,
+    /// Kernel ELF (relative to the manifest file).
+    pub path: PathBuf,
+    /// Image manifest JSON (default: the ELF path with `.manifest.json` in place of `.elf`).
+    pub manifest: Option<PathBuf>,
+}
+
+/// One instance.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceEntry {
+    /// Name.
+    pub name: String,
+    /// Image name (an `[[image]]` entry) or reference already on the node.
+    pub image: String,
+    /// Node to run on.
+    pub node: u16,
+    /// Endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<u32>,
+    /// Services.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Memory in MiB.
+    pub memory: Option<u32>,
+    /// Fabric IP with prefix.
+    pub ip: Option<String>,
+    /// Extra command-line words.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `HOST:GUEST` port forwards.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Restart policy.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Backend override (`fake`).
+    pub backend: Option<BackendKind>,
+}
+
+/// A loaded image: bytes and manifest with its sha256.
+pub struct LoadedImage {
+    /// Kernel bytes.
+    pub bytes: Vec<u8>,
+    /// Manifest (sha256 filled in).
+    pub manifest: ImageManifest,
+}
+
+/// Reads an image ELF and its manifest JSON, computing the sha256.
+pub fn load_image(elf: &Path, manifest: Option<&Path>) -> anyhow::Result<LoadedImage> {
+    let bytes = std::fs::read(elf).with_context(|| format!("reading image {}", elf.display()))?;
+    let mpath = manifest
+        .map(Path::to_owned)
+        .unwrap_or_else(|| elf.with_extension("manifest.json"));
+    let text = std::fs::read(&mpath)
+        .with_context(|| format!("reading image manifest {}", mpath.display()))?;
+    let mut m: ImageManifest =
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", mpath.display()))?;
+    let sha = crate::images::sha256_hex(&bytes);
+    if !m.sha256.is_empty() && m.sha256 != sha {
+        bail!(
+            "{} says sha256 {} but {} hashes to {sha}",
+            mpath.display(),
+            m.sha256,
+            elf.display()
+        );
+    }
+    m.sha256 = sha;
+    Ok(LoadedImage { bytes, manifest: m })
+}
+
+impl DcManifest {
+    /// Reads a manifest file.
+    pub fn load(path: &Path) -> anyhow::Result<DcManifest> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut m: DcManifest =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for i in &mut m.images {
+            i.path = base.join(&i.path);
+            i.manifest = i.manifest.as_ref().map(|p| base.join(p));
+        }
+        let mut names = BTreeMap::new();
+        for i in &m.instances {
+            if names.insert(i.name.clone(), ()).is_some() {
+                bail!("{}: instance '{}' is listed twice", path.display(), i.name);
+            }
+        }
+        Ok(m)
+    }
+
+    /// The instance spec of `entry` in DC `dc`, with images named in `[[image]]` replaced by their sha256.
+    pub fn spec(
+        &self,
+        entry: &InstanceEntry,
+        dc: u16,
+        shas: &BTreeMap<String, String>,
+    ) -> anyhow::Result<InstanceSpec> {
+        let publish = entry
+            .publish
+            .iter()
+            .map(|p| p.parse::<Publish>().map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("instance '{}'", entry.name))?;
+        Ok(InstanceSpec {
+            name: entry.name.clone(),
+            image: shas
+                .get(&entry.image)
+                .cloned()
+                .unwrap_or_else(|| entry.image.clone()),
+            dc,
+            endpoints: entry.endpoints.clone(),
+            services: entry.services.clone(),
+            memory: entry.memory,
+            ip: entry.ip.clone(),
+            args: entry.args.clone(),
+            publish,
+            restart: entry.restart,
+            backend: entry.backend,
+        })
+    }
+}

@@ -147,7 +147,7 @@ impl Config {
             incarnation: None,
             bench_n: 1000,
             bench_vcopy: 65536,
-            buf: 65536,
+            buf: 16384,
             local_n: 0,
             stats: 0,
             mmio: Vec::new(),

@@ -39,45 +39,68 @@ pub struct Calibration {
     pub pit_ticks: u64,
 }
 
-/// Measures the TSC and LAPIC timer rates against the PIT over `window_us` microseconds.
-pub fn calibrate(window_us: u64) -> Result<Calibration, &'static str> {
-    let want = (PIT_HZ * window_us / 1_000_000).clamp(100, 50_000);
-    super::outb(PIT_CMD, 0x34); // channel 0, lo/hi, mode 2 (rate generator)
-    super::outb(PIT_CH0, 0);
-    super::outb(PIT_CH0, 0); // reload 65536: wraps every 54.9 ms
-    super::apic::start_calibration_count();
-    let p0 = pit_read();
+/// Reads the PIT with the TSC taken on both sides; returns (pit count, TSC midpoint).
+fn pit_sample() -> (u16, u64) {
     let t0 = rdtsc();
-    let l0 = super::apic::current_count();
-    let mut spins = 0u32;
-    let (p1, t1, l1) = loop {
-        let p = pit_read();
-        let t = rdtsc();
-        let l = super::apic::current_count();
-        let elapsed = p0.wrapping_sub(p) as u64;
-        if elapsed >= want {
-            break (p, t, l);
-        }
-        spins += 1;
-        if spins > 5_000_000 {
-            return Err("PIT does not count: no i8254 (use -M microvm,pit=on)");
-        }
-    };
-    super::outb(PIT_CMD, 0x30); // channel 0, mode 0, no count written: the counter stops
-    let pit_ticks = p0.wrapping_sub(p1) as u64;
-    let tsc_hz = ((t1 - t0) as u128 * PIT_HZ as u128 / pit_ticks as u128) as u64;
-    let lapic_hz = (l0.wrapping_sub(l1) as u128 * PIT_HZ as u128 / pit_ticks as u128) as u64;
-    if tsc_hz < 1_000_000 {
-        return Err("TSC runs slower than 1 MHz against the PIT");
+    let p = pit_read();
+    let t1 = rdtsc();
+    (p, t0 + (t1 - t0) / 2)
+}
+
+/// A calibration in progress: the PIT and the LAPIC timer count while the kernel does
+/// other work (device set-up), so the measurement window costs no boot time.
+pub struct Calibrator {
+    p0: u16,
+    t0: u64,
+    l0: u32,
+}
+
+impl Calibrator {
+    /// Starts the PIT (channel 0, rate generator, period 65536 ticks = 54.9 ms) and the
+    /// masked LAPIC countdown, and takes the first sample.
+    pub fn start() -> Calibrator {
+        super::outb(PIT_CMD, 0x34);
+        super::outb(PIT_CH0, 0);
+        super::outb(PIT_CH0, 0);
+        super::apic::start_calibration_count();
+        let (p0, t0) = pit_sample();
+        let l0 = super::apic::current_count();
+        Calibrator { p0, t0, l0 }
     }
-    TSC_HZ.store(tsc_hz, Relaxed);
-    LAPIC_HZ.store(lapic_hz.max(1), Relaxed);
-    NS_PER_TICK_FP.store(((1_000_000_000u128 << 32) / tsc_hz as u128) as u64, Relaxed);
-    Ok(Calibration {
-        tsc_hz,
-        lapic_hz,
-        pit_ticks,
-    })
+
+    /// Waits until at least `window_us` of PIT time passed (at most 50 ms are measurable),
+    /// then sets the clock's rate from the TSC ticks counted meanwhile.
+    pub fn finish(self, window_us: u64) -> Result<Calibration, &'static str> {
+        let want = (PIT_HZ * window_us / 1_000_000).clamp(100, 50_000);
+        let mut spins = 0u32;
+        let (p1, t1, l1) = loop {
+            let (p, t) = pit_sample();
+            let l = super::apic::current_count();
+            let elapsed = self.p0.wrapping_sub(p) as u64;
+            // Past 50 ms the counter may have wrapped: the measurement is void.
+            if elapsed >= want || rdtsc().wrapping_sub(self.t0) > (50u64 << 32) {
+                break (p, t, l);
+            }
+            spins += 1;
+            if spins > 5_000_000 {
+                return Err("PIT does not count: no i8254 (use -M microvm,pit=on)");
+            }
+        };
+        super::outb(PIT_CMD, 0x30); // channel 0, mode 0, no count written: the counter stops
+        let pit_ticks = self.p0.wrapping_sub(p1) as u64;
+        if pit_ticks < 100 {
+            return Err("PIT calibration window too short or wrapped");
+        }
+        let tsc_hz = ((t1 - self.t0) as u128 * PIT_HZ as u128 / pit_ticks as u128) as u64;
+        let lapic_hz = (self.l0.wrapping_sub(l1) as u128 * PIT_HZ as u128 / pit_ticks as u128) as u64;
+        if tsc_hz < 1_000_000 {
+            return Err("TSC runs slower than 1 MHz against the PIT");
+        }
+        TSC_HZ.store(tsc_hz, Relaxed);
+        LAPIC_HZ.store(lapic_hz.max(1), Relaxed);
+        NS_PER_TICK_FP.store(((1_000_000_000u128 << 32) / tsc_hz as u128) as u64, Relaxed);
+        Ok(Calibration { tsc_hz, lapic_hz, pit_ticks })
+    }
 }
 
 /// Sets the clock's origin (time 0) to now.

@@ -38,6 +38,12 @@ impl ConfigurationAccess for PortCam {
     }
 }
 
+/// Whether a PCI host bridge answers at 00:00.0 (false on microvm: no scan, no exits).
+pub fn present() -> bool {
+    let df = DeviceFunction { bus: 0, device: 0, function: 0 };
+    PortCam.read_word(df, 0) & 0xFFFF != 0xFFFF
+}
+
 /// Window for memory BARs that the kernel assigns itself (inside the 3..4 GiB hole, which
 /// boot.rs maps uncached).
 const BAR_WINDOW: (u64, u64) = (0xC000_0000, 0xFE00_0000);

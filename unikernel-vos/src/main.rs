@@ -266,7 +266,7 @@ fn stats_line(
         tx += n.stats.tx;
     }
     format!(
-        "dvs: stats echo_received={} echo_replied={} frames_in={} frames_out={} delivered_elided={} bad_frames={} wrong_dc={} spoofed={} not_here={} stale={} duplicates={} retransmits={} bad_ethernet={} http_requests={} http_bad={} nic_rx={} nic_tx={}",
+        "dvs: stats echo_received={} echo_replied={} frames_in={} frames_out={} delivered_elided={} bad_frames={} wrong_dc={} spoofed={} not_here={} stale={} duplicates={} retransmits={} bad_ethernet={} http_requests={} http_bad={} nic_rx={} nic_tx={} tsc_khz={}",
         echo.received.get(),
         echo.replied.get(),
         s.frames_in,
@@ -283,7 +283,8 @@ fn stats_line(
         http.requests,
         http.bad,
         rx,
-        tx
+        tx,
+        time::tsc_hz() / 1000
     )
 }
 
@@ -338,8 +339,16 @@ fn run(
         if now_us.saturating_sub(last_work) < SPIN_US {
             continue;
         }
-        // Idle: report changed counters (at most once per `stats_every`), then halt.
+        // Idle: refine the clock rate once, report changed counters (at most once per
+        // `stats_every`), then halt.
         let mut deadline = wake_at.min(now_us + MAX_SLEEP_US);
+        if let Some(t) = time::refine_due_us() {
+            if t <= now_us {
+                time::refine();
+                continue;
+            }
+            deadline = deadline.min(t);
+        }
         let line = stats_line(&net.borrow(), &ipc.borrow(), echo, &http.borrow());
         if line != last_stats {
             if now_us >= last_stats_at + stats_every {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 const DC: u16 = 1;
 const GUEST_EP: u32 = 10;
 const HOST_EP: u32 = 500;
-const BOOT_RUNS: usize = 7;
+const BOOT_RUNS: usize = 11;
 const RTT_N: usize = 2000;
 
 fn median(v: &mut [f64]) -> f64 {
@@ -23,35 +23,44 @@ fn p99(v: &mut [f64]) -> f64 {
     v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
 }
 
-/// Median launch-to-exit time of the floor ELF, in ms.
-fn floor_ms(machine: Machine, accel: Accel) -> f64 {
-    let mut t = Vec::new();
-    for _ in 0..BOOT_RUNS {
-        let mut spec = VmSpec::new(machine, accel, "");
-        spec.kernel = floor_image();
-        spec.mem_mib = 8;
-        let mut vm = Vm::start(&spec);
-        match vm.wait_exit(accel.timeout(Duration::from_secs(10))) {
-            Some(_) => t.push(vm.started.elapsed().as_secs_f64() * 1000.0),
-            None => eprintln!("vos-bench: floor ELF did not exit on {} {}", machine.name(), accel.name()),
+/// Launch-to-exit of the floor ELF, in ms.
+fn floor_once(machine: Machine, accel: Accel) -> Option<f64> {
+    let mut spec = VmSpec::new(machine, accel, "");
+    spec.kernel = floor_image();
+    spec.mem_mib = 8;
+    let mut vm = Vm::start(&spec);
+    match vm.wait_exit(accel.timeout(Duration::from_secs(10))) {
+        Some(_) => Some(vm.started.elapsed().as_secs_f64() * 1000.0),
+        None => {
+            eprintln!("vos-bench: floor ELF did not exit on {} {}", machine.name(), accel.name());
+            None
         }
     }
-    median(&mut t)
 }
 
-/// Median launch-to-ready time of the VOS, in ms.
-fn ready_ms(machine: Machine, accel: Accel) -> f64 {
-    let mut t = Vec::new();
-    for _ in 0..BOOT_RUNS {
-        let mut spec = VmSpec::new(machine, accel, "dc=1 ep=10 svc=echo");
-        spec.mem_mib = 8;
-        let mut vm = Vm::start(&spec);
-        match vm.wait_line("dvs: ready", accel.timeout(Duration::from_secs(10))) {
-            Ok(_) => t.push(vm.started.elapsed().as_secs_f64() * 1000.0),
-            Err(e) => eprintln!("vos-bench: {e}"),
+/// Launch-to-ready of the VOS, in ms.
+fn ready_once(machine: Machine, accel: Accel) -> Option<f64> {
+    let mut spec = VmSpec::new(machine, accel, "dc=1 ep=10 svc=echo");
+    spec.mem_mib = 8;
+    let mut vm = Vm::start(&spec);
+    match vm.wait_line("dvs: ready", accel.timeout(Duration::from_secs(10))) {
+        Ok(_) => Some(vm.started.elapsed().as_secs_f64() * 1000.0),
+        Err(e) => {
+            eprintln!("vos-bench: {e}");
+            None
         }
     }
-    median(&mut t)
+}
+
+/// Median launch-to-ready of the VOS and launch-to-exit of the floor, runs interleaved so
+/// that both see the same machine load.
+fn boot_ms(machine: Machine, accel: Accel) -> (f64, f64) {
+    let (mut r, mut f) = (Vec::new(), Vec::new());
+    for _ in 0..BOOT_RUNS {
+        f.extend(floor_once(machine, accel));
+        r.extend(ready_once(machine, accel));
+    }
+    (median(&mut r), median(&mut f))
 }
 
 /// Boots echo on a dgram NIC and measures host-harness sendrec round trips (µs).
@@ -147,7 +156,7 @@ fn main() {
     for m in [Machine::Microvm, Machine::Q35] {
         eprintln!("vos-bench: boot times on {}", m.name());
         let boot = |a: Accel| {
-            let (r, f) = (ready_ms(m, a), floor_ms(m, a));
+            let (r, f) = boot_ms(m, a);
             format!("{r:.1} ms (floor {f:.1}, {:.2}x)", r / f)
         };
         rows.push([

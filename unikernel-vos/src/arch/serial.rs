@@ -17,7 +17,10 @@ pub struct Serial {
 impl Serial {
     /// An empty writer.
     pub const fn new() -> Serial {
-        Serial { buf: [0; LEN], len: 0 }
+        Serial {
+            buf: [0; LEN],
+            len: 0,
+        }
     }
 
     fn push(&mut self, b: u8) {

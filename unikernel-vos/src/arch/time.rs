@@ -9,6 +9,13 @@ const PIT_CMD: u16 = 0x43;
 const PIT_CH0: u16 = 0x40;
 
 static TSC_BASE: AtomicU64 = AtomicU64::new(0);
+/// Clock value (ns) at `TSC_BASE`: the rate may be refined at run time without a jump.
+static OFFSET_NS: AtomicU64 = AtomicU64::new(0);
+/// The boot calibration's first sample (PIT count, TSC, LAPIC count), kept for `refine`.
+static REFINE: AtomicU64 = AtomicU64::new(0);
+static REFINE_TSC: AtomicU64 = AtomicU64::new(0);
+/// How long after the first sample the rate is measured again (the PIT wraps at 54.9 ms).
+const REFINE_AFTER_US: u64 = 40_000;
 /// Nanoseconds per TSC tick as a 32.32 fixed-point factor.
 static NS_PER_TICK_FP: AtomicU64 = AtomicU64::new(1 << 32);
 static TSC_HZ: AtomicU64 = AtomicU64::new(1_000_000_000);
@@ -86,21 +93,75 @@ impl Calibrator {
                 return Err("PIT does not count: no i8254 (use -M microvm,pit=on)");
             }
         };
-        super::outb(PIT_CMD, 0x30); // channel 0, mode 0, no count written: the counter stops
         let pit_ticks = self.p0.wrapping_sub(p1) as u64;
         if pit_ticks < 100 {
             return Err("PIT calibration window too short or wrapped");
         }
         let tsc_hz = ((t1 - self.t0) as u128 * PIT_HZ as u128 / pit_ticks as u128) as u64;
-        let lapic_hz = (self.l0.wrapping_sub(l1) as u128 * PIT_HZ as u128 / pit_ticks as u128) as u64;
+        let lapic_hz =
+            (self.l0.wrapping_sub(l1) as u128 * PIT_HZ as u128 / pit_ticks as u128) as u64;
         if tsc_hz < 1_000_000 {
             return Err("TSC runs slower than 1 MHz against the PIT");
         }
-        TSC_HZ.store(tsc_hz, Relaxed);
-        LAPIC_HZ.store(lapic_hz.max(1), Relaxed);
-        NS_PER_TICK_FP.store(((1_000_000_000u128 << 32) / tsc_hz as u128) as u64, Relaxed);
-        Ok(Calibration { tsc_hz, lapic_hz, pit_ticks })
+        set_rates(tsc_hz, lapic_hz);
+        // Keep the PIT running: `refine` measures again over a 40 ms window.
+        REFINE.store(1 << 63 | (self.p0 as u64) << 32 | self.l0 as u64, Relaxed);
+        REFINE_TSC.store(self.t0, Relaxed);
+        Ok(Calibration {
+            tsc_hz,
+            lapic_hz,
+            pit_ticks,
+        })
     }
+}
+
+fn set_rates(tsc_hz: u64, lapic_hz: u64) {
+    // Rebase so that the clock stays continuous across a change of rate.
+    let t = rdtsc();
+    let now = now_ns_at(t);
+    OFFSET_NS.store(now, Relaxed);
+    TSC_BASE.store(t, Relaxed);
+    TSC_HZ.store(tsc_hz, Relaxed);
+    LAPIC_HZ.store(lapic_hz.max(1), Relaxed);
+    NS_PER_TICK_FP.store(((1_000_000_000u128 << 32) / tsc_hz as u128) as u64, Relaxed);
+}
+
+/// When (kernel clock, µs) `refine` should run, if it still has to.
+pub fn refine_due_us() -> Option<u64> {
+    if REFINE.load(Relaxed) >> 63 == 0 {
+        return None;
+    }
+    let elapsed = ticks_to_ns(rdtsc().wrapping_sub(REFINE_TSC.load(Relaxed))) / 1000;
+    Some(now_us() + REFINE_AFTER_US.saturating_sub(elapsed))
+}
+
+/// Measures the TSC rate again over ~40 ms of PIT time (a 20x longer window than
+/// at boot, so 20x less error from exit latency), then stops the PIT. Skipped if the PIT may
+/// have wrapped (the loop slept past 50 ms).
+pub fn refine() {
+    let state = REFINE.load(Relaxed);
+    if state >> 63 == 0 {
+        return;
+    }
+    let t0 = REFINE_TSC.load(Relaxed);
+    let (p, t) = pit_sample();
+    let elapsed_us = ticks_to_ns(t.wrapping_sub(t0)) / 1000;
+    if elapsed_us < REFINE_AFTER_US {
+        return;
+    }
+    REFINE.store(0, Relaxed);
+    super::outb(PIT_CMD, 0x30); // channel 0, mode 0, no count written: the counter stops
+    if elapsed_us > 50_000 {
+        return;
+    }
+    let p0 = (state >> 32) as u16;
+    let pit_ticks = p0.wrapping_sub(p) as u64;
+    if pit_ticks < 10_000 {
+        return;
+    }
+    let tsc_hz = ((t - t0) as u128 * PIT_HZ as u128 / pit_ticks as u128) as u64;
+    // The LAPIC timer has been re-armed since (it wakes the halts): keep its boot rate.
+    set_rates(tsc_hz, lapic_hz());
 }
 
 /// Sets the clock's origin (time 0) to now.
@@ -108,11 +169,16 @@ pub fn set_origin() {
     TSC_BASE.store(rdtsc(), Relaxed);
 }
 
+#[inline]
+fn now_ns_at(tsc: u64) -> u64 {
+    let ticks = tsc.wrapping_sub(TSC_BASE.load(Relaxed));
+    OFFSET_NS.load(Relaxed) + ((ticks as u128 * NS_PER_TICK_FP.load(Relaxed) as u128) >> 32) as u64
+}
+
 /// Nanoseconds since the origin.
 #[inline]
 pub fn now_ns() -> u64 {
-    let ticks = rdtsc().wrapping_sub(TSC_BASE.load(Relaxed));
-    ((ticks as u128 * NS_PER_TICK_FP.load(Relaxed) as u128) >> 32) as u64
+    now_ns_at(rdtsc())
 }
 
 /// Microseconds since the origin.

@@ -40,7 +40,11 @@ impl ConfigurationAccess for PortCam {
 
 /// Whether a PCI host bridge answers at 00:00.0 (false on microvm: no scan, no exits).
 pub fn present() -> bool {
-    let df = DeviceFunction { bus: 0, device: 0, function: 0 };
+    let df = DeviceFunction {
+        bus: 0,
+        device: 0,
+        function: 0,
+    };
     PortCam.read_word(df, 0) & 0xFFFF != 0xFFFF
 }
 

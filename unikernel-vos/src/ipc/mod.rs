@@ -108,11 +108,17 @@ impl Ipc {
         self.batch_ends.clear();
         let mut frame = [0u8; MAX_FRAME];
         while self.batch_ends.len() < BATCH {
-            let Some(n) = self.engine.poll_transmit(now, &mut frame) else { break };
+            let Some(n) = self.engine.poll_transmit(now, &mut frame) else {
+                break;
+            };
             self.batch.extend_from_slice(&frame[..n]);
             self.batch_ends.push(self.batch.len());
         }
-        let hdr = EthernetHeader { dst: BROADCAST, src: self.mac, ethertype: ETHERTYPE_M3IPC };
+        let hdr = EthernetHeader {
+            dst: BROADCAST,
+            src: self.mac,
+            ethertype: ETHERTYPE_M3IPC,
+        };
         let mut start = 0;
         for i in 0..self.batch_ends.len() {
             let f = &self.batch[start..self.batch_ends[i]];
@@ -137,7 +143,9 @@ impl Ipc {
 
     /// Whether frame `i` of the batch is a Delivered whose call's Reply follows in the batch.
     fn answered_later(&self, f: &[u8], i: usize) -> bool {
-        let Ok(d) = FrameRepr::parse(f) else { return false };
+        let Ok(d) = FrameRepr::parse(f) else {
+            return false;
+        };
         if d.kind != Kind::Delivered {
             return false;
         }

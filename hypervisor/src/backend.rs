@@ -136,11 +136,9 @@ impl Qemu {
     pub fn args(&self, plan: &BootPlan) -> Vec<String> {
         let mut a: Vec<String> = vec![
             "-M".into(),
-            "microvm,x-option-roms=off,rtc=off".into(),
+            "microvm,acpi=off".into(),
             "-accel".into(),
             if self.kvm { "kvm" } else { "tcg" }.into(),
-            "-cpu".into(),
-            if self.kvm { "host" } else { "max" }.into(),
             "-m".into(),
             format!("{}M", plan.memory_mib),
             "-smp".into(),
@@ -160,6 +158,10 @@ impl Qemu {
             "-device".into(),
             "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
         ];
+        if self.kvm {
+            // Nested KVM refuses to set the arch-capabilities MSR.
+            a.extend(["-cpu".into(), "host,-arch-capabilities".into()]);
+        }
         let netdev = match &plan.fabric {
             PortKind::Dgram {
                 proxy_path,

@@ -84,6 +84,14 @@ enum Cmd {
         #[arg(long)]
         to: u16,
     },
+    /// GET an API path of the node and print the JSON (or one value, with --pointer): for scripts.
+    Api {
+        /// Path, e.g. /v1/counters.
+        path: String,
+        /// A JSON pointer into the answer, e.g. /ports/web/rx/frames.
+        #[arg(long)]
+        pointer: Option<String>,
+    },
     /// Deploy a DC manifest (images, instances, nodes) across the cluster; idempotent.
     Apply {
         /// The manifest (TOML).
@@ -306,6 +314,21 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Apply { file, prune } => apply(&ctx, &file, prune).await,
+        Cmd::Api { path, pointer } => {
+            let v = ctx.node.get_json(&path).await?;
+            let v = match pointer {
+                Some(p) => v
+                    .pointer(&p)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("{path}: nothing at {p}"))?,
+                None => v,
+            };
+            match v {
+                serde_json::Value::String(s) => println!("{s}"),
+                v => println!("{}", serde_json::to_string_pretty(&v)?),
+            }
+            Ok(())
+        }
     }
 }
 

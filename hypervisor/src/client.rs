@@ -173,6 +173,11 @@ impl NodeClient {
             .await
     }
 
+    /// GET any API path as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.get(path).await
+    }
+
     /// `GET /v1/node`.
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
         self.get("/v1/node").await

@@ -140,6 +140,7 @@ struct Bench {
     errors: BTreeMap<String, u64>,
     lat_us: Vec<u64>,
     sent_at: u64,
+    started_at: u64,
     phase: Phase,
     vcopy_started: u64,
     push_us: u64,
@@ -217,6 +218,7 @@ impl Fake {
                 errors: BTreeMap::new(),
                 lat_us: Vec::with_capacity(self.cfg.n.min(1 << 20) as usize),
                 sent_at: 0,
+                started_at: self.now().as_micros(),
                 phase: Phase::Sendrec,
                 vcopy_started: 0,
                 push_us: 0,
@@ -244,14 +246,18 @@ impl Fake {
                             return;
                         }
                         Err(e) => {
+                            println!(
+                                "dvs: bench FAILED sendrec {} to {}: {e:?}",
+                                b.issued, b.peer.0
+                            );
                             b.issued += 1;
-                            *b.errors.entry(e.to_string()).or_default() += 1;
+                            *b.errors.entry(format!("{e:?}")).or_default() += 1;
                             continue;
                         }
                     }
                 }
                 Phase::Sendrec => {
-                    print_bench_done(b);
+                    print_bench_done(b, now.as_micros().saturating_sub(b.started_at));
                     b.phase = Phase::Notify;
                 }
                 Phase::Notify => {
@@ -259,7 +265,7 @@ impl Fake {
                         let _ = self.engine.notify(now, b.ep, b.peer);
                     }
                     if notify_n > 0 {
-                        println!("bench: notify sent={notify_n}");
+                        println!("dvs: bench notify sent={notify_n}");
                     }
                     b.phase = Phase::Push;
                 }
@@ -275,7 +281,7 @@ impl Fake {
                         vcopy,
                         timeout.map(|t| t * 10),
                     ) {
-                        println!("bench: vcopy push failed: {e}");
+                        println!("dvs: bench FAILED vcopy {vcopy} bytes: push {e:?}");
                         b.phase = Phase::Done;
                         continue;
                     }
@@ -293,7 +299,7 @@ impl Fake {
                         vcopy,
                         timeout.map(|t| t * 10),
                     ) {
-                        println!("bench: vcopy pull failed: {e}");
+                        println!("dvs: bench FAILED vcopy {vcopy} bytes: pull {e:?}");
                         b.phase = Phase::Done;
                         continue;
                     }
@@ -325,7 +331,7 @@ impl Fake {
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => println!("echo: receive failed: {e}"),
+                    Err(e) => println!("dvs: echo receive failed: {e:?}"),
                 }
                 let _ = self.engine.receive(now, ep, Endpoint::ANY, None);
             }
@@ -337,6 +343,10 @@ impl Fake {
                         if msg.u64_at(0) == Some(b.issued - 1) {
                             b.ok += 1;
                         } else {
+                            println!(
+                                "dvs: bench FAILED sendrec {}: reply payload differs",
+                                b.issued - 1
+                            );
                             b.mismatched += 1;
                         }
                         b.lat_us.push(now.as_micros().saturating_sub(b.sent_at));
@@ -344,7 +354,12 @@ impl Fake {
                     (Phase::Sendrec, r) => {
                         let why = r
                             .err()
-                            .map_or("unexpected answer".to_string(), |e| e.to_string());
+                            .map_or("UnexpectedAnswer".to_string(), |e| format!("{e:?}"));
+                        println!(
+                            "dvs: bench FAILED sendrec {} to {}: {why}",
+                            b.issued - 1,
+                            b.peer.0
+                        );
                         *b.errors.entry(why).or_default() += 1;
                     }
                     (Phase::Push, Ok(_)) => {
@@ -357,38 +372,50 @@ impl Fake {
                         let half = vcopy as usize;
                         let exact = buf.len() == 2 * half && buf[..half] == buf[half..];
                         println!(
-                            "bench: vcopy bytes={vcopy} exact={exact} push_ms={:.1} pull_ms={:.1} push_mib_s={:.1}",
-                            b.push_us as f64 / 1000.0,
-                            pull_us as f64 / 1000.0,
-                            vcopy as f64 / (1 << 20) as f64 / (b.push_us.max(1) as f64 / 1e6)
+                            "dvs: bench vcopy bytes={vcopy} push_us={} pull_us={} push_mb_s={} pull_mb_s={} exact={exact}",
+                            b.push_us,
+                            pull_us,
+                            vcopy / b.push_us.max(1),
+                            vcopy / pull_us.max(1)
                         );
                         b.phase = Phase::Done;
                     }
                     (phase, r) => {
-                        println!("bench: vcopy {phase:?} failed: {:?}", r.err());
+                        println!(
+                            "dvs: bench FAILED vcopy {vcopy} bytes: {phase:?} {:?}",
+                            r.err()
+                        );
                         b.phase = Phase::Done;
                     }
                 }
                 self.bench_next();
             }
             Event::NotifyFailed { dst, error, .. } => {
-                println!("bench: notify to {dst} failed: {error}")
+                println!("dvs: bench FAILED notify to {}: {error:?}", dst.0)
             }
             Event::Done { .. } => {}
         }
     }
 
     fn progress(&self) {
-        if let Some(e) = self.echo {
-            println!(
-                "echo: ep={} served={} notified={}",
-                e.0, self.served, self.notified
-            );
-        }
+        let st = self.engine.stats();
+        println!(
+            "dvs: stats echo_received={} echo_replied={} notify_received={} frames_in={} frames_out={} \
+             duplicates={} retransmits={} migrated_resends={} notify_coalesced={}",
+            self.served,
+            self.served,
+            self.notified,
+            st.frames_in,
+            st.frames_out,
+            st.duplicates,
+            st.retransmits,
+            st.migrated_resends,
+            st.notify_coalesced
+        );
         if let Some(b) = &self.bench {
             if b.phase == Phase::Sendrec {
                 println!(
-                    "bench: progress ok={} failed={} mismatched={} errors={:?}",
+                    "dvs: bench progress ok={} failed={} mismatched={} errors={:?}",
                     b.ok,
                     failed(b),
                     b.mismatched,
@@ -459,16 +486,23 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn print_bench_done(b: &mut Bench) {
+fn print_bench_done(b: &mut Bench, elapsed_us: u64) {
     b.lat_us.sort_unstable();
+    if failed(b) == 0 && b.mismatched == 0 {
+        println!(
+            "dvs: bench sendrec n={} median_ns={} p99_ns={} ops_per_s={}",
+            b.issued,
+            percentile(&b.lat_us, 0.5) * 1000,
+            percentile(&b.lat_us, 0.99) * 1000,
+            b.issued * 1_000_000 / elapsed_us.max(1)
+        );
+    }
     println!(
-        "bench: done n={} ok={} failed={} mismatched={} p50_us={} p99_us={} errors={:?}",
+        "dvs: bench summary n={} ok={} failed={} mismatched={} errors={:?}",
         b.issued,
         b.ok,
         failed(b),
         b.mismatched,
-        percentile(&b.lat_us, 0.5),
-        percentile(&b.lat_us, 0.99),
         b.errors
     );
 }
@@ -497,7 +531,7 @@ pub async fn run(port: PortKind, mac: [u8; 6], cmdline: &str) -> anyhow::Result<
         arp_answer: None,
     };
     println!(
-        "fake-vos: up dc={} ep={:?} svc={:?} ip={:?} mac={} (host-side fake instance, not a VM)",
+        "dvs: ready dc={} ep={:?} svc={:?} ip={:?} mac={} (host-side fake instance, not a VM)",
         fake.cfg.dc,
         fake.cfg.endpoints,
         fake.cfg.services,
@@ -543,7 +577,7 @@ pub async fn run(port: PortKind, mac: [u8; 6], cmdline: &str) -> anyhow::Result<
         for _ in 0..10 {
             vm.send(&fake.wrap(&buf)).await?;
         }
-        println!("spoof: sent 10 frames as endpoint {as_ep} to {}", dst.0);
+        println!("dvs: spoof sent 10 frames as endpoint {as_ep} to {}", dst.0);
     }
     let mut rx = vec![0u8; 65536];
     let mut tx = vec![0u8; MAX_FRAME];
@@ -551,6 +585,7 @@ pub async fn run(port: PortKind, mac: [u8; 6], cmdline: &str) -> anyhow::Result<
     let mut next_tick = tokio::time::Instant::now() + tick;
     let arp_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     let mut arp_reported = fake.cfg.arp.is_none();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let now = fake.now();
         while let Some(n) = fake.engine.poll_transmit(now, &mut tx) {
@@ -568,8 +603,8 @@ pub async fn run(port: PortKind, mac: [u8; 6], cmdline: &str) -> anyhow::Result<
         {
             let target = fake.cfg.arp.unwrap_or(Ipv4Addr::UNSPECIFIED);
             match fake.arp_answer {
-                Some(m) => println!("arp: {target} is-at {}", fmt_mac(&m)),
-                None => println!("arp: {target} no answer"),
+                Some(m) => println!("dvs: arp {target} is-at {}", fmt_mac(&m)),
+                None => println!("dvs: arp {target} no answer"),
             }
             arp_reported = true;
         }
@@ -603,6 +638,11 @@ pub async fn run(port: PortKind, mac: [u8; 6], cmdline: &str) -> anyhow::Result<
                     }
                     _ => {}
                 }
+            }
+            _ = term.recv() => {
+                fake.progress();
+                println!("dvs: stopping (SIGTERM)");
+                return Ok(());
             }
             _ = tokio::time::sleep_until(wake) => {
                 let now = fake.now();

@@ -556,7 +556,11 @@ impl Manager {
             let (state, why) = match exit {
                 None => {
                     if let Some(pid) = pid {
-                        // SAFETY: kill(2) on the machine's process group, which the child created with setpgid.
+                        // SAFETY: kill(2) on the machine (SIGTERM lets it say goodbye on its console), then on its
+                        // process group, which the child created with setpgid.
+                        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(300), child.wait()).await;
                         unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
                     }
                     let _ = child.kill().await;

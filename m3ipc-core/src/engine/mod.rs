@@ -396,6 +396,17 @@ impl Engine {
                 result: Ok(Completion::Replied(msg)),
             });
         } else {
+            // A Delivered for this call still waiting to go out is made redundant by the Reply.
+            let redundant = self.tx.iter().position(|t| {
+                t.kind == Kind::Delivered
+                    && t.flags == 0
+                    && t.src == src
+                    && t.dst == dst
+                    && t.aux == seq
+            });
+            if let Some(pos) = redundant {
+                self.tx.remove(pos);
+            }
             self.tx.push_back(Tx {
                 body: Body::Msg(msg),
                 ..Tx::ctl(Kind::Reply, src, dst, seq, 0)

@@ -628,3 +628,22 @@ fn full_queue_pushes_back_until_room() {
     p.b.receive(p.now, B, Endpoint::ANY, None).unwrap();
     assert!(received(A2, 2, false)(&events(&mut p.b)[0]));
 }
+
+#[test]
+fn a_prompt_reply_replaces_the_pending_delivered() {
+    let mut p = Pair::new();
+    p.b.receive(p.now, B, Endpoint::ANY, None).unwrap();
+    p.a.sendrec(p.now, A, B, Message::new(3), T).unwrap();
+    let mut buf = [0u8; MAX_FRAME];
+    let n = p.a.poll_transmit(p.now, &mut buf).unwrap();
+    p.b.handle_frame(p.now, &buf[..n]);
+    events(&mut p.b);
+    p.b.reply(p.now, B, A, Message::new(4)).unwrap();
+    let n = p.b.poll_transmit(p.now, &mut buf).unwrap();
+    assert_eq!(FrameRepr::parse(&buf[..n]).unwrap().kind, Kind::Reply);
+    assert_eq!(
+        p.b.poll_transmit(p.now, &mut buf),
+        None,
+        "one frame answers the call"
+    );
+}

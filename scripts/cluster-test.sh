@@ -166,16 +166,15 @@ image = "vos"
 node = 1
 endpoints = [101]
 services = ["echo"]
-ip = "10.1.0.1/24"
 memory = $MEM
 args = ["buf=16777216", "stats=1"]
+restart = "on-failure"
 [[instance]]
 name = "echo2"
 image = "vos"
 node = 2
 endpoints = [201]
 services = ["echo"]
-ip = "10.1.0.2/24"
 memory = $MEM
 args = ["stats=1"]
 restart = "on-failure"
@@ -185,9 +184,9 @@ image = "vos"
 node = 3
 endpoints = [301]
 services = ["echo"]
-ip = "10.1.0.3/24"
 memory = $MEM
 args = ["buf=16777216", "stats=1"]
+restart = "on-failure"
 EOF
 cat > "$WORK/beta.toml" <<EOF
 [dc]
@@ -198,7 +197,6 @@ image = "vos"
 node = 2
 endpoints = [101]           # the same endpoint number as echo1 of DC 1: each DC has its own space
 services = ["echo"]
-ip = "10.1.0.1/24"          # and the same IP address as echo1
 memory = $MEM
 EOF
 dvs apply "$WORK/alpha.toml"
@@ -212,7 +210,7 @@ dvs ps
 # ---- 3. cross-node and same-node sendrec, notify, 16 MiB vcopy ----
 dvs run vos --dc alpha --name bx --ep 111,112 --svc ipc-bench --mem $MEM --on 1 \
   --arg peer=301 --arg n=1000 --arg vcopy=16777216 >/dev/null
-dvs run vos --dc alpha --name bl --ep 121,122 --svc ipc-bench --mem 16 --on 1 --arg peer=101 --arg n=1000 >/dev/null
+dvs run vos --dc alpha --name bl --ep 121,122 --svc ipc-bench --mem 16 --on 1 --arg peer=101 --arg n=1000 --arg vcopy=0 >/dev/null
 wait_for 60 "bx done" logs_match bx 'dvs: bench (vcopy|FAILED)'
 wait_for 60 "bl done" bench_done bl
 log "cross-node: $(log_line bx 'bench sendrec')"
@@ -237,22 +235,27 @@ log "notify: 100 sent back to back, $NOTIFIED delivered (pending ones coalesce)"
 check "3. notify delivered and coalesced (1 <= delivered < 100)" [ "$NOTIFIED" -ge 1 -a "$NOTIFIED" -lt 100 ]
 
 # ---- 4. isolation ----
-dvs run vos --dc beta --name xdc --ep 511,512 --svc ipc-bench --mem 16 --on 1 --arg peer=301 --arg n=1 >/dev/null
+dvs run vos --dc beta --name xdc --ep 511,512 --svc ipc-bench --mem 16 --on 1 --arg peer=301 --arg n=1 --arg vcopy=0 >/dev/null
 wait_for 30 "xdc done" bench_done xdc
 log "DC 2 -> endpoint 301 of DC 1: $(log_line xdc 'FAILED|bench sendrec')"
 check "4. a DC 2 instance addressing a DC 1 endpoint gets 'not in this DC'" logs_match xdc 'FAILED sendrec 0 to 301: NotInDc'
-dvs run vos --fake --dc beta --name probe2 --ep 521 --on 1 --ip 10.1.0.9/24 --arg arp=10.1.0.3 >/dev/null
-dvs run vos --fake --dc beta --name probe2b --ep 522 --on 1 --ip 10.1.0.8/24 --arg arp=10.1.0.1 >/dev/null
-dvs run vos --fake --dc alpha --name probe1 --ep 141 --on 1 --ip 10.1.0.9/24 --arg arp=10.1.0.3 >/dev/null
+# LAN hosts (fake instances answering ARP): 10.1.0.3 only in DC 1, 10.1.0.1 in both DCs.
+dvs run vos --fake --dc alpha --name lan-a --on 3 --ip 10.1.0.3/24 >/dev/null
+dvs run vos --fake --dc alpha --name lan-c --on 1 --ip 10.1.0.1/24 >/dev/null
+dvs run vos --fake --dc beta --name lan-b --on 2 --ip 10.1.0.1/24 >/dev/null
+for h in lan-a lan-b lan-c; do wait_for 10 "$h ready" logs_match $h 'dvs: ready'; done
+dvs run vos --fake --dc beta --name probe2 --on 1 --ip 10.1.0.9/24 --arg arp=10.1.0.3 >/dev/null
+dvs run vos --fake --dc beta --name probe2b --on 1 --ip 10.1.0.8/24 --arg arp=10.1.0.1 >/dev/null
+dvs run vos --fake --dc alpha --name probe1 --on 1 --ip 10.1.0.9/24 --arg arp=10.1.0.3 >/dev/null
 for p in probe2 probe2b probe1; do wait_for 20 "$p answer" logs_match $p 'dvs: arp'; done
-BMAC=$(dvsn 2 api /v1/instances/b-echo --pointer /mac)
-MAC3=$(dvsn 3 api /v1/instances/echo3 --pointer /mac)
+BMAC=$(dvsn 2 api /v1/instances/lan-b --pointer /mac)
+AMAC=$(dvsn 3 api /v1/instances/lan-a --pointer /mac)
 log "DC 2 probe asks for 10.1.0.3 (DC 1 only): $(log_line probe2 'dvs: arp')"
-log "DC 2 probe asks for 10.1.0.1 (in both DCs): $(log_line probe2b 'dvs: arp') (b-echo is $BMAC)"
-log "DC 1 probe asks for 10.1.0.3:               $(log_line probe1 'dvs: arp') (echo3 is $MAC3)"
+log "DC 2 probe asks for 10.1.0.1 (in both DCs): $(log_line probe2b 'dvs: arp') (DC 2's lan-b is $BMAC)"
+log "DC 1 probe asks for 10.1.0.3:               $(log_line probe1 'dvs: arp') (DC 1's lan-a is $AMAC)"
 check "4. DC 2 cannot ARP DC 1's addresses" logs_match probe2 'no answer'
 check "4. the same IP in DC 2 answers with DC 2's instance" logs_match probe2b "is-at $BMAC"
-check "4. control: DC 1 resolves its own address" logs_match probe1 "is-at $MAC3"
+check "4. control: DC 1 resolves its own address across nodes" logs_match probe1 "is-at $AMAC"
 dvs run vos --fake --dc alpha --name spoofer --ep 151 --on 1 --arg spoof=301 --arg peer=301 >/dev/null
 wait_for 10 "spoofer sent" logs_match spoofer 'dvs: spoof sent'
 sleep 0.5
@@ -268,8 +271,8 @@ wait_for 10 "node 1 sees node 2 down" not peer_up 1 2
 sleep 0.5
 check "5. no machine of node 2 outlives its daemon" not pgrep -f "$WORK/n2/"
 T0=$(now_ms)
-dvs run vos --dc alpha --name f1 --ep 161,162 --svc ipc-bench --mem 16 --on 1 --arg peer=201 --arg n=1 >/dev/null
-dvs run vos --dc alpha --name f2 --ep 171,172 --svc ipc-bench --mem 16 --on 1 --arg peer=301 --arg n=1000 >/dev/null
+dvs run vos --dc alpha --name f1 --ep 161,162 --svc ipc-bench --mem 16 --on 1 --arg peer=201 --arg n=1 --arg vcopy=0 >/dev/null
+dvs run vos --dc alpha --name f2 --ep 171,172 --svc ipc-bench --mem 16 --on 1 --arg peer=301 --arg n=1000 --arg vcopy=0 >/dev/null
 wait_for 30 "f1 done" bench_done f1
 T1=$(now_ms)
 wait_for 60 "f2 done" bench_done f2
@@ -281,13 +284,13 @@ wait_for 20 "node 2 API back" dvsn 2 node status
 wait_for 20 "node 1 sees node 2 up" peer_up 1 2
 wait_for 60 "echo2 restored" booted_ready 2 echo2
 wait_for 10 "201 placed on node 2 again" placed_on 1 1 201 2
-dvs run vos --dc alpha --name f3 --ep 181,182 --svc ipc-bench --mem 16 --on 1 --arg peer=201 --arg n=100 >/dev/null
+dvs run vos --dc alpha --name f3 --ep 181,182 --svc ipc-bench --mem 16 --on 1 --arg peer=201 --arg n=100 --arg vcopy=0 >/dev/null
 wait_for 30 "f3 done" bench_done f3
 check "5. after node 2 restarts, the same calls succeed again" logs_match f3 'dvs: bench sendrec n=100 '
 
 # ---- 6. migration of echo2 (node 2 -> node 3) under a sendrec loop from node 1 ----
 N=$([ "$BACKEND" = fake ] && echo 20000 || echo 10000)
-dvs run vos --dc alpha --name mc --ep 191,192 --svc ipc-bench --mem 16 --on 1 --arg peer=201 --arg n=$N >/dev/null
+dvs run vos --dc alpha --name mc --ep 191,192 --svc ipc-bench --mem 16 --on 1 --arg peer=201 --arg n=$N --arg vcopy=0 >/dev/null
 wait_for 30 "client running" logs_match mc 'dvs: ready'
 sleep 1
 dvs migrate echo2 --to 3 | tee "$WORK/migrate.out"

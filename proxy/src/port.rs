@@ -63,14 +63,16 @@ pub async fn open(kind: &PortKind, on_frame: Sink) -> io::Result<PortHandle> {
 pub struct PortHandle {
     /// Sends frames to the instance.
     pub tx: Arc<dyn VmPort>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     paths: Vec<PathBuf>,
 }
 
 impl PortHandle {
     /// Stops reading and removes the port's socket files.
     pub fn close(self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
         for p in &self.paths {
             let _ = std::fs::remove_file(p);
         }
@@ -84,11 +86,17 @@ fn unlink(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Frames kept for a dgram port whose instance is momentarily not reading (the kernel queues only
+/// `net.unix.max_dgram_qlen`, 10 by default, datagrams per socket).
+const DGRAM_BACKLOG: usize = 512;
+
 /// A `-netdev dgram` port: one frame per datagram.
 pub struct DgramPort {
     sock: Arc<UnixDatagram>,
     vm_path: PathBuf,
     connected: AtomicBool,
+    backlog: std::sync::Mutex<std::collections::VecDeque<Bytes>>,
+    wake: tokio::sync::Notify,
 }
 
 impl DgramPort {
@@ -99,8 +107,10 @@ impl DgramPort {
             sock: sock.clone(),
             vm_path: vm_path.to_owned(),
             connected: AtomicBool::new(false),
+            backlog: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            wake: tokio::sync::Notify::new(),
         });
-        let task = tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             loop {
                 match sock.recv(&mut buf).await {
@@ -112,11 +122,39 @@ impl DgramPort {
                 }
             }
         });
+        let flusher = tokio::spawn(port.clone().flush());
         Ok(PortHandle {
             tx: port,
-            task,
+            tasks: vec![reader, flusher],
             paths: vec![proxy_path.to_owned()],
         })
+    }
+
+    fn backlog(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Bytes>> {
+        self.backlog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends the backlog in order, waiting until the instance's socket has room (the connected socket's
+    /// writability follows the peer's receive queue).
+    async fn flush(self: Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            loop {
+                let Some(frame) = self.backlog().front().cloned() else {
+                    break;
+                };
+                match self.sock.send(&frame).await {
+                    Ok(_) => {
+                        self.backlog().pop_front();
+                    }
+                    Err(_) => {
+                        self.backlog().clear();
+                        self.connected.store(false, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -127,14 +165,27 @@ impl VmPort for DgramPort {
             self.sock.connect(&self.vm_path)?;
             self.connected.store(true, Ordering::Relaxed);
         }
-        match self.sock.try_send(frame) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
-            Err(e) => {
-                self.connected.store(false, Ordering::Relaxed);
-                Err(e)
+        let mut backlog = self.backlog();
+        if backlog.is_empty() {
+            match self.sock.try_send(frame) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.connected.store(false, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
         }
+        if backlog.len() >= DGRAM_BACKLOG {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "VM port backlog full",
+            ));
+        }
+        backlog.push_back(Bytes::copy_from_slice(frame));
+        drop(backlog);
+        self.wake.notify_one();
+        Ok(())
     }
 }
 
@@ -187,7 +238,7 @@ impl StreamPort {
         });
         Ok(PortHandle {
             tx: port,
-            task,
+            tasks: vec![task],
             paths: vec![path.to_owned()],
         })
     }

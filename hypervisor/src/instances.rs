@@ -615,6 +615,7 @@ impl Manager {
             .append(true)
             .open(&plan.console)
             .and_then(|mut f| std::io::Write::write_all(&mut f, banner.as_bytes()));
+        let console_start = std::fs::metadata(&plan.console).map_or(0, |m| m.len() as usize);
         let backend = if kind == BackendKind::Fake {
             &self.fake
         } else {
@@ -632,11 +633,25 @@ impl Manager {
             i.pid = child.id();
             i.boots = boots;
         });
-        // A machine taking over moved endpoints is announced by its first frame; this is the fallback for a
-        // guest that stays silent (early frames are then lost, and the engines retransmit them).
+        // A machine taking over moved endpoints is announced by its first frame or by its console's
+        // `dvs: ready` line, whichever comes first; after 5 s it is announced anyway (frames sent to it too
+        // early are lost, and the engines retransmit them).
         let proxy = self.proxy.clone();
+        let console = plan.console.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while tokio::time::Instant::now() < deadline {
+                let ready = std::fs::read(&console)
+                    .map(|b| {
+                        b.len() > console_start
+                            && String::from_utf8_lossy(&b[console_start..]).contains("dvs: ready")
+                    })
+                    .unwrap_or(false);
+                if ready {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             proxy.announce_port(port).await;
         });
         Ok((child, port))

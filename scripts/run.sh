@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# make run: one dvs node on this machine (daemon in the background, data in .dvs/), the DC of
+# examples/web-dc.toml applied to it (a VOS with `http` and `echo`), and the URL of its web server.
+# Safe to re-run: a running node is reused and `dvs apply` is idempotent. `make stop` tears it down.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+API=127.0.0.1:7070
+URL=http://127.0.0.1:8080/
+export DVS_NODE=$API
+
+[ -f images/vos.elf ] || { echo "run: images/vos.elf is missing (make images builds it)"; exit 1; }
+echo "run: building dvs (release)"
+cargo build -q --release -p dvs-hypervisor --bins
+DVS=$ROOT/target/release/dvs
+mkdir -p .dvs
+
+if "$DVS" node status >/dev/null 2>&1; then
+  echo "run: the node is already running (pid $(cat .dvs/node.pid 2>/dev/null || echo '?'))"
+else
+  for port in 7070 7071 8080; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "run: port $port is already in use by another program; free it first"; exit 1
+    fi
+  done
+  echo "run: starting the node daemon (log: .dvs/node.log)"
+  setsid nohup "$DVS" node --config examples/local/node.toml >> .dvs/node.log 2>&1 < /dev/null &
+  for _ in $(seq 50); do "$DVS" node status >/dev/null 2>&1 && break; sleep 0.2; done
+  "$DVS" node status >/dev/null 2>&1 || { echo "run: the node did not start; see .dvs/node.log:"; tail -20 .dvs/node.log; exit 1; }
+fi
+
+"$DVS" apply examples/web-dc.toml
+echo "run: waiting for the web server"
+for _ in $(seq 150); do
+  if curl -fsS -m 2 "$URL" >/dev/null 2>&1; then break; fi
+  sleep 0.2
+done
+if ! curl -fsS -m 2 "$URL" >/dev/null 2>&1; then
+  echo "run: the web server does not answer yet; its console:"; "$DVS" logs web --tail 20; exit 1
+fi
+"$DVS" ps
+cat <<EOF
+
+dvs is running: one node, DC "web", instance "web" (VOS with http + echo).
+  web server:   $URL            (try: curl $URL)
+  console:      target/release/dvs logs web
+  node:         target/release/dvs node status
+  stop it all:  make stop
+EOF

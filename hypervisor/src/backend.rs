@@ -173,7 +173,7 @@ impl Qemu {
             ),
             PortKind::Stream { path } => {
                 format!(
-                    "stream,id=fab,server=off,addr.type=unix,addr.path={},reconnect=1",
+                    "stream,id=fab,server=off,addr.type=unix,addr.path={}",
                     path.display()
                 )
             }

@@ -20,10 +20,11 @@ pub enum BackendKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetdevKind {
-    /// `-netdev dgram` (measured faster; the default).
-    #[default]
+    /// `-netdev dgram`.
     Dgram,
-    /// `-netdev stream`.
+    /// `-netdev stream`: measured a little faster (vcopy 30-35 vs 21-31 MB/s VM to VM, same latency), the
+    /// default.
+    #[default]
     Stream,
 }
 

@@ -11,6 +11,8 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod fakevos;
+#[cfg(feature = "grpc-bench")]
+pub mod grpcbench;
 pub mod images;
 pub mod instances;
 pub mod manifest;

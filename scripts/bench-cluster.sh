@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# bench-cluster: the three-namespace setup of cluster-test.sh, then one table: medians and p99 over N round
+# trips (default 10000) of raw TCP ping-pong and a tonic gRPC unary call between two namespaces, M3-IPC sendrec
+# VM->VM across nodes, VM->VM on one node, inside one VM, and host-side fake instances across nodes (the proxies
+# and the engine without VMs); throughput of raw TCP vs a cross-node vcopy of 64 MiB. Ratios at the end.
+# Cleans up after itself (trap EXIT). Needs root and images/vos.elf (make images).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+N=${BENCH_N:-10000}
+VC=$((64 << 20))
+
+[ "$(id -u)" = 0 ] || { echo "bench-cluster: needs root (network namespaces)"; exit 1; }
+[ -f images/vos.elf ] || { echo "bench-cluster: images/vos.elf missing (make images)"; exit 1; }
+echo "bench-cluster: building (release, with the gRPC baseline)"
+cargo build -q --release -p dvs-hypervisor --features grpc-bench --bins
+BIN=$ROOT/target/release
+WORK=$(mktemp -d /tmp/dvs-bench.XXXXXX)
+TAG=$$
+NET=10.218.0
+BR=dvsbb$TAG
+declare -A DAEMON
+PIDS=()
+
+cleanup() {
+  set +e
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  for n in 1 2 3; do [ -n "${DAEMON[$n]:-}" ] && kill "${DAEMON[$n]}" 2>/dev/null; done
+  sleep 1
+  for n in 1 2 3; do [ -n "${DAEMON[$n]:-}" ] && kill -9 "${DAEMON[$n]}" 2>/dev/null; done
+  pkill -9 -f "$WORK/" 2>/dev/null
+  for n in 1 2 3; do ip netns del "dvsbb$TAG-$n" 2>/dev/null; done
+  ip link del "$BR" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ip link add "$BR" type bridge
+ip addr add "$NET.254/24" dev "$BR"
+ip link set "$BR" up
+for n in 1 2 3; do
+  ns=dvsbb$TAG-$n
+  ip netns add "$ns"
+  ip link add "dvb${TAG}v$n" type veth peer name eth0 netns "$ns"
+  ip link set "dvb${TAG}v$n" master "$BR" up
+  ip -n "$ns" addr add "$NET.$n/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" link set lo up
+done
+{
+  for n in 1 2 3; do printf '[[node]]\nid = %s\napi = "%s.%s:7070"\nproxy = "%s.%s:7071"\n' $n $NET $n $NET $n; done
+  printf '[[dc]]\nid = 1\nname = "bench"\nnodes = [1, 2, 3]\n'
+} > "$WORK/cluster.toml"
+for n in 1 2 3; do
+  printf 'node = %s\ncluster = "cluster.toml"\ndata_dir = "n%s"\nbackend = "qemu"\n' $n $n > "$WORK/node$n.toml"
+  ip netns exec "dvsbb$TAG-$n" "$BIN/dvs" node --config "$WORK/node$n.toml" > "$WORK/node$n.log" 2>&1 &
+  DAEMON[$n]=$!
+done
+dvs() { "$BIN/dvs" --node "$NET.1:7070" "$@"; }
+wait_log() { # NAME PATTERN SECONDS
+  for _ in $(seq $(($3 * 5))); do dvs logs "$1" 2>/dev/null | grep -Eq "$2" && return 0; sleep 0.2; done
+  echo "bench-cluster: $1 did not print /$2/ in $3 s:"; dvs logs "$1" | tail -5; return 1
+}
+line() { dvs logs "$1" | grep -E "$2" | tail -1; }
+field() { sed -E "s/.*[ ^]$1=([0-9]+).*/\\1/"; }
+for _ in $(seq 50); do dvs node status >/dev/null 2>&1 && break; sleep 0.2; done
+sleep 1
+dvs image push --all images/vos.elf >/dev/null
+MEM=$(((VC >> 20) * 2 + 32))
+dvs run vos --dc bench --name echo3 --on 3 --ep 301 --svc echo --mem $MEM --arg buf=$VC >/dev/null
+dvs run vos --dc bench --name echo1 --on 1 --ep 101 --svc echo --mem 16 >/dev/null
+wait_log echo3 'dvs: ready' 60
+wait_log echo1 'dvs: ready' 60
+sleep 1
+echo "bench-cluster: VM->VM sendrec across nodes ($N) and vcopy of $((VC >> 20)) MiB"
+dvs run vos --dc bench --name bx --on 1 --ep 111 --svc ipc-bench --mem $MEM --arg peer=301 --arg n=$N --arg vcopy=$VC >/dev/null
+wait_log bx 'bench (vcopy|FAILED)' 600
+echo "bench-cluster: VM->VM sendrec on one node ($N)"
+dvs run vos --dc bench --name bl --on 1 --ep 121 --svc ipc-bench --mem 16 --arg peer=101 --arg n=$N --arg vcopy=0 >/dev/null
+wait_log bl 'bench (sendrec n=|FAILED)' 600
+echo "bench-cluster: sendrec inside one VM ($N)"
+dvs run vos --dc bench --name lv --on 1 --ep 131 --svc echo --mem 16 --arg local_n=$N >/dev/null
+wait_log lv 'local-sendrec' 300
+echo "bench-cluster: host-side fake instances across nodes ($N)"
+dvs run vos --fake --dc bench --name fecho --on 3 --ep 302 --svc echo >/dev/null
+wait_log fecho 'dvs: ready' 20
+sleep 0.5
+dvs run vos --fake --dc bench --name fx --on 1 --ep 141,142 --svc ipc-bench --arg peer=302 --arg n=$N --arg vcopy=0 >/dev/null
+wait_log fx 'bench (sendrec n=|FAILED|summary)' 300
+for n in 1 2 3; do kill "${DAEMON[$n]}"; done
+sleep 1
+
+echo "bench-cluster: raw TCP and gRPC between namespaces 1 and 3"
+ip netns exec "dvsbb$TAG-3" "$BIN/dvs-netbench" tcp-server "$NET.3:9000" & PIDS+=($!)
+ip netns exec "dvsbb$TAG-3" "$BIN/dvs-netbench" grpc-server "$NET.3:9001" & PIDS+=($!)
+sleep 1
+TCP=$(ip netns exec "dvsbb$TAG-1" "$BIN/dvs-netbench" tcp-pingpong "$NET.3:9000" "$N" 96)
+TPUT=$(ip netns exec "dvsbb$TAG-1" "$BIN/dvs-netbench" tcp-throughput "$NET.3:9000" "$VC")
+GRPC=$(ip netns exec "dvsbb$TAG-1" "$BIN/dvs-netbench" grpc-pingpong "$NET.3:9001" "$N" 64)
+
+us() { awk -v ns="$1" 'BEGIN { printf "%.1f", ns / 1000 }'; }
+row() { printf '| %-52s | %12s | %12s | %s\n' "$1" "$2" "$3" "$4"; }
+X=$(line bx 'bench sendrec'); L=$(line bl 'bench sendrec'); V=$(line bx 'bench vcopy'); F=$(line fx 'bench sendrec')
+LV=$(line lv 'local-sendrec')
+echo
+echo "dvs cluster benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, accel $([ -w /dev/kvm ] && echo kvm || echo tcg), N=$N round trips each"
+row "what" "median (µs)" "p99 (µs)" "note"
+row "raw TCP ping-pong, ns 1 -> ns 3 (96 B)" "$(us "$(echo "$TCP" | field median_ns)")" "$(us "$(echo "$TCP" | field p99_ns)")" "host processes, veth + bridge"
+row "tonic gRPC unary, ns 1 -> ns 3 (64 B)" "$(us "$(echo "$GRPC" | field median_ns)")" "$(us "$(echo "$GRPC" | field p99_ns)")" "HTTP/2, one channel"
+row "M3-IPC sendrec VM -> VM, node 1 -> node 3" "$(us "$(echo "$X" | field median_ns)")" "$(us "$(echo "$X" | field p99_ns)")" "VOS ipc-bench -> VOS echo"
+row "M3-IPC sendrec VM -> VM, same node" "$(us "$(echo "$L" | field median_ns)")" "$(us "$(echo "$L" | field p99_ns)")" "through the node's proxy"
+row "M3-IPC sendrec inside one VM" "$(us "$(echo "$LV" | field ns_per_call)")" "-" "mean (the VOS reports no percentiles)"
+row "M3-IPC sendrec fake -> fake, node 1 -> node 3" "$(us "$(echo "$F" | field median_ns)")" "$(us "$(echo "$F" | field p99_ns)")" "host-side engines, no VMs"
+echo
+TMB=$(echo "$TPUT" | field mb_s); VMB=$(echo "$V" | field push_mb_s)
+printf '| %-52s | %12s |\n' "throughput" "MB/s"
+printf '| %-52s | %12s |\n' "raw TCP, ns 1 -> ns 3, $((VC >> 20)) MiB" "$TMB"
+printf '| %-52s | %12s |\n' "vcopy VM -> VM, node 1 -> node 3, $((VC >> 20)) MiB (push)" "$VMB"
+printf '| %-52s | %12s |\n' "vcopy VM -> VM, node 3 -> node 1, $((VC >> 20)) MiB (pull)" "$(echo "$V" | field pull_mb_s)"
+echo
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1fx", a / b; else print "n/a" }'; }
+echo "ratios: cross-node VM sendrec / TCP ping-pong = $(ratio "$(echo "$X" | field median_ns)" "$(echo "$TCP" | field median_ns)")," \
+  "gRPC / TCP = $(ratio "$(echo "$GRPC" | field median_ns)" "$(echo "$TCP" | field median_ns)")," \
+  "cross-node VM sendrec / gRPC = $(ratio "$(echo "$X" | field median_ns)" "$(echo "$GRPC" | field median_ns)")," \
+  "fake cross-node sendrec / TCP = $(ratio "$(echo "$F" | field median_ns)" "$(echo "$TCP" | field median_ns)")," \
+  "TCP throughput / vcopy = $(ratio "$TMB" "$VMB")"

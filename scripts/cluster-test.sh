@@ -294,7 +294,7 @@ wait_for 30 "f3 done" bench_done f3
 check "5. after node 2 restarts, the same calls succeed again" logs_match f3 'dvs: bench sendrec n=100 '
 
 # ---- 6. migration of echo2 (node 2 -> node 3) under a sendrec loop from node 1 ----
-N=$([ "$BACKEND" = fake ] && echo 20000 || echo 10000)
+N=$([ "$BACKEND" = fake ] && echo 20000 || { [ "$ACCEL" = tcg ] && echo 2000 || echo 10000; })
 dvs run vos --dc alpha --name mc --ep 191,192 --svc ipc-bench --mem 16 --on 1 --arg peer=201 --arg n=$N --arg vcopy=0 >/dev/null
 wait_for 30 "client running" logs_match mc 'dvs: ready'
 sleep 1

@@ -349,17 +349,14 @@ async fn node_status(ctx: &Ctx) -> anyhow::Result<()> {
     let c = ctx.node.counters().await?;
     for (name, p) in &c.ports {
         println!(
-            "  port {name}: rx {} frames, tx {} frames, drops {:?}",
+            "  port {name}: rx {} frames, tx {} frames, drops: {}",
             p.rx.frames, p.tx.frames, p.drops
         );
     }
     for (id, p) in &c.peers {
         println!(
-            "  link to node {id}: tx {} frames in {} writes, rx {} frames, drops {}",
-            p.tx.frames,
-            p.writes,
-            p.rx.frames,
-            p.drops.total()
+            "  link to node {id}: tx {} frames in {} writes, rx {} frames, drops: {}",
+            p.tx.frames, p.writes, p.rx.frames, p.drops
         );
     }
     Ok(())

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use dvs_proxy::{Proxy, ProxyConfig};
+use dvs_proxy::{Directory, Proxy, ProxyConfig, StaticDirectory};
 use m3ipc_core::NodeId;
 
 use crate::api::{router, Api};
@@ -17,6 +17,9 @@ use crate::instances::Manager;
 /// Runs the node daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (cfg, cluster) = config::load(config_path)?;
+    // The cluster file is the embedded directory; an etcd backend would be another `Directory`.
+    let directory: Box<dyn Directory> = Box::new(StaticDirectory(cluster));
+    let cluster = directory.cluster();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let me = cluster

@@ -203,6 +203,34 @@ fn mac_for(dc: u16, name: &str) -> [u8; 6] {
     [0x02, 0x64, dc as u8, a, b, c]
 }
 
+/// The VOS kernel command line of `spec` for boot `inc`.
+pub fn kernel_cmdline(s: &InstanceSpec, inc: u32) -> String {
+    let mut words = vec![format!("dc={}", s.dc)];
+    if !s.endpoints.is_empty() {
+        words.push(format!(
+            "ep={}",
+            s.endpoints
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    if !s.services.is_empty() {
+        words.push(format!("svc={}", s.services.join(",")));
+    }
+    if let Some(ip) = &s.ip {
+        words.push(format!("ip={ip}"));
+    }
+    if !s.publish.is_empty() {
+        words.push("pub_ip=10.0.2.15/24".into());
+        words.push("pub_gw=10.0.2.2".into());
+    }
+    words.push(format!("inc={inc}"));
+    words.extend(s.args.iter().cloned());
+    words.join(" ")
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -465,30 +493,7 @@ impl Manager {
         let inc = ((now_micros() / 100_000) as u32).max(i.inc + 1);
         i.inc = inc;
         let s = &i.spec;
-        let mut words = vec![format!("dc={}", s.dc)];
-        if !s.endpoints.is_empty() {
-            words.push(format!(
-                "ep={}",
-                s.endpoints
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ));
-        }
-        if !s.services.is_empty() {
-            words.push(format!("svc={}", s.services.join(",")));
-        }
-        if let Some(ip) = &s.ip {
-            words.push(format!("ip={ip}"));
-        }
-        if !s.publish.is_empty() {
-            words.push("pub_ip=10.0.2.15/24".into());
-            words.push("pub_gw=10.0.2.2".into());
-        }
-        words.push(format!("inc={inc}"));
-        words.extend(s.args.iter().cloned());
-        let cmdline = words.join(" ");
+        let cmdline = kernel_cmdline(s, inc);
         i.cmdline = cmdline.clone();
         let fabric = match self.cfg.netdev {
             NetdevKind::Dgram => PortKind::Dgram {
@@ -655,5 +660,64 @@ impl Manager {
             proxy.announce_port(port).await;
         });
         Ok((child, port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            name: "web".into(),
+            image: "vos".into(),
+            dc: 3,
+            endpoints: vec![10, 11],
+            services: vec!["http".into(), "echo".into()],
+            memory: None,
+            ip: Some("10.1.0.2/24".into()),
+            args: vec!["stats=1".into()],
+            publish: vec![Publish {
+                host: 8080,
+                guest: 80,
+            }],
+            restart: RestartPolicy::OnFailure,
+            backend: None,
+        }
+    }
+
+    #[test]
+    fn cmdline_is_the_vos_one() {
+        assert_eq!(
+            kernel_cmdline(&spec(), 42),
+            "dc=3 ep=10,11 svc=http,echo ip=10.1.0.2/24 pub_ip=10.0.2.15/24 pub_gw=10.0.2.2 inc=42 stats=1"
+        );
+    }
+
+    #[test]
+    fn macs_are_stable_local_and_per_dc() {
+        let a = mac_for(3, "web");
+        assert_eq!(a, mac_for(3, "web"));
+        assert_eq!(a[0] & 0x03, 0x02, "locally administered unicast");
+        assert_ne!(a, mac_for(4, "web"));
+        assert_ne!(a, mac_for(3, "web2"));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_name("echo-2"));
+        assert!(!valid_name("Echo"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(&"x".repeat(33)));
+    }
+
+    #[test]
+    fn specs_round_trip_as_json() {
+        let json = serde_json::to_string(&spec()).unwrap();
+        assert_eq!(serde_json::from_str::<InstanceSpec>(&json).unwrap(), spec());
+        assert!(serde_json::from_str::<InstanceSpec>(
+            r#"{"name":"x","image":"v","dc":1,"bogus":1}"#
+        )
+        .is_err());
     }
 }

@@ -117,8 +117,13 @@ impl DcManifest {
     pub fn load(path: &Path) -> anyhow::Result<DcManifest> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        DcManifest::parse(&text, path)
+    }
+
+    /// Parses manifest text read from `path` (image paths become relative to its folder).
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<DcManifest> {
         let mut m: DcManifest =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            toml::from_str(text).with_context(|| format!("parsing {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for i in &mut m.images {
             i.path = base.join(&i.path);
@@ -162,5 +167,54 @@ impl DcManifest {
             restart: entry.restart,
             backend: entry.backend,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"
+[dc]
+name = "web"
+[[image]]
+name = "vos"
+path = "../images/vos.elf"
+[[instance]]
+name = "web"
+image = "vos"
+node = 1
+endpoints = [10]
+services = ["http", "echo"]
+publish = ["8080:80"]
+restart = "on-failure"
+"#;
+
+    #[test]
+    fn a_manifest_becomes_specs_with_image_digests() {
+        let m = DcManifest::parse(TEXT, Path::new("examples/web-dc.toml")).unwrap();
+        assert_eq!(m.images[0].path, Path::new("examples/../images/vos.elf"));
+        let shas = BTreeMap::from([("vos".to_string(), "ab".repeat(32))]);
+        let spec = m.spec(&m.instances[0], 1, &shas).unwrap();
+        assert_eq!(spec.image, "ab".repeat(32));
+        assert_eq!(
+            spec.publish,
+            vec![Publish {
+                host: 8080,
+                guest: 80
+            }]
+        );
+        assert_eq!(spec.restart, RestartPolicy::OnFailure);
+    }
+
+    #[test]
+    fn bad_manifests_are_refused_with_the_reason() {
+        let twice = format!("{TEXT}\n[[instance]]\nname = \"web\"\nimage = \"vos\"\nnode = 2\n");
+        let e = DcManifest::parse(&twice, Path::new("m.toml")).unwrap_err();
+        assert!(e.to_string().contains("listed twice"), "{e}");
+        let typo = TEXT.replace("endpoints", "endpoint");
+        assert!(DcManifest::parse(&typo, Path::new("m.toml")).is_err());
+        let m = DcManifest::parse(&TEXT.replace("8080:80", "8080"), Path::new("m.toml")).unwrap();
+        assert!(m.spec(&m.instances[0], 1, &BTreeMap::new()).is_err());
     }
 }

@@ -61,6 +61,30 @@ impl Drops {
     }
 }
 
+impl std::fmt::Display for Drops {
+    /// `none`, or the non-zero reasons: `spoofed=10 malformed=2`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all = [
+            ("malformed", self.malformed),
+            ("spoofed", self.spoofed),
+            ("wrong_dc", self.wrong_dc),
+            ("queue_full", self.queue_full),
+            ("no_route", self.no_route),
+            ("loop_guard", self.loop_guard),
+        ];
+        let parts: Vec<String> = all
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        if parts.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&parts.join(" "))
+        }
+    }
+}
+
 /// Frames and bytes in one direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flow {

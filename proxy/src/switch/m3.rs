@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use m3ipc_core::wire::ethernet::{EthernetHeader, ETH_HEADER_LEN};
-use m3ipc_core::wire::{FrameRepr, ETHERTYPE_M3IPC};
+use m3ipc_core::wire::{FrameRepr, Kind, ETHERTYPE_M3IPC};
 use m3ipc_core::{DcId, Endpoint, ErrorCode};
 
 use super::{Out, Switch, Via, PROXY_MAC};
@@ -20,7 +20,15 @@ impl Switch {
         hops: u8,
         out: &mut Vec<Out>,
     ) {
-        self.pending.entry(from).or_default().settle(repr);
+        // An answer settles its call wherever the call went (after a redirect it comes back another way).
+        if matches!(
+            repr.kind,
+            Kind::Reply | Kind::Delivered | Kind::Error | Kind::VcopyFin
+        ) {
+            for pending in self.pending.values_mut() {
+                pending.settle(repr);
+            }
+        }
         let dc = repr.dc;
         self.dcs.entry(dc.0).or_default().m3ipc.add(frame.len());
         match self.places.get(&(dc, repr.dst)).copied() {

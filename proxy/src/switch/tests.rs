@@ -304,6 +304,22 @@ fn moved_endpoints_are_forwarded_and_newer_bindings_win() {
 }
 
 #[test]
+fn an_answer_coming_back_another_way_settles_the_call() {
+    let (mut s, a, _, _) = node1();
+    let mut out = vec![];
+    s.port_frame(a, m3(Kind::SendRec, DC1, 10, 40, 5), &mut out); // tracked towards node 2
+    s.peer_up(NodeId(3), &mut out);
+    // Endpoint 40 moved to node 3, which answers directly.
+    s.peer_frame(NodeId(3), DC1, 1, m3(Kind::Reply, DC1, 40, 10, 5), &mut out);
+    let mut out = vec![];
+    s.peer_down(N2, &mut out);
+    assert!(
+        frames(out).is_empty(),
+        "no NodeUnreachable for an answered call"
+    );
+}
+
+#[test]
 fn a_taking_over_port_announces_on_its_first_frame() {
     let mut s = Switch::new(N1, cluster());
     let mut out = vec![];

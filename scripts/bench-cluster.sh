@@ -87,6 +87,8 @@ wait_log fecho 'dvs: ready' 20
 sleep 0.5
 dvs run vos --fake --dc bench --name fx --on 1 --ep 141,142 --svc ipc-bench --arg peer=302 --arg n=$N --arg vcopy=0 >/dev/null
 wait_log fx 'bench (sendrec n=|FAILED|summary)' 300
+X=$(line bx 'bench sendrec'); L=$(line bl 'bench sendrec'); V=$(line bx 'bench vcopy'); F=$(line fx 'bench sendrec')
+LV=$(line lv 'local-sendrec')
 for n in 1 2 3; do kill "${DAEMON[$n]}"; done
 sleep 1
 
@@ -98,10 +100,8 @@ TCP=$(ip netns exec "dvsbb$TAG-1" "$BIN/dvs-netbench" tcp-pingpong "$NET.3:9000"
 TPUT=$(ip netns exec "dvsbb$TAG-1" "$BIN/dvs-netbench" tcp-throughput "$NET.3:9000" "$VC")
 GRPC=$(ip netns exec "dvsbb$TAG-1" "$BIN/dvs-netbench" grpc-pingpong "$NET.3:9001" "$N" 64)
 
-us() { awk -v ns="$1" 'BEGIN { printf "%.1f", ns / 1000 }'; }
+us() { awk -v ns="$1" 'BEGIN { printf (ns < 10000 ? "%.3f" : "%.1f"), ns / 1000 }'; }
 row() { printf '| %-52s | %12s | %12s | %s\n' "$1" "$2" "$3" "$4"; }
-X=$(line bx 'bench sendrec'); L=$(line bl 'bench sendrec'); V=$(line bx 'bench vcopy'); F=$(line fx 'bench sendrec')
-LV=$(line lv 'local-sendrec')
 echo
 echo "dvs cluster benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, accel $([ -w /dev/kvm ] && echo kvm || echo tcg), N=$N round trips each"
 row "what" "median (µs)" "p99 (µs)" "note"

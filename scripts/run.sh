@@ -9,6 +9,13 @@ API=127.0.0.1:7070
 URL=http://127.0.0.1:8080/
 export DVS_NODE=$API
 
+# True when the web server answers 200 (curl when installed, else bash's /dev/tcp).
+http_ok() {
+  if command -v curl >/dev/null; then curl -fsS -m 2 "$URL" >/dev/null 2>&1; return; fi
+  (exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET / HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 &&
+    IFS= read -r -t 2 status <&3 && [[ $status == "HTTP/1."?" 200"* ]]) 2>/dev/null
+}
+
 [ -f images/vos.elf ] || { echo "run: images/vos.elf is missing (make images builds it)"; exit 1; }
 echo "run: building dvs (release)"
 cargo build -q --release -p dvs-hypervisor --bins
@@ -32,10 +39,10 @@ fi
 "$DVS" apply examples/web-dc.toml
 echo "run: waiting for the web server"
 for _ in $(seq 150); do
-  if curl -fsS -m 2 "$URL" >/dev/null 2>&1; then break; fi
+  if http_ok; then break; fi
   sleep 0.2
 done
-if ! curl -fsS -m 2 "$URL" >/dev/null 2>&1; then
+if ! http_ok; then
   echo "run: the web server does not answer yet; its console:"; "$DVS" logs web --tail 20; exit 1
 fi
 "$DVS" ps

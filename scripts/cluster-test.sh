@@ -293,15 +293,19 @@ dvs run vos --dc alpha --name f3 --ep 181,182 --svc ipc-bench --mem 16 --on 1 --
 wait_for 30 "f3 done" bench_done f3
 check "5. after node 2 restarts, the same calls succeed again" logs_match f3 'dvs: bench sendrec n=100 '
 
-# ---- 6. migration of echo2 (node 2 -> node 3) under a sendrec loop from node 1 ----
+# ---- 6. migration of echo2 (node 2 -> 3 -> 1 -> 3) under a sendrec loop from node 1 ----
 N=$([ "$BACKEND" = fake ] && echo 20000 || { [ "$ACCEL" = tcg ] && echo 2000 || echo 10000; })
 dvs run vos --dc alpha --name mc --ep 191,192 --svc ipc-bench --mem 16 --on 1 --arg peer=201 --arg n=$N --arg vcopy=0 >/dev/null
 wait_for 30 "client running" logs_match mc 'dvs: ready'
 sleep 1
 dvs migrate echo2 --to 3 | tee "$WORK/migrate.out"
+sleep 1
+dvs migrate echo2 --to 1 | tee -a "$WORK/migrate.out"   # and onto the client's own node
+sleep 1
+dvs migrate echo2 --to 3 | tee -a "$WORK/migrate.out"
 wait_for 120 "client done" bench_done mc
 log "client: $(log_line mc 'bench (sendrec|summary|FAILED)')"
-check "6. migration completed" grep -q 'node 2 -> node 3' "$WORK/migrate.out"
+check "6. three migrations completed (2 -> 3 -> 1 -> 3)" [ "$(grep -c 'migrated echo2' "$WORK/migrate.out")" = 3 ]
 check "6. echo2 now runs on node 3" [ "$(dvsn 3 api /v1/instances/echo2 --pointer /state)" = running ]
 check "6. $N sendrecs across the move: 0 failed, 0 mismatched or duplicated replies" logs_match mc "dvs: bench sendrec n=$N "
 check "6. no failure line" not logs_match mc FAILED

@@ -1,7 +1,7 @@
 //! The node's HTTP/JSON API (axum). Documented in hypervisor/README.md.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -9,14 +9,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
-use m3ipc_core::{DcId, Endpoint, NodeId};
+use m3ipc_core::NodeId;
 use serde::Deserialize;
 
-use crate::client::{
-    ApiErrorBody, ImageCheck, MigrateRequest, MigrateResult, NodeClient, NodeStatus,
-};
+use crate::client::{ApiErrorBody, ImageCheck, MigrateRequest, MigrateResult, NodeStatus};
 use crate::images::{ImageError, Manifest};
-use crate::instances::{InstanceError, Manager, RunRequest, State as IState};
+use crate::instances::{InstanceError, Manager, RunRequest};
+use crate::migrate::MigrateError;
 
 /// Shared state of the API handlers.
 pub struct Api {
@@ -176,103 +175,27 @@ async fn logs(
     ))
 }
 
-/// Moves an instance to another node: boot it there (taking over its endpoints with a newer binding), wait
-/// until that node announces them, let calls in progress here finish, then stop it here.
+/// Moves an instance to another node (see `migrate.rs`).
 async fn migrate(
     State(s): S,
     Path(name): Path<String>,
     Json(req): Json<MigrateRequest>,
 ) -> Res<MigrateResult> {
-    let t0 = Instant::now();
-    let proxy = s.mgr.proxy().clone();
-    let me = proxy.node().0;
-    let view = s
-        .mgr
-        .view(&name)
-        .ok_or_else(|| ApiError::from(InstanceError::NotFound(name.clone())))?;
-    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, "invalid", m);
-    if req.to == me {
-        return Err(bad(format!("instance '{name}' is already on node {me}")));
-    }
-    let cluster = proxy.cluster();
-    let target = cluster
-        .node(NodeId(req.to))
-        .ok_or_else(|| bad(format!("node {} is not in the cluster", req.to)))?;
-    if !proxy.peer_is_up(NodeId(req.to)) {
-        return Err(ApiError(
+    match crate::migrate::migrate_out(&s.mgr, &name, req.to).await {
+        Ok(r) => Ok(Json(r)),
+        Err(MigrateError::Instance(e)) => Err(e.into()),
+        Err(e @ MigrateError::Invalid(_)) => {
+            Err(ApiError(StatusCode::BAD_REQUEST, "invalid", e.to_string()))
+        }
+        Err(e @ MigrateError::Unreachable(_)) => Err(ApiError(
             StatusCode::BAD_GATEWAY,
             "unreachable",
-            format!("node {} is unreachable", req.to),
-        ));
+            e.to_string(),
+        )),
+        Err(e @ MigrateError::TimedOut(_)) => Err(ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            "unreachable",
+            e.to_string(),
+        )),
     }
-    if view.state != IState::Running {
-        return Err(bad(format!(
-            "instance '{name}' is {:?}, not running",
-            view.state
-        )));
-    }
-    let old_port = s.mgr.port_of(&name);
-    let gen = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as u64)
-        .max(view.gen + 1);
-    let remote = NodeClient::new(&target.api.to_string());
-    let upstream = |e: crate::client::ClientError| {
-        ApiError(StatusCode::BAD_GATEWAY, "unreachable", e.to_string())
-    };
-    remote
-        .run(&RunRequest {
-            spec: view.spec.clone(),
-            takeover_gen: Some(gen),
-        })
-        .await
-        .map_err(upstream)?;
-    // Wait until the new place holds every endpoint (its first frame, or the fallback, announces them).
-    let dc = DcId(view.spec.dc);
-    let moved = |p: &dvs_proxy::Proxy| {
-        view.spec.endpoints.iter().all(|&e| {
-            p.lookup(dc, Endpoint(e))
-                .is_some_and(|pl| pl.node.0 == req.to)
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let running = match remote.instance(&name).await {
-            Ok(v) => v.state == IState::Running,
-            Err(_) => false,
-        };
-        if running && moved(&proxy) {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = remote.stop(&name).await;
-            return Err(ApiError(
-                StatusCode::GATEWAY_TIMEOUT,
-                "unreachable",
-                format!("node {} did not take over '{name}' in time", req.to),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Let calls already delivered here finish (bounded), then move what is left and stop the old machine.
-    let mut refused = 0;
-    if let Some(port) = old_port {
-        for _ in 0..150 {
-            if proxy.port_pending(port) == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        refused = proxy.port_pending(port);
-        let _ = proxy.move_port(port, NodeId(req.to), gen).await;
-    }
-    s.mgr.stop(&name).await?;
-    Ok(Json(MigrateResult {
-        from: me,
-        to: req.to,
-        gen,
-        took_ms: t0.elapsed().as_millis() as u64,
-        refused_in_flight: refused,
-    }))
 }

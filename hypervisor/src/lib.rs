@@ -16,3 +16,4 @@ pub mod grpcbench;
 pub mod images;
 pub mod instances;
 pub mod manifest;
+pub mod migrate;

@@ -1,0 +1,344 @@
+//! The `dvs` command line: the node daemon (`dvs node --config`) and the client commands, which talk to a
+//! node's API (`--node`, default 127.0.0.1:7070) and, for cluster-wide commands, to every node it knows.
+
+mod cluster;
+mod deploy;
+mod images;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand};
+use dvs_proxy::ClusterMap;
+
+use crate::backend::Publish;
+use crate::client::{ClientError, NodeClient};
+use crate::instances::InstanceView;
+
+const AFTER_HELP: &str = "\
+Examples:
+  dvs node --config examples/local/node.toml          run a node (see hypervisor/README.md)
+  dvs image push --all images/vos.elf                 upload an image to every node, verified by sha256
+  dvs run vos --dc web --ep 10 --svc http,echo --ip 10.1.0.2/24 --publish 8080:80
+  dvs ps                                              instances on every node
+  dvs migrate web --to 2                              move an instance; calls to it keep working
+  dvs apply examples/web-dc.toml                      deploy a DC manifest (idempotent)
+
+Exit codes: 0 ok, 1 failed, 2 usage, 3 node unreachable, 4 not found (image, instance, DC),
+5 conflict (endpoint or name taken).";
+
+/// dvs: distributed containers (DCs) of unikernel VMs whose IPC spans nodes.
+///
+/// Start a node with `dvs node --config node.toml`; every other command talks to a node's HTTP API
+/// (`--node`, or DVS_NODE) and, for cluster-wide commands, to all nodes in that node's cluster file.
+#[derive(Parser, Debug)]
+#[command(name = "dvs", version, propagate_version = true, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The node to talk to (host:port of its API).
+    #[arg(
+        long,
+        global = true,
+        env = "DVS_NODE",
+        default_value = "127.0.0.1:7070"
+    )]
+    node: String,
+    /// Print JSON instead of tables (listing commands).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the node daemon (`--config node.toml`), or `dvs node status`.
+    Node {
+        /// Run the daemon with this node.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: Option<NodeCmd>,
+    },
+    /// Images: push, list.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+    /// DCs: list.
+    Dc {
+        #[command(subcommand)]
+        cmd: DcCmd,
+    },
+    /// Boot an instance of IMAGE in a DC.
+    Run(RunArgs),
+    /// List instances on every node of the cluster.
+    Ps,
+    /// Print an instance's console log.
+    Logs {
+        /// Instance name.
+        name: String,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Stop an instance (and forget it).
+    Stop {
+        /// Instance name.
+        name: String,
+    },
+    /// Move an instance (and its endpoints) to another node; calls to it keep working.
+    Migrate {
+        /// Instance name.
+        name: String,
+        /// Destination node id.
+        #[arg(long)]
+        to: u16,
+    },
+    /// GET an API path of the node and print the JSON (or one value, with --pointer): for scripts.
+    Api {
+        /// Path, e.g. /v1/counters.
+        path: String,
+        /// A JSON pointer into the answer, e.g. /ports/web/rx/frames.
+        #[arg(long)]
+        pointer: Option<String>,
+    },
+    /// Deploy a DC manifest (images, instances, nodes) across the cluster; idempotent.
+    Apply {
+        /// The manifest (TOML).
+        file: PathBuf,
+        /// Also stop instances of the DC that the manifest does not list.
+        #[arg(long)]
+        prune: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// The node's status: peers, instances, images.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// Upload an image (ELF + manifest JSON), verified by sha256.
+    Push {
+        /// Kernel ELF.
+        file: PathBuf,
+        /// Image manifest (default: FILE with .manifest.json in place of .elf).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Push to every node of the cluster.
+        #[arg(long)]
+        all: bool,
+    },
+    /// List images on the node.
+    Ls,
+}
+
+#[derive(Subcommand, Debug)]
+enum DcCmd {
+    /// List DCs with their nodes and instances.
+    Ls,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Image: name, name:version or sha256 (prefix).
+    image: String,
+    /// DC number or name.
+    #[arg(long)]
+    dc: String,
+    /// Endpoints (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    ep: Vec<u32>,
+    /// Services (comma-separated: http, echo, ipc-bench).
+    #[arg(long, value_delimiter = ',')]
+    svc: Vec<String>,
+    /// Instance name (default: IMAGE-FIRSTENDPOINT).
+    #[arg(long)]
+    name: Option<String>,
+    /// Memory in MiB (default: the image's).
+    #[arg(long)]
+    mem: Option<u32>,
+    /// Fabric IPv4 address with prefix.
+    #[arg(long)]
+    ip: Option<String>,
+    /// Forward a host port to a guest port (HOST:GUEST), repeatable.
+    #[arg(long)]
+    publish: Vec<Publish>,
+    /// Restart policy: never, on-failure, always.
+    #[arg(long, default_value = "never")]
+    restart: String,
+    /// Extra kernel command-line word (key=value), repeatable.
+    #[arg(long)]
+    arg: Vec<String>,
+    /// Node to run on (default: --node).
+    #[arg(long)]
+    on: Option<u16>,
+    /// Run as a host-side fake instance instead of a VM.
+    #[arg(long)]
+    fake: bool,
+}
+
+/// Process exit codes.
+pub mod exit {
+    /// Something failed.
+    pub const FAILED: i32 = 1;
+    /// A node could not be reached.
+    pub const UNREACHABLE: i32 = 3;
+    /// An image, instance or DC was not found.
+    pub const NOT_FOUND: i32 = 4;
+    /// A conflict: endpoint or name taken.
+    pub const CONFLICT: i32 = 5;
+}
+
+/// The exit code for an error.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    for cause in e.chain() {
+        if let Some(c) = cause.downcast_ref::<ClientError>() {
+            return match c {
+                ClientError::Unreachable { .. } => exit::UNREACHABLE,
+                ClientError::Api { code, .. } => match code.as_str() {
+                    "not_found" | "image" | "dc" => exit::NOT_FOUND,
+                    "endpoint_taken" | "name_taken" => exit::CONFLICT,
+                    "unreachable" => exit::UNREACHABLE,
+                    _ => exit::FAILED,
+                },
+                ClientError::BadAnswer { .. } => exit::FAILED,
+            };
+        }
+    }
+    exit::FAILED
+}
+
+struct Ctx {
+    node: NodeClient,
+    json: bool,
+}
+
+impl Ctx {
+    async fn cluster(&self) -> anyhow::Result<ClusterMap> {
+        self.node
+            .cluster()
+            .await
+            .with_context(|| "asking the node for its cluster map")
+    }
+
+    /// A client for every node, by id.
+    async fn nodes(&self) -> anyhow::Result<BTreeMap<u16, NodeClient>> {
+        Ok(self
+            .cluster()
+            .await?
+            .nodes
+            .iter()
+            .map(|n| (n.id, NodeClient::new(&n.api.to_string())))
+            .collect())
+    }
+
+    async fn client_of(&self, id: u16) -> anyhow::Result<NodeClient> {
+        self.nodes()
+            .await?
+            .remove(&id)
+            .ok_or_else(|| anyhow!("node {id} is not in the cluster"))
+    }
+
+    /// The node holding instance `name`.
+    async fn find(&self, name: &str) -> anyhow::Result<(NodeClient, InstanceView)> {
+        let mut down = vec![];
+        for (id, c) in self.nodes().await? {
+            match c.instance(name).await {
+                Ok(v) => return Ok((c, v)),
+                Err(ClientError::Unreachable { .. }) => down.push(id),
+                Err(_) => {}
+            }
+        }
+        let note = if down.is_empty() {
+            String::new()
+        } else {
+            format!(" (nodes {down:?} did not answer)")
+        };
+        Err(anyhow!(ClientError::Api {
+            url: self.node.url().into(),
+            status: 404,
+            code: "not_found".into(),
+            body_error: format!("no instance '{name}' on any node{note}"),
+        }))
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Runs the CLI; returns the process exit code.
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Ctx {
+        node: NodeClient::new(&cli.node),
+        json: cli.json,
+    };
+    match cli.cmd {
+        Cmd::Node {
+            config: Some(path), ..
+        } => crate::daemon::run(&path).await,
+        Cmd::Node {
+            cmd: Some(NodeCmd::Status),
+            ..
+        } => cluster::node_status(&ctx).await,
+        Cmd::Node { .. } => {
+            bail!("use `dvs node --config node.toml` to run a node, or `dvs node status`")
+        }
+        Cmd::Image {
+            cmd:
+                ImageCmd::Push {
+                    file,
+                    manifest,
+                    all,
+                },
+        } => images::push(&ctx, &file, manifest.as_deref(), all).await,
+        Cmd::Image { cmd: ImageCmd::Ls } => images::image_ls(&ctx).await,
+        Cmd::Dc { cmd: DcCmd::Ls } => cluster::dc_ls(&ctx).await,
+        Cmd::Run(args) => deploy::run(&ctx, args).await,
+        Cmd::Ps => cluster::ps(&ctx).await,
+        Cmd::Logs { name, tail } => {
+            let (c, _) = ctx.find(&name).await?;
+            print!("{}", c.logs(&name, tail).await?);
+            Ok(())
+        }
+        Cmd::Stop { name } => {
+            let (c, v) = ctx.find(&name).await?;
+            c.stop(&name).await?;
+            println!("stopped {name} on node {}", v.node);
+            Ok(())
+        }
+        Cmd::Migrate { name, to } => {
+            let (c, v) = ctx.find(&name).await?;
+            let r = c
+                .migrate(&name, to)
+                .await
+                .with_context(|| format!("migrating {name} from node {} to node {to}", v.node))?;
+            if ctx.json {
+                return print_json(&r);
+            }
+            println!("migrated {name}: node {} -> node {} in {} ms ({} calls in flight refused with Migrated)", r.from, r.to, r.took_ms, r.refused_in_flight);
+            Ok(())
+        }
+        Cmd::Apply { file, prune } => deploy::apply(&ctx, &file, prune).await,
+        Cmd::Api { path, pointer } => {
+            let v = ctx.node.get_json(&path).await?;
+            let v = match pointer {
+                Some(p) => v
+                    .pointer(&p)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("{path}: nothing at {p}"))?,
+                None => v,
+            };
+            match v {
+                serde_json::Value::String(s) => println!("{s}"),
+                v => println!("{}", serde_json::to_string_pretty(&v)?),
+            }
+            Ok(())
+        }
+    }
+}

@@ -293,6 +293,19 @@ dvs run vos --dc alpha --name f3 --ep 181,182 --svc ipc-bench --mem 16 --on 1 --
 wait_for 30 "f3 done" bench_done f3
 check "5. after node 2 restarts, the same calls succeed again" logs_match f3 'dvs: bench sendrec n=100 '
 
+# ---- 5b. a machine dies: reported failed, restarted by its policy (on-failure), calls work again ----
+PID1=$(dvsn 1 api /v1/instances/echo1 --pointer /pid)
+kill -9 "$PID1"
+boots_is() { [ "$(dvsn 1 api /v1/instances/echo1 --pointer /boots)" = "$1" ] && [ "$(dvsn 1 api /v1/instances/echo1 --pointer /state)" = running ]; }
+wait_for 30 "echo1 rebooted" boots_is 2
+wait_for 60 "echo1 ready again" booted_ready 1 echo1
+log "echo1's machine was killed: $(dvsn 1 api /v1/instances/echo1 --pointer /last_exit); now boot $(dvsn 1 api /v1/instances/echo1 --pointer /boots)"
+check "5b. a killed machine is reported failed and restarted (restart = on-failure)" \
+  bash -c "[[ '$(dvsn 1 api /v1/instances/echo1 --pointer /last_exit)' == *'signal: 9'* ]]"
+dvs run vos --dc alpha --name f4 --ep 185,186 --svc ipc-bench --mem 16 --on 1 --arg peer=101 --arg n=100 --arg vcopy=0 >/dev/null
+wait_for 30 "f4 done" bench_done f4
+check "5b. calls to the restarted instance succeed" logs_match f4 'dvs: bench sendrec n=100 '
+
 # ---- 6. migration of echo2 (node 2 -> 3 -> 1 -> 3) under a sendrec loop from node 1 ----
 N=$([ "$BACKEND" = fake ] && echo 20000 || { [ "$ACCEL" = tcg ] && echo 2000 || echo 10000; })
 dvs run vos --dc alpha --name mc --ep 191,192 --svc ipc-bench --mem 16 --on 1 --arg peer=201 --arg n=$N --arg vcopy=0 >/dev/null

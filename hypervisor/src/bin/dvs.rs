@@ -5,6 +5,11 @@ use dvs_hypervisor::cli;
 
 fn main() {
     let args = cli::Cli::parse();
+    if !args.is_daemon() {
+        // A client piped into `head` ends quietly, like other Unix tools.
+        // SAFETY: setting a signal disposition to its default before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

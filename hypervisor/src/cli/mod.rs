@@ -181,6 +181,13 @@ struct RunArgs {
     fake: bool,
 }
 
+impl Cli {
+    /// True for `dvs node --config`: the daemon (which must not die of SIGPIPE on a closed socket).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.cmd, Cmd::Node { config: Some(_), .. })
+    }
+}
+
 /// Process exit codes.
 pub mod exit {
     /// Something failed.

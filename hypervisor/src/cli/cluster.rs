@@ -30,6 +30,20 @@ pub(super) async fn node_status(ctx: &Ctx) -> anyhow::Result<()> {
             p.tx.frames, p.writes, p.rx.frames, p.drops
         );
     }
+    for (id, d) in &c.dcs {
+        let r = &d.refused;
+        println!(
+            "  DC {id}: {} M3-IPC and {} LAN frames; refused: unknown {} not-in-DC {} unreachable {} dead {} migrated {}; drops: {}",
+            d.m3ipc.frames,
+            d.lan.frames,
+            r.unknown_destination,
+            r.not_in_dc,
+            r.node_unreachable,
+            r.dead_destination,
+            r.migrated,
+            d.drops
+        );
+    }
     Ok(())
 }
 

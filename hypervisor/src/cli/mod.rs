@@ -184,7 +184,13 @@ struct RunArgs {
 impl Cli {
     /// True for `dvs node --config`: the daemon (which must not die of SIGPIPE on a closed socket).
     pub fn is_daemon(&self) -> bool {
-        matches!(self.cmd, Cmd::Node { config: Some(_), .. })
+        matches!(
+            self.cmd,
+            Cmd::Node {
+                config: Some(_),
+                ..
+            }
+        )
     }
 }
 

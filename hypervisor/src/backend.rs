@@ -220,8 +220,13 @@ pub struct Fake {
 }
 
 impl Fake {
-    /// The fake backend using `dvs-fake-vos` from the running executable's folder.
+    /// The fake backend using `$DVS_FAKE_VOS`, or `dvs-fake-vos` from the running executable's folder.
     pub fn new() -> Fake {
+        if let Some(path) = std::env::var_os("DVS_FAKE_VOS") {
+            return Fake {
+                binary: path.into(),
+            };
+        }
         let dir = std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(Path::to_owned))

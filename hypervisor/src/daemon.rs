@@ -17,6 +17,15 @@ use crate::instances::Manager;
 /// Runs the node daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (cfg, cluster) = config::load(config_path)?;
+    serve(cfg, cluster, shutdown_signal()).await
+}
+
+/// Runs a node of `cluster` configured by `cfg` until `shutdown` completes.
+pub async fn serve(
+    cfg: config::NodeConfig,
+    cluster: dvs_proxy::ClusterMap,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     // The cluster file is the embedded directory; an etcd backend would be another `Directory`.
     let directory: Box<dyn Directory> = Box::new(StaticDirectory(cluster));
     let cluster = directory.cluster();
@@ -47,7 +56,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         started: Instant::now(),
     });
     let served = axum::serve(listener, router(api))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await;
     tracing::info!("node {} stopping: killing its machines", cfg.node);
     mgr.shutdown().await;

@@ -229,6 +229,8 @@ check "3. no bench failures (same-node)" not logs_match bl FAILED
 TXN1=$(counter 1 /ports/bx/rx/frames); RXN3=$(counter 3 /ports/echo3/tx/frames)
 log "counted: node 1 port bx sent $TXN1 frames, node 3 port echo3 received $RXN3 frames"
 check "3. counted on both sides (>= 1000 frames each)" [ "$TXN1" -ge 1000 -a "$RXN3" -ge 1000 ]
+LF=$(counter 1 /peers/3/tx/frames); LW=$(counter 1 /peers/3/writes)
+log "peer link node 1 -> node 3: $LF frames in $LW writes (batched under load, one per write when idle)"
 dvs run vos --fake --dc alpha --name ntf-echo --ep 302 --svc echo --on 3 --arg stats=1 >/dev/null
 wait_for 10 "ntf-echo ready" logs_match ntf-echo 'dvs: ready'
 wait_for 10 "302 known on node 1" placed_on 1 1 302 3

@@ -191,6 +191,11 @@ async fn one_node_with_fake_instances() {
         .iter()
         .any(|p| p.ep == 20 && p.port.as_deref() == Some("echo")));
 
+    assert_eq!(
+        code(c.logs("..%2F..%2Fetc%2Fpasswd", None).await.unwrap_err()),
+        "not_found"
+    );
+
     // Stopping forgets the instance and frees its endpoint.
     c.stop("echo").await.unwrap();
     assert_eq!(code(c.instance("echo").await.unwrap_err()), "not_found");

@@ -299,6 +299,10 @@ impl Manager {
 
     /// The console log of an instance (the last `tail` lines when given).
     pub fn logs(&self, name: &str, tail: Option<usize>) -> Result<String, InstanceError> {
+        if !valid_name(name) {
+            // Names become file names: nothing else may reach the file system.
+            return Err(InstanceError::NotFound(name.into()));
+        }
         let path = self.console_path(name);
         let bytes = std::fs::read(&path).map_err(|_| InstanceError::NotFound(name.into()))?;
         let text = String::from_utf8_lossy(&bytes).into_owned();

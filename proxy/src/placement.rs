@@ -51,6 +51,14 @@ pub enum DirMsg {
         /// The endpoint's new node, if it moved.
         moved_to: Option<u16>,
     },
+    /// The instance with this MAC address left the sender (stopped or moved): forget where it was learned, so
+    /// that frames for it flood the DC again and find its new place.
+    MacGone {
+        /// DC number.
+        dc: u16,
+        /// The MAC address.
+        mac: [u8; 6],
+    },
 }
 
 /// Where an endpoint lives, for the node API.

@@ -19,7 +19,7 @@ pub struct MacTables(HashMap<DcId, HashMap<[u8; 6], Via>>);
 
 impl MacTables {
     /// Learns that `mac` of `dc` sits behind `via`. A MAC learned on a local port is not taken over by a peer.
-    fn learn(&mut self, dc: DcId, mac: [u8; 6], via: Via) {
+    pub(super) fn learn(&mut self, dc: DcId, mac: [u8; 6], via: Via) {
         let table = self.0.entry(dc).or_default();
         match table.get(&mac) {
             Some(Via::Port(_)) if matches!(via, Via::Peer(_)) => {}
@@ -35,6 +35,15 @@ impl MacTables {
 
     fn get(&self, dc: DcId, mac: &[u8; 6]) -> Option<Via> {
         self.0.get(&dc)?.get(mac).copied()
+    }
+
+    /// Forgets `mac` of `dc` if it was learned behind `via`.
+    pub fn forget_mac(&mut self, dc: DcId, mac: &[u8; 6], via: Via) {
+        if let Some(table) = self.0.get_mut(&dc) {
+            if table.get(mac) == Some(&via) {
+                table.remove(mac);
+            }
+        }
     }
 
     /// Forgets every MAC learned behind `via` (a port removed, a peer down).

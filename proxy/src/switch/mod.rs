@@ -212,6 +212,9 @@ impl Switch {
                 },
             );
         }
+        if let Some(mac) = spec.mac {
+            self.macs.learn(spec.dc, mac, Via::Port(id));
+        }
         let announced = spec.announce == Announce::Now;
         self.ports.insert(
             id,
@@ -269,6 +272,15 @@ impl Switch {
             }
         }
         self.macs.forget(Via::Port(id));
+        if let Some(mac) = port.spec.mac {
+            out.push(Out::Dir(
+                None,
+                DirMsg::MacGone {
+                    dc: port.spec.dc.0,
+                    mac,
+                },
+            ));
+        }
         self.fail_pending(Via::Port(id), ErrorCode::DeadDestination, out);
         Ok(())
     }
@@ -397,6 +409,7 @@ impl Switch {
                 }
             }
             DirMsg::Bind(b) => self.bind_remote(from, b),
+            DirMsg::MacGone { dc, mac } => self.macs.forget_mac(DcId(dc), &mac, Via::Peer(from)),
             DirMsg::Unbind { binding, moved_to } => {
                 let key = binding.key();
                 let Some(place) = self.places.get(&key) else {

@@ -230,6 +230,44 @@ fn lan_floods_only_inside_the_dc_and_learns() {
 }
 
 #[test]
+fn a_mac_that_left_a_node_floods_again() {
+    let (mut s, a, _, _) = node1();
+    let mut out = vec![];
+    // Node 2 holds MAC 77 of DC 1; a's unicast to it goes to node 2 only.
+    s.peer_frame(N2, DC1, 0, lan(mac(77), [0xff; 6]), &mut out);
+    let mut out = vec![];
+    s.port_frame(a, lan(mac(10), mac(77)), &mut out);
+    assert_eq!(out.len(), 1);
+    assert!(matches!(out[0], Out::Peer { node: N2, .. }));
+    // It moved away from node 2: the next unicast floods the DC (and finds its new place).
+    s.handle_dir(
+        N2,
+        DirMsg::MacGone {
+            dc: 1,
+            mac: mac(77),
+        },
+    );
+    let mut out = vec![];
+    s.port_frame(a, lan(mac(10), mac(77)), &mut out);
+    assert_eq!(out.len(), 2, "{out:?}"); // port b and node 2 (node 3 is down)
+}
+
+#[test]
+fn a_new_port_is_reachable_by_its_mac_before_it_speaks() {
+    let (mut s, _, _, _) = node1();
+    let mut out = vec![];
+    let x = s.add_port(spec("x", DC1, &[60], 60), &mut out).unwrap();
+    let mut out = vec![];
+    s.peer_frame(N2, DC1, 0, lan(mac(77), mac(60)), &mut out);
+    assert_eq!(out, vec![Out::Port(x, lan(mac(77), mac(60)))]);
+    let mut out = vec![];
+    s.remove_port(x, &mut out).unwrap();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Out::Dir(None, DirMsg::MacGone { dc: 1, .. }))));
+}
+
+#[test]
 fn peers_outside_the_dc_are_refused() {
     let (mut s, _, _, _) = node1();
     let mut out = vec![];

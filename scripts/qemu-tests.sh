@@ -6,4 +6,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 command -v qemu-system-x86_64 >/dev/null || { echo "qemu-tests: qemu-system-x86_64 not found (run scripts/setup.sh)" >&2; exit 1; }
 [ -f images/vos.elf ] || bash images/build.sh
-exec cargo test -p qemu-tests -- --test-threads=1
+# Release build: the host harness runs the m3ipc-core engine, whose 4 MiB vcopy in a debug
+# build is slow enough (CRC of the whole buffer per repeated final ack) to livelock the test.
+exec cargo test --release -p qemu-tests -- --test-threads=1

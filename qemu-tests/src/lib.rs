@@ -511,6 +511,23 @@ impl Harness {
             ethertype: ETHERTYPE_M3IPC,
         };
         while let Some(n) = self.engine.poll_transmit(now, &mut out[ETH_HEADER_LEN..]) {
+            if std::env::var_os("DVS_TRACE").is_some() {
+                if let Ok(f) =
+                    m3ipc_core::wire::FrameRepr::parse(&out[ETH_HEADER_LEN..ETH_HEADER_LEN + n])
+                {
+                    eprintln!(
+                        "trace {:?} tx {:?} {}->{} seq={:#x} aux={} fl={} len={}",
+                        self.origin.elapsed(),
+                        f.kind,
+                        f.src.0,
+                        f.dst.0,
+                        f.seq,
+                        f.aux,
+                        f.flags,
+                        f.payload.len()
+                    );
+                }
+            }
             if h.emit(&mut out).is_ok() {
                 // The guest may not be up yet; the engine retransmits.
                 let _ = self.sock.send_to(&out[..ETH_HEADER_LEN + n], &self.guest);
@@ -547,12 +564,42 @@ impl Harness {
             if let Ok(n) = self.sock.recv(&mut self.buf) {
                 let now = self.now();
                 if let Ok((_, m3)) = EthernetHeader::m3ipc_payload(&self.buf[..n]) {
+                    if std::env::var_os("DVS_TRACE").is_some() {
+                        if let Ok(f) = m3ipc_core::wire::FrameRepr::parse(m3) {
+                            eprintln!(
+                                "trace {:?} rx {:?} {}->{} seq={:#x} aux={} fl={} len={}",
+                                self.origin.elapsed(),
+                                f.kind,
+                                f.src.0,
+                                f.dst.0,
+                                f.seq,
+                                f.aux,
+                                f.flags,
+                                f.payload.len()
+                            );
+                        }
+                    }
                     self.engine.handle_frame(now, m3);
                 }
                 // Drain whatever else is queued without blocking.
                 let _ = self.sock.set_nonblocking(true);
                 while let Ok(n) = self.sock.recv(&mut self.buf) {
                     if let Ok((_, m3)) = EthernetHeader::m3ipc_payload(&self.buf[..n]) {
+                        if std::env::var_os("DVS_TRACE").is_some() {
+                            if let Ok(f) = m3ipc_core::wire::FrameRepr::parse(m3) {
+                                eprintln!(
+                                    "trace {:?} rx {:?} {}->{} seq={:#x} aux={} fl={} len={}",
+                                    self.origin.elapsed(),
+                                    f.kind,
+                                    f.src.0,
+                                    f.dst.0,
+                                    f.seq,
+                                    f.aux,
+                                    f.flags,
+                                    f.payload.len()
+                                );
+                            }
+                        }
                         self.engine.handle_frame(now, m3);
                     }
                 }

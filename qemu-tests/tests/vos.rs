@@ -173,7 +173,7 @@ fn sendrec_and_vcopy_through_dgram_netdev() {
     let _g = exclusive();
     let a = accel();
     let size = 4 << 20;
-    let (_vm, mut h, _dir) = boot_echo(a, Machine::Microvm, 48, &format!("buf={size}"));
+    let (vm, mut h, _dir) = boot_echo(a, Machine::Microvm, 48, &format!("buf={size}"));
     let t = secs(a, 2);
     for i in 0..1000u32 {
         let mut m = Message::new(0x100 + i);
@@ -199,14 +199,14 @@ fn sendrec_and_vcopy_through_dgram_netdev() {
     let vt = secs(a, 60);
     let n = h
         .vcopy(HOST_EP, HOST_EP, 0, GUEST_EP, 0, size as u64, vt)
-        .unwrap_or_else(|e| panic!("push: {e}"));
+        .unwrap_or_else(|e| panic!("push: {e}\nconsole:\n{}", vm.output()));
     assert_eq!(n, size as u64);
     h.engine
         .set_buffer(Endpoint(HOST_EP), vec![0u8; size])
         .expect("host buffer");
     let n = h
         .vcopy(HOST_EP, GUEST_EP, 0, HOST_EP, 0, size as u64, vt)
-        .unwrap_or_else(|e| panic!("pull: {e}"));
+        .unwrap_or_else(|e| panic!("pull: {e}\nconsole:\n{}", vm.output()));
     assert_eq!(n, size as u64);
     let back = h.engine.buffer(Endpoint(HOST_EP)).expect("host buffer");
     assert!(

@@ -35,6 +35,9 @@ use virtio_drivers::transport::{DeviceType, Transport};
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
+/// Longest gap between two busy turns of the loop (a sign of the host descheduling us).
+static LOOP_GAP_MAX: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// How long the loop keeps polling after the last work before it halts.
 const SPIN_US: u64 = 300;
 /// Longest halt (the LAPIC counter's range at ~1 GHz is 4.29 s).
@@ -236,7 +239,7 @@ fn discover(cfg: &Config) -> Vec<Nic> {
             continue;
         }
         match drivers::transport::CachedPci::new(&mut root, dev.df)
-            .and_then(|t| Nic::new(VosTransport::Pci(t)))
+            .and_then(|t| Nic::new(VosTransport::pci(t)))
         {
             Ok(nic) => nics.push(nic),
             Err(e) => println!("dvs: pci {}: {e}", dev.df),
@@ -259,14 +262,17 @@ fn stats_line(
     http: &services::http::HttpStats,
 ) -> String {
     let s = ipc.engine.stats();
-    let (mut rx, mut tx) = (0, 0);
+    let (mut rx, mut tx, mut rx_err, mut tx_full, mut kicks) = (0, 0, 0, 0, 0);
     for p in &net.ports {
         let n = p.nic.borrow();
         rx += n.stats.rx;
         tx += n.stats.tx;
+        rx_err += n.stats.rx_errors;
+        kicks += n.stats.kicks;
+        tx_full += n.stats.tx_full;
     }
     format!(
-        "dvs: stats echo_received={} echo_replied={} frames_in={} frames_out={} delivered_elided={} bad_frames={} wrong_dc={} spoofed={} not_here={} stale={} duplicates={} retransmits={} bad_ethernet={} http_requests={} http_bad={} nic_rx={} nic_tx={} tsc_khz={}",
+        "dvs: stats echo_received={} echo_replied={} frames_in={} frames_out={} delivered_elided={} bad_frames={} wrong_dc={} spoofed={} not_here={} stale={} duplicates={} retransmits={} bad_ethernet={} http_requests={} http_bad={} nic_rx={} nic_tx={} nic_rx_errors={} nic_tx_full={} nic_kicks={} tsc_khz={} clock_back={} loop_gap_max_us={}",
         echo.received.get(),
         echo.replied.get(),
         s.frames_in,
@@ -284,7 +290,12 @@ fn stats_line(
         http.bad,
         rx,
         tx,
-        time::tsc_hz() / 1000
+        rx_err,
+        tx_full,
+        kicks,
+        time::tsc_hz() / 1000,
+        time::backwards_steps(),
+        LOOP_GAP_MAX.load(core::sync::atomic::Ordering::Relaxed)
     )
 }
 
@@ -305,8 +316,14 @@ fn run(
     } else {
         1_000_000
     };
+    let mut prev_turn = time::now_us();
     loop {
         let now_us = time::now_us();
+        let gap = now_us - prev_turn;
+        if gap > LOOP_GAP_MAX.load(core::sync::atomic::Ordering::Relaxed) {
+            LOOP_GAP_MAX.store(gap, core::sync::atomic::Ordering::Relaxed);
+        }
+        prev_turn = now_us;
         let now = m3ipc_core::Instant::from_micros(now_us);
         let mut work = false;
         {
@@ -331,6 +348,9 @@ fn run(
             let mut ipc = ipc.borrow_mut();
             work |= ipc.poll(now);
             work |= ipc.flush(now, net.ports.first_mut().map(|p| p.nic.get_mut()));
+            for port in net.ports.iter_mut() {
+                port.nic.get_mut().settle();
+            }
         }
         if work {
             last_work = now_us;
@@ -380,6 +400,7 @@ fn run(
         if !pending && deadline > now_us {
             apic::arm_timer_ns((deadline - now_us) * 1000);
             arch::interrupts::halt();
+            prev_turn = time::now_us();
         }
         for p in net.ports.iter_mut() {
             p.nic.get_mut().disable_interrupts();

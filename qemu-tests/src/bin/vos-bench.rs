@@ -20,7 +20,9 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn p99(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+    v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 /// Launch-to-exit of the floor ELF, in ms.
@@ -32,7 +34,11 @@ fn floor_once(machine: Machine, accel: Accel) -> Option<f64> {
     match vm.wait_exit(accel.timeout(Duration::from_secs(10))) {
         Some(_) => Some(vm.started.elapsed().as_secs_f64() * 1000.0),
         None => {
-            eprintln!("vos-bench: floor ELF did not exit on {} {}", machine.name(), accel.name());
+            eprintln!(
+                "vos-bench: floor ELF did not exit on {} {}",
+                machine.name(),
+                accel.name()
+            );
             None
         }
     }
@@ -68,7 +74,11 @@ fn guest_rtt(accel: Accel) -> Result<(f64, f64), String> {
     let dir = TempDir::new();
     let (guest, host) = (dir.0.join("g.sock"), dir.0.join("h.sock"));
     let mut h = Harness::new(DC, &[HOST_EP], &host, &guest);
-    let mut spec = VmSpec::new(Machine::Microvm, accel, &format!("dc={DC} ep={GUEST_EP} svc=echo"));
+    let mut spec = VmSpec::new(
+        Machine::Microvm,
+        accel,
+        &format!("dc={DC} ep={GUEST_EP} svc=echo"),
+    );
     spec.mem_mib = 8;
     spec.nics.push(NicBackend::Dgram { guest, host });
     let mut vm = Vm::start(&spec);
@@ -118,7 +128,11 @@ fn tcp_rtt() -> Result<(f64, f64), String> {
 
 /// The in-guest local sendrec loop (ns per call), read from the console.
 fn local_ns(accel: Accel) -> Result<u64, String> {
-    let mut spec = VmSpec::new(Machine::Microvm, accel, "dc=1 ep=10 svc=echo local_n=200000");
+    let mut spec = VmSpec::new(
+        Machine::Microvm,
+        accel,
+        "dc=1 ep=10 svc=echo local_n=200000",
+    );
     spec.mem_mib = 8;
     let mut vm = Vm::start(&spec);
     let line = vm.wait_line("dvs: local-sendrec", accel.timeout(Duration::from_secs(20)))?;
@@ -130,7 +144,11 @@ fn idle_pct(accel: Accel) -> Result<f64, String> {
     let dir = TempDir::new();
     let (guest, host) = (dir.0.join("g.sock"), dir.0.join("h.sock"));
     let _h = Harness::new(DC, &[HOST_EP], &host, &guest);
-    let mut spec = VmSpec::new(Machine::Microvm, accel, &format!("dc={DC} ep={GUEST_EP} svc=echo"));
+    let mut spec = VmSpec::new(
+        Machine::Microvm,
+        accel,
+        &format!("dc={DC} ep={GUEST_EP} svc=echo"),
+    );
     spec.mem_mib = 8;
     spec.nics.push(NicBackend::Dgram { guest, host });
     let mut vm = Vm::start(&spec);
@@ -151,7 +169,13 @@ fn main() {
         eprintln!("vos-bench: /dev/kvm not usable: KVM columns show n/a");
     }
     accels.push(Accel::Tcg);
-    let col = |a: Accel, f: &dyn Fn(Accel) -> String| if accels.contains(&a) { f(a) } else { "n/a".into() };
+    let col = |a: Accel, f: &dyn Fn(Accel) -> String| {
+        if accels.contains(&a) {
+            f(a)
+        } else {
+            "n/a".into()
+        }
+    };
     let mut rows: Vec<[String; 4]> = Vec::new();
     for m in [Machine::Microvm, Machine::Q35] {
         eprintln!("vos-bench: boot times on {}", m.name());
@@ -167,32 +191,85 @@ fn main() {
         ]);
     }
     eprintln!("vos-bench: sendrec round trips");
-    let tcp = tcp_rtt().map(|(m, p)| format!("raw TCP loopback {m:.1} / {p:.1} µs")).unwrap_or_else(|e| e);
-    let rtt = |a: Accel| guest_rtt(a).map(|(m, p)| format!("{m:.1} / {p:.1} µs")).unwrap_or_else(|e| format!("failed: {e}"));
-    rows.push(["host↔guest sendrec median / p99".into(), col(Accel::Kvm, &rtt), col(Accel::Tcg, &rtt), format!("≤ 2x {tcp}")]);
+    let tcp = tcp_rtt()
+        .map(|(m, p)| format!("raw TCP loopback {m:.1} / {p:.1} µs"))
+        .unwrap_or_else(|e| e);
+    let rtt = |a: Accel| {
+        guest_rtt(a)
+            .map(|(m, p)| format!("{m:.1} / {p:.1} µs"))
+            .unwrap_or_else(|e| format!("failed: {e}"))
+    };
+    rows.push([
+        "host↔guest sendrec median / p99".into(),
+        col(Accel::Kvm, &rtt),
+        col(Accel::Tcg, &rtt),
+        format!("≤ 2x {tcp}"),
+    ]);
     eprintln!("vos-bench: in-guest local sendrec");
-    let local = |a: Accel| local_ns(a).map(|n| format!("{n} ns/call")).unwrap_or_else(|e| format!("failed: {e}"));
-    rows.push(["in-guest local sendrec".into(), col(Accel::Kvm, &local), col(Accel::Tcg, &local), "≤ 300 ns".into()]);
+    let local = |a: Accel| {
+        local_ns(a)
+            .map(|n| format!("{n} ns/call"))
+            .unwrap_or_else(|e| format!("failed: {e}"))
+    };
+    rows.push([
+        "in-guest local sendrec".into(),
+        col(Accel::Kvm, &local),
+        col(Accel::Tcg, &local),
+        "≤ 300 ns".into(),
+    ]);
     eprintln!("vos-bench: idle CPU");
-    let idle = |a: Accel| idle_pct(a).map(|p| format!("{p:.2}% of a core")).unwrap_or_else(|e| format!("failed: {e}"));
-    rows.push(["idle instance CPU (5 s)".into(), col(Accel::Kvm, &idle), col(Accel::Tcg, &idle), "< 5%".into()]);
+    let idle = |a: Accel| {
+        idle_pct(a)
+            .map(|p| format!("{p:.2}% of a core"))
+            .unwrap_or_else(|e| format!("failed: {e}"))
+    };
+    rows.push([
+        "idle instance CPU (5 s)".into(),
+        col(Accel::Kvm, &idle),
+        col(Accel::Tcg, &idle),
+        "< 5%".into(),
+    ]);
     let size = std::fs::metadata(image()).map(|m| m.len()).unwrap_or(0);
-    rows.push(["image size (vos.elf)".into(), format!("{} KiB", size / 1024), "same image".into(), "≤ 512 KiB".into()]);
-    rows.push(["guest RAM used by the runs".into(), "8 MiB".into(), "8 MiB".into(), "runs in 8 MiB".into()]);
+    rows.push([
+        "image size (vos.elf)".into(),
+        format!("{} KiB", size / 1024),
+        "same image".into(),
+        "≤ 512 KiB".into(),
+    ]);
+    rows.push([
+        "guest RAM used by the runs".into(),
+        "8 MiB".into(),
+        "8 MiB".into(),
+        "runs in 8 MiB".into(),
+    ]);
 
     let head = ["metric", "KVM", "TCG", "aim / reference"];
     let mut w = [0usize; 4];
-    for r in rows.iter().map(|r| r.each_ref().map(|s| s.as_str())).chain([head]) {
+    for r in rows
+        .iter()
+        .map(|r| r.each_ref().map(|s| s.as_str()))
+        .chain([head])
+    {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
         }
     }
     let line = |r: [&str; 4]| {
-        let cells: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c}{}", " ".repeat(w[i] - c.chars().count()))).collect();
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c}{}", " ".repeat(w[i] - c.chars().count())))
+            .collect();
         println!("| {} |", cells.join(" | "));
     };
     line(head);
-    println!("|{}|", w.iter().map(|n| "-".repeat(n + 2)).collect::<Vec<_>>().join("|"));
+    println!(
+        "|{}|",
+        w.iter()
+            .map(|n| "-".repeat(n + 2))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
     for r in &rows {
         line(r.each_ref().map(|s| s.as_str()));
     }

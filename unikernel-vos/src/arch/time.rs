@@ -175,10 +175,25 @@ fn now_ns_at(tsc: u64) -> u64 {
     OFFSET_NS.load(Relaxed) + ((ticks as u128 * NS_PER_TICK_FP.load(Relaxed) as u128) >> 32) as u64
 }
 
-/// Nanoseconds since the origin.
+static LAST_NS: AtomicU64 = AtomicU64::new(0);
+static BACKWARDS: AtomicU64 = AtomicU64::new(0);
+
+/// Nanoseconds since the origin; never goes backwards (a TSC step back is counted).
 #[inline]
 pub fn now_ns() -> u64 {
-    now_ns_at(rdtsc())
+    let n = now_ns_at(rdtsc());
+    let last = LAST_NS.load(Relaxed);
+    if n < last {
+        BACKWARDS.fetch_add(1, Relaxed);
+        return last;
+    }
+    LAST_NS.store(n, Relaxed);
+    n
+}
+
+/// How often the TSC was seen to step backwards.
+pub fn backwards_steps() -> u64 {
+    BACKWARDS.load(Relaxed)
 }
 
 /// Microseconds since the origin.

@@ -2,9 +2,10 @@
 //! that the data path never allocates.
 
 use super::hal::VosHal;
-use super::transport::VosTransport;
+use super::transport::{QueueProbe, VosTransport};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
+use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
 use virtio_drivers::device::net::VirtIONetRaw;
@@ -39,6 +40,8 @@ pub struct NicStats {
     pub tx_full: u64,
     /// Receive completions the driver refused (bad token or length).
     pub rx_errors: u64,
+    /// Notifications `settle` made that the driver crate had missed.
+    pub kicks: u64,
 }
 
 /// One virtio-net device with its buffer pools.
@@ -57,11 +60,17 @@ pub struct Nic {
     pub mac: [u8; 6],
     /// Counters.
     pub stats: NicStats,
+    probe: Rc<QueueProbe>,
+    /// Buffers added to (receive, transmit) since the last `settle`.
+    added: [u32; 2],
+    /// The crate's notify counts at the last `settle`.
+    seen_notifies: [u64; 2],
 }
 
 impl Nic {
     /// Initialises the device on `transport` and posts every receive buffer.
     pub fn new(transport: VosTransport) -> Result<Nic, &'static str> {
+        let probe = transport.probe.clone();
         let dev = VirtIONetRaw::<VosHal, VosTransport, QUEUE_SIZE>::new(transport)
             .map_err(|_| "virtio-net initialisation failed")?;
         let mac = dev.mac_address();
@@ -83,6 +92,9 @@ impl Nic {
             tx_hdr_len,
             mac,
             stats: NicStats::default(),
+            probe,
+            added: [0; 2],
+            seen_notifies: [0; 2],
         };
         for i in 0..QUEUE_SIZE as u16 {
             nic.post_rx(i)?;
@@ -184,6 +196,16 @@ impl Nic {
         !self.tx_free.is_empty() && self.dev.can_send()
     }
 
+    /// How many frames can be sent now (reclaiming finished transmissions first).
+    pub fn tx_room(&mut self) -> usize {
+        self.reclaim_tx();
+        if self.dev.can_send() {
+            self.tx_free.len()
+        } else {
+            0
+        }
+    }
+
     /// Sends one frame of `len` bytes, written by `fill`; None if no buffer is free.
     pub fn send<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
         if !self.can_send() || len > BUF_LEN - self.tx_hdr_len {
@@ -197,6 +219,7 @@ impl Nic {
         // SAFETY: the buffer is not touched until its token completes in `reclaim_tx`.
         match unsafe { self.dev.transmit_begin(&b[..h + len]) } {
             Ok(token) => {
+                self.added[1] += 1;
                 if let Some(s) = self.tx_posted.get_mut(token as usize) {
                     *s = Some((buf, (h + len) as u16));
                 }
@@ -232,6 +255,7 @@ impl Nic {
         // SAFETY: the buffer is not touched until its token completes in `reclaim_tx`.
         match unsafe { self.dev.transmit_begin(&b[..h + len]) } {
             Ok(token) => {
+                self.added[1] += 1;
                 if let Some(s) = self.tx_posted.get_mut(token as usize) {
                     *s = Some((buf, (h + len) as u16));
                 }
@@ -243,6 +267,22 @@ impl Nic {
                 self.stats.tx_full += 1;
                 false
             }
+        }
+    }
+
+    /// Closes the lost-notification race of the driver crate (see `QueueProbe`): for each
+    /// queue that got buffers since the last call without the crate notifying, checks after a
+    /// full fence whether the device wants a notification, and gives it one. Call once per
+    /// loop turn; costs an exit only when a kick was actually due.
+    pub fn settle(&mut self) {
+        for q in 0..2 {
+            let n = self.probe.notifies[q].get();
+            if self.added[q] > 0 && n == self.seen_notifies[q] && self.probe.wants_kick(q) {
+                self.probe.kick(q);
+                self.stats.kicks += 1;
+            }
+            self.added[q] = 0;
+            self.seen_notifies[q] = self.probe.notifies[q].get();
         }
     }
 

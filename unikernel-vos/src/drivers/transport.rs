@@ -3,7 +3,10 @@
 
 use super::hal::VosHal;
 use super::pci::PortCam;
+use alloc::rc::Rc;
+use core::cell::Cell;
 use core::ptr::{read_volatile, write_volatile, NonNull};
+use core::sync::atomic::{fence, Ordering};
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::pci::bus::{BarInfo, DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
@@ -18,6 +21,10 @@ const PCI_CAP_ID_VNDR: u8 = 0x09;
 const CAP_COMMON_CFG: u8 = 1;
 const CAP_NOTIFY_CFG: u8 = 2;
 const MAX_QUEUES: usize = 4;
+/// Offset of QueueNotify in a virtio-mmio register block.
+const MMIO_QUEUE_NOTIFY: usize = 0x50;
+/// Feature bit VIRTIO_F_EVENT_IDX.
+const RING_EVENT_IDX: u64 = 1 << 29;
 
 /// PCI transport whose `notify` writes straight to a cached per-queue address.
 pub struct CachedPci {
@@ -73,7 +80,8 @@ impl CachedPci {
         })
     }
 
-    fn notify_address(&mut self, queue: u16) -> usize {
+    /// The notify address of `queue` (read once from the common configuration, then cached).
+    pub fn notify_address(&mut self, queue: u16) -> usize {
         let q = queue as usize;
         if q < MAX_QUEUES && self.notify_addr[q] != 0 {
             return self.notify_addr[q];
@@ -91,12 +99,68 @@ impl CachedPci {
     }
 }
 
-/// A virtio transport: virtio-mmio (microvm) or PCI (q35).
-pub enum VosTransport {
+/// What the NIC driver needs to see of its two queues behind the `virtio-drivers` device:
+/// where their used rings are, how often the crate notified each, and the doorbells.
+///
+/// virtio-drivers 0.13 publishes a new `avail.idx` with a release store and then reads
+/// `used.flags` to decide whether to notify, with no full fence between: on x86 the load can
+/// pass the store, so a device that enables notifications at that moment misses the kick and
+/// (QEMU's virtio-net) stops reading its backend for good. `Nic::settle` closes that race.
+#[derive(Default)]
+pub struct QueueProbe {
+    /// Used-ring address of queues 0 (receive) and 1 (transmit).
+    pub used: [Cell<usize>; 2],
+    /// Notifications the crate made on each queue.
+    pub notifies: [Cell<u64>; 2],
+    /// Notify register of each queue and whether it is 16-bit (PCI) rather than 32-bit (mmio).
+    pub doorbell: [Cell<(usize, bool)>; 2],
+}
+
+impl QueueProbe {
+    /// Whether the device currently wants a notification for `queue` (VRING_USED_F_NO_NOTIFY
+    /// clear), read after a full fence.
+    pub fn wants_kick(&self, queue: usize) -> bool {
+        let used = self.used[queue].get();
+        if used == 0 {
+            return false;
+        }
+        fence(Ordering::SeqCst);
+        // SAFETY: the used ring the crate allocated for this queue (identity mapped); `flags`
+        // is its first u16, written by the device.
+        let flags = unsafe { read_volatile(used as *const u16) };
+        flags & 1 == 0
+    }
+
+    /// Rings the doorbell of `queue`.
+    pub fn kick(&self, queue: usize) {
+        let (addr, pci) = self.doorbell[queue].get();
+        if addr == 0 {
+            return;
+        }
+        // SAFETY: the device's notify register (identity mapped, uncached).
+        unsafe {
+            if pci {
+                write_volatile(addr as *mut u16, queue as u16);
+            } else {
+                write_volatile(addr as *mut u32, queue as u32);
+            }
+        }
+    }
+}
+
+/// The concrete transport.
+pub enum Inner {
     /// virtio-mmio device.
     Mmio(MmioTransport<'static>),
     /// virtio-pci device with a cached notify address.
     Pci(CachedPci),
+}
+
+/// A virtio transport: virtio-mmio (microvm) or PCI (q35), with its queue probe.
+pub struct VosTransport {
+    inner: Inner,
+    /// Shared with the driver (see `QueueProbe`).
+    pub probe: Rc<QueueProbe>,
 }
 
 impl VosTransport {
@@ -108,15 +172,34 @@ impl VosTransport {
         // uncached MMIO hole; nothing else uses this device.
         let t = unsafe { MmioTransport::new(header, size as usize) }
             .map_err(|_| "not a virtio-mmio device")?;
-        Ok(VosTransport::Mmio(t))
+        let probe = Rc::new(QueueProbe::default());
+        for q in 0..2 {
+            probe.doorbell[q].set((base as usize + MMIO_QUEUE_NOTIFY, false));
+        }
+        Ok(VosTransport {
+            inner: Inner::Mmio(t),
+            probe,
+        })
+    }
+
+    /// Wraps a PCI transport.
+    pub fn pci(mut p: CachedPci) -> Self {
+        let probe = Rc::new(QueueProbe::default());
+        for q in 0..2 {
+            probe.doorbell[q].set((p.notify_address(q as u16), true));
+        }
+        VosTransport {
+            inner: Inner::Pci(p),
+            probe,
+        }
     }
 }
 
 macro_rules! each {
     ($self:ident, $t:ident => $e:expr) => {
-        match $self {
-            VosTransport::Mmio($t) => $e,
-            VosTransport::Pci(p) => {
+        match &mut $self.inner {
+            Inner::Mmio($t) => $e,
+            Inner::Pci(p) => {
                 let $t = &mut p.inner;
                 $e
             }
@@ -126,9 +209,9 @@ macro_rules! each {
 
 macro_rules! each_ref {
     ($self:ident, $t:ident => $e:expr) => {
-        match $self {
-            VosTransport::Mmio($t) => $e,
-            VosTransport::Pci(p) => {
+        match &$self.inner {
+            Inner::Mmio($t) => $e,
+            Inner::Pci(p) => {
                 let $t = &p.inner;
                 $e
             }
@@ -141,7 +224,11 @@ impl Transport for VosTransport {
         each_ref!(self, t => t.device_type())
     }
     fn read_device_features(&mut self) -> u64 {
-        each!(self, t => t.read_device_features())
+        // Hide VIRTIO_F_EVENT_IDX: virtio-drivers 0.13 decides whether to notify with
+        // `avail_idx >= avail_event + 1`, which is not the spec's wrapping test (it notifies
+        // needlessly, and can miss a notification once the index wraps, stalling receive).
+        // Without it both sides use the flags protocol, which the crate gets right.
+        each!(self, t => t.read_device_features()) & !RING_EVENT_IDX
     }
     fn write_driver_features(&mut self, f: u64) {
         each!(self, t => t.write_driver_features(f))
@@ -150,9 +237,12 @@ impl Transport for VosTransport {
         each!(self, t => t.max_queue_size(q))
     }
     fn notify(&mut self, q: u16) {
-        match self {
-            VosTransport::Mmio(t) => t.notify(q),
-            VosTransport::Pci(p) => {
+        if let Some(n) = self.probe.notifies.get(q as usize) {
+            n.set(n.get() + 1);
+        }
+        match &mut self.inner {
+            Inner::Mmio(t) => t.notify(q),
+            Inner::Pci(p) => {
                 let addr = p.notify_address(q);
                 // SAFETY: the device's notify register for queue `q`.
                 unsafe { write_volatile(addr as *mut u16, q) };
@@ -172,6 +262,9 @@ impl Transport for VosTransport {
         each_ref!(self, t => t.requires_legacy_layout())
     }
     fn queue_set(&mut self, q: u16, size: u32, desc: PhysAddr, driver: PhysAddr, device: PhysAddr) {
+        if let Some(u) = self.probe.used.get(q as usize) {
+            u.set(device as usize);
+        }
         each!(self, t => t.queue_set(q, size, desc, driver, device))
     }
     fn queue_unset(&mut self, q: u16) {

@@ -107,7 +107,9 @@ impl Ipc {
         self.batch.clear();
         self.batch_ends.clear();
         let mut frame = [0u8; MAX_FRAME];
-        while self.batch_ends.len() < BATCH {
+        // Take only what the NIC can send now; the rest stays queued in the engine.
+        let room = nic.tx_room().saturating_sub(1).min(BATCH);
+        while self.batch_ends.len() < room {
             let Some(n) = self.engine.poll_transmit(now, &mut frame) else {
                 break;
             };

@@ -12,12 +12,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixDatagram, UnixListener};
-use tokio::sync::mpsc;
 
 /// The largest Ethernet frame a port takes (a little over 1514, for VLAN tags and slack).
 pub const MAX_ETH_FRAME: usize = 1600;
-/// Frames queued towards a stream port before new ones are dropped.
-const STREAM_QUEUE: usize = 256;
 
 /// Which QEMU socket protocol a port speaks.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -189,9 +186,21 @@ impl VmPort for DgramPort {
     }
 }
 
+/// Bytes kept for a stream port whose instance is momentarily not reading.
+const STREAM_BACKLOG: usize = 1 << 20;
+
 /// A `-netdev stream` port: a 4-byte big-endian length, then the frame, over one unix stream connection.
+/// Frames are written straight from the caller when the socket takes them; what it does not take waits in
+/// a bounded backlog that a task flushes when the socket is writable again.
 pub struct StreamPort {
-    queue: std::sync::Mutex<Option<mpsc::Sender<Bytes>>>,
+    conn: std::sync::Mutex<Option<StreamConn>>,
+    wake: tokio::sync::Notify,
+}
+
+struct StreamConn {
+    wr: Arc<tokio::net::unix::OwnedWriteHalf>,
+    backlog: std::collections::VecDeque<Bytes>,
+    queued: usize,
 }
 
 impl StreamPort {
@@ -199,7 +208,8 @@ impl StreamPort {
         unlink(path)?;
         let listener = UnixListener::bind(path)?;
         let port = Arc::new(StreamPort {
-            queue: std::sync::Mutex::new(None),
+            conn: std::sync::Mutex::new(None),
+            wake: tokio::sync::Notify::new(),
         });
         let me = port.clone();
         let task = tokio::spawn(async move {
@@ -207,23 +217,15 @@ impl StreamPort {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (mut rd, mut wr) = stream.into_split();
-                let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
-                *me.queue.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
-                let writer = tokio::spawn(async move {
-                    let mut buf = Vec::with_capacity(65536);
-                    while let Some(f) = rx.recv().await {
-                        buf.clear();
-                        put_framed(&mut buf, &f);
-                        while buf.len() < 60000 {
-                            let Ok(f) = rx.try_recv() else { break };
-                            put_framed(&mut buf, &f);
-                        }
-                        if wr.write_all(&buf).await.is_err() {
-                            break;
-                        }
-                    }
+                let (rd, wr) = stream.into_split();
+                let wr = Arc::new(wr);
+                *me.conn() = Some(StreamConn {
+                    wr: wr.clone(),
+                    backlog: Default::default(),
+                    queued: 0,
                 });
+                let flusher = tokio::spawn(me.clone().flush(wr));
+                let mut rd = tokio::io::BufReader::with_capacity(1 << 16, rd);
                 let mut frame = vec![0u8; 65536];
                 while let Ok(len) = rd.read_u32().await {
                     let len = len as usize;
@@ -232,8 +234,8 @@ impl StreamPort {
                     }
                     on_frame(Bytes::copy_from_slice(&frame[..len])).await;
                 }
-                writer.abort();
-                *me.queue.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                flusher.abort();
+                *me.conn() = None;
             }
         });
         Ok(PortHandle {
@@ -241,6 +243,44 @@ impl StreamPort {
             tasks: vec![task],
             paths: vec![path.to_owned()],
         })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Option<StreamConn>> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the backlog of connection `wr` whenever the socket can take more.
+    async fn flush(self: Arc<Self>, wr: Arc<tokio::net::unix::OwnedWriteHalf>) {
+        loop {
+            self.wake.notified().await;
+            loop {
+                if wr.writable().await.is_err() {
+                    return;
+                }
+                let mut guard = self.conn();
+                let Some(conn) = guard.as_mut().filter(|c| Arc::ptr_eq(&c.wr, &wr)) else {
+                    return;
+                };
+                while let Some(front) = conn.backlog.front_mut() {
+                    match wr.try_write(front) {
+                        Ok(n) if n == front.len() => {
+                            conn.queued -= n;
+                            conn.backlog.pop_front();
+                        }
+                        Ok(n) => {
+                            conn.queued -= n;
+                            let _ = front.split_to(n);
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) => return,
+                    }
+                }
+                if conn.backlog.is_empty() {
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -251,15 +291,36 @@ fn put_framed(buf: &mut Vec<u8>, frame: &[u8]) {
 
 impl VmPort for StreamPort {
     fn try_send(&self, frame: &[u8]) -> io::Result<()> {
-        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(q) = q.as_ref() else {
+        let mut guard = self.conn();
+        let Some(conn) = guard.as_mut() else {
             return Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "instance not connected",
             ));
         };
-        q.try_send(Bytes::copy_from_slice(frame))
-            .map_err(|_| io::Error::new(io::ErrorKind::WouldBlock, "stream port queue full"))
+        let mut buf = Vec::with_capacity(frame.len() + 4);
+        put_framed(&mut buf, frame);
+        let mut rest = Bytes::from(buf);
+        if conn.backlog.is_empty() {
+            match conn.wr.try_write(&rest) {
+                Ok(n) if n == rest.len() => return Ok(()),
+                Ok(n) => {
+                    let _ = rest.split_to(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        } else if conn.queued + rest.len() > STREAM_BACKLOG {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "stream port backlog full",
+            ));
+        }
+        conn.queued += rest.len();
+        conn.backlog.push_back(rest);
+        drop(guard);
+        self.wake.notify_one();
+        Ok(())
     }
 }
 

@@ -81,6 +81,9 @@ enum Cmd {
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
+        /// Keep printing what the console writes (until Ctrl-C).
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Stop an instance (and forget it).
     Stop {
@@ -314,9 +317,23 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dc { cmd: DcCmd::Ls } => cluster::dc_ls(&ctx).await,
         Cmd::Run(args) => deploy::run(&ctx, args).await,
         Cmd::Ps => cluster::ps(&ctx).await,
-        Cmd::Logs { name, tail } => {
+        Cmd::Logs { name, tail, follow } => {
             let (c, _) = ctx.find(&name).await?;
-            print!("{}", c.logs(&name, tail).await?);
+            let log = c.logs(&name, tail).await?;
+            print!("{log}");
+            if follow {
+                // The console only grows: print what was added since the last look.
+                let mut seen = c.logs(&name, None).await?.len();
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    let all = c.logs(&name, None).await?;
+                    if let Some(new) = all.get(seen..).filter(|n| !n.is_empty()) {
+                        print!("{new}");
+                        std::io::Write::flush(&mut std::io::stdout())?;
+                    }
+                    seen = all.len();
+                }
+            }
             Ok(())
         }
         Cmd::Stop { name } => {

@@ -286,6 +286,18 @@ wait_for 60 "f2 done" bench_done f2
 log "call to node 2 while it is down: $(log_line f1 'FAILED|bench sendrec') (boot of the client + the call: $((T1 - T0)) ms)"
 check "5. calls to node 2's endpoints fail with 'unreachable'" logs_match f1 'FAILED sendrec 0 to 201: NodeUnreachable'
 check "5. DC traffic between nodes 1 and 3 goes on (1000 sendrecs)" logs_match f2 'dvs: bench sendrec n=1000 '
+# Node 1 restarts while node 2 is still down: it remembers where 201 was (directory.json), so calls to it
+# still fail with "unreachable", not "unknown destination".
+for b in bx bl ntf xdc f1 f2; do dvs stop $b >/dev/null; done
+kill "${DAEMON[1]}"; wait "${DAEMON[1]}" 2>/dev/null || true
+start_node 1
+wait_for 20 "node 1 API back" dvsn 1 node status
+wait_for 20 "node 1 sees node 3" peer_up 1 3
+dvs run vos --dc alpha --name f1b --ep 163,164 --svc ipc-bench --mem 16 --on 1 --arg peer=201 --arg n=1 --arg vcopy=0 >/dev/null
+wait_for 30 "f1b done" bench_done f1b
+log "after node 1 restarted, node 2 still down: $(log_line f1b 'FAILED|bench sendrec')"
+check "5. a restarted node still knows the down node's endpoints (unreachable, not unknown)" \
+  logs_match f1b 'FAILED sendrec 0 to 201: NodeUnreachable'
 start_node 2
 wait_for 20 "node 2 API back" dvsn 2 node status
 wait_for 20 "node 1 sees node 2 up" peer_up 1 2

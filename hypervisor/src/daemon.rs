@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use dvs_proxy::placement::PlacementView;
 use dvs_proxy::{Directory, Proxy, ProxyConfig, StaticDirectory};
 use m3ipc_core::NodeId;
 
@@ -43,6 +44,14 @@ pub async fn serve(
         .with_context(|| format!("API listener on {listen}"))?;
     let pid_file = cfg.data_dir.join("node.pid");
     std::fs::write(&pid_file, std::process::id().to_string())?;
+    let cache = cfg.data_dir.join("directory.json");
+    if let Some(known) = std::fs::read(&cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<PlacementView>>(&b).ok())
+    {
+        proxy.preload(&known);
+    }
+    let saver = tokio::spawn(save_directory(proxy.clone(), cache));
     let mgr = Manager::new(cfg.clone(), proxy.clone(), images)?;
     tracing::info!(
         "node {} up: API on http://{listen}, proxy on {}, backend {}",
@@ -59,10 +68,38 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await;
     tracing::info!("node {} stopping: killing its machines", cfg.node);
+    saver.abort();
     mgr.shutdown().await;
     proxy.shutdown();
     let _ = std::fs::remove_file(&pid_file);
     served.context("API server")
+}
+
+/// Keeps a copy of what this node knows about other nodes' endpoints (`directory.json`), so that after a
+/// restart calls to a node that is still down fail with NodeUnreachable rather than UnknownDestination.
+async fn save_directory(proxy: Proxy, path: std::path::PathBuf) {
+    let me = proxy.node().0;
+    let mut last = Vec::new();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let remote: Vec<PlacementView> = proxy
+            .placements()
+            .into_iter()
+            .filter(|p| p.node != me)
+            .collect();
+        if remote == last {
+            continue;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let saved = serde_json::to_vec(&remote)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = saved {
+            tracing::warn!("saving {}: {e}", path.display());
+        }
+        last = remote;
+    }
 }
 
 async fn shutdown_signal() {

@@ -227,6 +227,11 @@ impl Proxy {
         lock(&self.core.switch).placements()
     }
 
+    /// Restores placements of other nodes saved before a restart; see [`Switch::preload`].
+    pub fn preload(&self, known: &[PlacementView]) {
+        lock(&self.core.switch).preload(known);
+    }
+
     /// True while the link to `node` is up.
     pub fn peer_is_up(&self, node: NodeId) -> bool {
         lock(&self.core.switch).peer_is_up(node)

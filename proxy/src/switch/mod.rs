@@ -435,6 +435,22 @@ impl Switch {
         }
     }
 
+    /// Restores what was known of other nodes' endpoints before a restart (their next snapshot corrects it),
+    /// so that calls to a node that is still down fail with NodeUnreachable rather than UnknownDestination.
+    pub fn preload(&mut self, known: &[PlacementView]) {
+        let me = self.node.0;
+        for p in known.iter().filter(|p| p.node != me) {
+            self.bind_remote(
+                NodeId(p.node),
+                Binding {
+                    dc: p.dc,
+                    ep: p.ep,
+                    gen: p.gen,
+                },
+            );
+        }
+    }
+
     fn bind_remote(&mut self, from: NodeId, b: Binding) {
         if !self.cluster.dc_has_node(DcId(b.dc), from) {
             return;

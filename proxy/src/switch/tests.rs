@@ -380,6 +380,25 @@ fn a_taking_over_port_announces_on_its_first_frame() {
 }
 
 #[test]
+fn preloaded_placements_make_a_down_node_unreachable_not_unknown() {
+    let (old, a, _, _) = node1();
+    let saved = old.placements();
+    let mut s = Switch::new(N1, cluster());
+    let mut out = vec![];
+    let a2 = s.add_port(spec("a", DC1, &[10], 10), &mut out).unwrap();
+    s.preload(&saved);
+    assert_eq!(s.lookup(DC1, Endpoint(40)).unwrap().node, N2);
+    assert!(
+        s.lookup(DC1, Endpoint(10)).unwrap().port.is_some(),
+        "local ones stay local"
+    );
+    let mut out = vec![];
+    s.port_frame(a2, m3(Kind::SendRec, DC1, 10, 40, 1), &mut out);
+    assert_eq!(answer(&out[0]).1, ErrorCode::NodeUnreachable as u16);
+    let _ = a;
+}
+
+#[test]
 fn snapshot_replaces_what_a_node_held() {
     let (mut s, _, _, _) = node1();
     s.handle_dir(

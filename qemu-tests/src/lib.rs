@@ -448,6 +448,8 @@ pub struct Harness {
     origin: Instant,
     mac: [u8; 6],
     buf: Vec<u8>,
+    /// Busy-poll the socket this long before blocking (0 = block at once).
+    pub spin: Duration,
 }
 
 /// Host MAC used by the harness.
@@ -475,6 +477,7 @@ impl Harness {
             origin: Instant::now(),
             mac: HOST_MAC,
             buf: vec![0; 65536],
+            spin: Duration::ZERO,
         }
     }
 
@@ -559,9 +562,7 @@ impl Harness {
                     Duration::from_micros(t.as_micros().saturating_sub(self.now().as_micros()));
                 wait = wait.min(until);
             }
-            let wait = wait.max(Duration::from_micros(50));
-            let _ = self.sock.set_read_timeout(Some(wait));
-            if let Ok(n) = self.sock.recv(&mut self.buf) {
+            if let Some(n) = self.recv_wait(wait) {
                 let now = self.now();
                 if let Ok((_, m3)) = EthernetHeader::m3ipc_payload(&self.buf[..n]) {
                     if std::env::var_os("DVS_TRACE").is_some() {
@@ -610,6 +611,30 @@ impl Harness {
                 self.engine.handle_timeout(now);
             }
         }
+    }
+
+    /// Receives one datagram into `buf`, busy-polling for `spin` first, then blocking for the
+    /// rest of `wait` (at least 50 µs).
+    fn recv_wait(&mut self, wait: Duration) -> Option<usize> {
+        if !self.spin.is_zero() {
+            let _ = self.sock.set_nonblocking(true);
+            let t0 = Instant::now();
+            let limit = self.spin.min(wait);
+            loop {
+                if let Ok(n) = self.sock.recv(&mut self.buf) {
+                    return Some(n);
+                }
+                if t0.elapsed() >= limit {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            let _ = self.sock.set_nonblocking(false);
+        }
+        let _ = self
+            .sock
+            .set_read_timeout(Some(wait.max(Duration::from_micros(50))));
+        self.sock.recv(&mut self.buf).ok()
     }
 
     /// One sendrec from local `src` to `dst`.

@@ -68,11 +68,14 @@ pub struct Config {
     pub local_n: u32,
     /// Seconds between counter lines on the console (0 = only on change, at most 1/s).
     pub stats: u32,
+    /// How long the loop keeps polling after the last work before it halts (µs).
+    pub spin_us: u32,
     /// virtio-mmio devices (microvm).
     pub mmio: Vec<MmioDevice>,
 }
 
-const KEYS: &str = "dc, ep, svc, ip, gw, pub_ip, pub_gw, peer, inc, n, vcopy, buf, local_n, stats";
+const KEYS: &str =
+    "dc, ep, svc, ip, gw, pub_ip, pub_gw, peer, inc, n, vcopy, buf, local_n, stats, spin_us";
 
 fn num<T: TryFrom<u64>>(key: &str, v: &str) -> Result<T, String> {
     let parsed = if let Some(hex) = v.strip_prefix("0x") {
@@ -150,6 +153,7 @@ impl Config {
             buf: 16384,
             local_n: 0,
             stats: 0,
+            spin_us: 300,
             mmio: Vec::new(),
         };
         let mut dc = None;
@@ -196,6 +200,7 @@ impl Config {
                 "buf" => c.buf = num(k, v)?,
                 "local_n" => c.local_n = num(k, v)?,
                 "stats" => c.stats = num(k, v)?,
+                "spin_us" => c.spin_us = num(k, v)?,
                 "virtio_mmio.device" => c.mmio.push(mmio(v)?),
                 _ => return Err(format!("unknown key '{k}' in '{word}' (keys: {KEYS})")),
             }

@@ -38,8 +38,6 @@ static HEAP: LockedHeap = LockedHeap::empty();
 /// Longest gap between two busy turns of the loop (a sign of the host descheduling us).
 static LOOP_GAP_MAX: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-/// How long the loop keeps polling after the last work before it halts.
-const SPIN_US: u64 = 300;
 /// Longest halt (the LAPIC counter's range at ~1 GHz is 4.29 s).
 const MAX_SLEEP_US: u64 = 4_000_000;
 
@@ -356,7 +354,7 @@ fn run(
             last_work = now_us;
             continue;
         }
-        if now_us.saturating_sub(last_work) < SPIN_US {
+        if now_us.saturating_sub(last_work) < cfg.spin_us as u64 {
             continue;
         }
         // Idle: refine the clock rate once, report changed counters (at most once per

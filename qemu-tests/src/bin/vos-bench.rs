@@ -69,15 +69,16 @@ fn boot_ms(machine: Machine, accel: Accel) -> (f64, f64) {
     (median(&mut r), median(&mut f))
 }
 
-/// Boots echo on a dgram NIC and measures host-harness sendrec round trips (µs).
-fn guest_rtt(accel: Accel) -> Result<(f64, f64), String> {
+/// Boots echo on a dgram NIC (guest command line `extra` appended) and measures
+/// host-harness sendrec round trips (µs).
+fn guest_rtt(accel: Accel, extra: &str) -> Result<(f64, f64), String> {
     let dir = TempDir::new();
     let (guest, host) = (dir.0.join("g.sock"), dir.0.join("h.sock"));
     let mut h = Harness::new(DC, &[HOST_EP], &host, &guest);
     let mut spec = VmSpec::new(
         Machine::Microvm,
         accel,
-        &format!("dc={DC} ep={GUEST_EP} svc=echo"),
+        &format!("dc={DC} ep={GUEST_EP} svc=echo {extra}"),
     );
     spec.mem_mib = 8;
     spec.nics.push(NicBackend::Dgram { guest, host });
@@ -195,9 +196,12 @@ fn main() {
         .map(|(m, p)| format!("raw TCP loopback {m:.1} / {p:.1} µs"))
         .unwrap_or_else(|e| e);
     let rtt = |a: Accel| {
-        guest_rtt(a)
-            .map(|(m, p)| format!("{m:.1} / {p:.1} µs"))
-            .unwrap_or_else(|e| format!("failed: {e}"))
+        guest_rtt(
+            a,
+            &std::env::var("VOS_BENCH_GUEST_ARGS").unwrap_or_default(),
+        )
+        .map(|(m, p)| format!("{m:.1} / {p:.1} µs"))
+        .unwrap_or_else(|e| format!("failed: {e}"))
     };
     rows.push([
         "host↔guest sendrec median / p99".into(),

@@ -149,9 +149,10 @@ impl Machine {
 /// A network backend for one guest NIC.
 #[derive(Clone, Debug)]
 pub enum NicBackend {
-    /// QEMU user networking, optionally forwarding a host TCP port to guest port 80.
+    /// QEMU user networking, optionally forwarding a host port to guest TCP port 80 and
+    /// the same host UDP port to guest UDP port 7.
     User {
-        /// Host port forwarded to the guest's port 80.
+        /// Host port forwarded to the guest's TCP port 80 (and UDP port 7).
         hostfwd: Option<u16>,
     },
     /// A unix datagram socket pair: QEMU binds `guest`, sends to `host`.
@@ -228,7 +229,9 @@ impl VmSpec {
         for (i, nic) in self.nics.iter().enumerate() {
             let netdev = match nic {
                 NicBackend::User { hostfwd: Some(p) } => {
-                    format!("user,id=n{i},hostfwd=tcp:127.0.0.1:{p}-:80")
+                    format!(
+                        "user,id=n{i},hostfwd=tcp:127.0.0.1:{p}-:80,hostfwd=udp:127.0.0.1:{p}-:7"
+                    )
                 }
                 NicBackend::User { hostfwd: None } => format!("user,id=n{i}"),
                 NicBackend::Dgram { guest, host } => format!(

@@ -94,7 +94,7 @@ fn http_get_through_publish_nic() {
     let mut spec = VmSpec::new(
         Machine::Microvm,
         a,
-        "dc=1 ep=10 svc=http,echo ip=10.1.0.2/24 pub_ip=10.0.2.15/24 pub_gw=10.0.2.2",
+        "dc=1 ep=10 svc=http,echo,udp-echo ip=10.1.0.2/24 pub_ip=10.0.2.15/24 pub_gw=10.0.2.2",
     );
     spec.nics.push(NicBackend::Dgram {
         guest: dir.0.join("g.sock"),
@@ -153,6 +153,21 @@ fn http_get_through_publish_nic() {
         &text[..text.len().min(600)]
     );
     assert!(out.len() > 65536, "big page truncated: {} bytes", out.len());
+    // UDP echo on the same NIC.
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp bind");
+    u.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("udp timeout");
+    let mut got = None;
+    for _ in 0..10 {
+        u.send_to(b"dvs udp echo", ("127.0.0.1", port))
+            .expect("udp send");
+        let mut b = [0u8; 64];
+        if let Ok(n) = u.recv(&mut b) {
+            got = Some(b[..n].to_vec());
+            break;
+        }
+    }
+    assert_eq!(got.as_deref(), Some(&b"dvs udp echo"[..]), "no UDP echo");
     // Several clients at once.
     let clients: Vec<_> = (0..4)
         .map(|_| {

@@ -15,6 +15,8 @@ pub enum Service {
     Echo,
     /// M3-IPC benchmark client against `peer`.
     IpcBench,
+    /// UDP echo on port 7.
+    UdpEcho,
 }
 
 /// An IPv4 address with its prefix length.
@@ -181,10 +183,11 @@ impl Config {
                             "http" => Service::Http,
                             "echo" => Service::Echo,
                             "ipc-bench" => Service::IpcBench,
+                            "udp-echo" => Service::UdpEcho,
                             _ => {
                                 return Err(format!(
-                                    "svc={v}: unknown service '{s}' (http, echo, ipc-bench)"
-                                ))
+                                "svc={v}: unknown service '{s}' (http, echo, ipc-bench, udp-echo)"
+                            ))
                             }
                         });
                     }
@@ -209,15 +212,22 @@ impl Config {
         if c.services.is_empty() {
             return Err("missing svc=<http,echo,ipc-bench>".into());
         }
-        let ipc = c.services.iter().any(|s| *s != Service::Http);
+        let ipc = c
+            .services
+            .iter()
+            .any(|s| matches!(s, Service::Echo | Service::IpcBench));
         if ipc && c.endpoints.is_empty() {
             return Err("svc echo/ipc-bench need ep=<endpoint,...>".into());
         }
         if c.services.contains(&Service::IpcBench) && c.peer.is_none() {
             return Err("svc=ipc-bench needs peer=<endpoint>".into());
         }
-        if c.services.contains(&Service::Http) && c.ip.is_none() && c.pub_ip.is_none() {
-            return Err("svc=http needs ip= or pub_ip=".into());
+        let ip_svc = c
+            .services
+            .iter()
+            .any(|s| matches!(s, Service::Http | Service::UdpEcho));
+        if ip_svc && c.ip.is_none() && c.pub_ip.is_none() {
+            return Err("svc=http and svc=udp-echo need ip= or pub_ip=".into());
         }
         Ok(c)
     }

@@ -148,17 +148,29 @@ extern "C" fn vos_entry(start_info: u32) -> ! {
             ));
         }
     }
+    // IP services run on the publish NIC when there is one, else on the fabric NIC.
+    let n = net.borrow().ports.len();
+    let ip_port = if n > 1 && cfg.pub_ip.is_some() && cfg.ip.is_some() {
+        1
+    } else {
+        0
+    };
+    let ip_svcs = cfg
+        .services
+        .iter()
+        .any(|s| matches!(s, Service::Http | Service::UdpEcho));
+    if ip_svcs && n == 0 {
+        fatal("svc=http/udp-echo need a virtio-net device (-device virtio-net-...)");
+    }
     if cfg.services.contains(&Service::Http) {
-        let n = net.borrow().ports.len();
-        let port = if n > 1 && cfg.pub_ip.is_some() && cfg.ip.is_some() {
-            1
-        } else {
-            0
-        };
-        if n == 0 {
-            fatal("svc=http needs a virtio-net device (-device virtio-net-...)");
-        }
-        exec.spawn(services::http::serve(net.clone(), port, http_stats.clone()));
+        exec.spawn(services::http::serve(
+            net.clone(),
+            ip_port,
+            http_stats.clone(),
+        ));
+    }
+    if cfg.services.contains(&Service::UdpEcho) {
+        exec.spawn(services::udp_echo::serve(net.clone(), ip_port));
     }
     if let (Some(c), Some(peer)) = (client_ep, cfg.peer) {
         exec.spawn(services::ipc_bench::run(
@@ -178,6 +190,7 @@ extern "C" fn vos_entry(start_info: u32) -> ! {
             Service::Http => "http",
             Service::Echo => "echo",
             Service::IpcBench => "ipc-bench",
+            Service::UdpEcho => "udp-echo",
         })
         .collect();
     let macs: Vec<String> = net

@@ -380,3 +380,35 @@ fn idle_instance_uses_little_cpu() {
         .unwrap_or_else(|e| panic!("sendrec after idle: {e}"));
     assert_eq!(r.mtype, 7);
 }
+
+#[test]
+fn ipc_bench_against_local_echo() {
+    let _g = exclusive();
+    let a = accel();
+    let mut spec = VmSpec::new(
+        Machine::Microvm,
+        a,
+        "dc=1 ep=10,11 svc=echo,ipc-bench peer=11 n=2000 vcopy=262144 buf=262144 local_n=1000",
+    );
+    spec.mem_mib = 16;
+    let mut vm = Vm::start(&spec);
+    let t = secs(a, 15);
+    let local = vm
+        .wait_line("dvs: local-sendrec", t)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(field(&local, "ns_per_call").is_some(), "{local}");
+    let line = vm
+        .wait_line("dvs: bench sendrec", t)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        field(&line, "n") == Some(2000)
+            && field(&line, "median_ns").is_some()
+            && field(&line, "p99_ns").is_some(),
+        "{line}"
+    );
+    let v = vm
+        .wait_line("dvs: bench vcopy", t)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(field(&v, "bytes"), Some(262144), "{v}");
+    assert!(!vm.output().contains("FAILED"), "{}", vm.output());
+}

@@ -47,14 +47,23 @@ impl Executor {
         self.tasks.push(Box::pin(f));
     }
 
-    /// Polls every task once; returns (whether any made progress, earliest wake-up wanted).
+    /// Polls every task, again while they make progress (at most `ROUNDS` times, so that
+    /// devices are not starved); returns (whether any made progress, earliest wake-up wanted).
     pub fn run_once(&mut self) -> (bool, u64) {
-        SHARED.progress.set(false);
+        const ROUNDS: usize = 32;
         SHARED.wake_at.set(u64::MAX);
         let mut cx = Context::from_waker(Waker::noop());
-        self.tasks
-            .retain_mut(|t| t.as_mut().poll(&mut cx).is_pending());
-        (SHARED.progress.get(), SHARED.wake_at.get())
+        let mut any = false;
+        for _ in 0..ROUNDS {
+            SHARED.progress.set(false);
+            self.tasks
+                .retain_mut(|t| t.as_mut().poll(&mut cx).is_pending());
+            if !SHARED.progress.get() {
+                break;
+            }
+            any = true;
+        }
+        (any, SHARED.wake_at.get())
     }
 
     /// Number of live tasks.

@@ -140,6 +140,22 @@ fn local_ns(accel: Accel) -> Result<u64, String> {
     field(&line, "ns_per_call").ok_or_else(|| format!("no ns_per_call in '{line}'"))
 }
 
+/// ipc-bench against a local echo endpoint through the task API (median ns, ops/s).
+fn task_sendrec(accel: Accel) -> Result<(u64, u64), String> {
+    let mut spec = VmSpec::new(
+        Machine::Microvm,
+        accel,
+        "dc=1 ep=10,11 svc=echo,ipc-bench peer=11 n=100000 vcopy=0",
+    );
+    spec.mem_mib = 8;
+    let mut vm = Vm::start(&spec);
+    let line = vm.wait_line("dvs: bench sendrec", accel.timeout(Duration::from_secs(20)))?;
+    match (field(&line, "median_ns"), field(&line, "ops_per_s")) {
+        (Some(m), Some(o)) => Ok((m, o)),
+        _ => Err(format!("unexpected bench line '{line}'")),
+    }
+}
+
 /// CPU use of an idle instance over 5 s, in percent of one core.
 fn idle_pct(accel: Accel) -> Result<f64, String> {
     let dir = TempDir::new();
@@ -220,6 +236,17 @@ fn main() {
         col(Accel::Kvm, &local),
         col(Accel::Tcg, &local),
         "≤ 300 ns".into(),
+    ]);
+    let tasks = |a: Accel| {
+        task_sendrec(a)
+            .map(|(m, o)| format!("{m} ns median, {o} ops/s"))
+            .unwrap_or_else(|e| format!("failed: {e}"))
+    };
+    rows.push([
+        "in-guest sendrec via tasks".into(),
+        col(Accel::Kvm, &tasks),
+        col(Accel::Tcg, &tasks),
+        "ipc-bench ↔ echo, same VM".into(),
     ]);
     eprintln!("vos-bench: idle CPU");
     let idle = |a: Accel| {

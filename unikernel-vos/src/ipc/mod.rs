@@ -6,7 +6,6 @@ pub mod local_bench;
 
 use crate::drivers::net::Nic;
 use crate::executor;
-use alloc::collections::BTreeMap;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cell::RefCell;
@@ -23,7 +22,8 @@ pub struct Ipc {
     /// The engine.
     pub engine: Engine,
     /// Results of finished calls, waiting for their task.
-    done: BTreeMap<Endpoint, Result<Completion, ErrorCode>>,
+    /// (A few endpoints: a vector, which unlike a map does not allocate per call.)
+    done: Vec<(Endpoint, Result<Completion, ErrorCode>)>,
     /// Ethernet frames refused before the engine (not M3-IPC, too short).
     pub bad_ethernet: u64,
     /// Notifications that could not be delivered.
@@ -53,7 +53,7 @@ impl Ipc {
     pub fn new(engine: Engine, mac: [u8; 6]) -> Ipc {
         Ipc {
             engine,
-            done: BTreeMap::new(),
+            done: Vec::with_capacity(8),
             bad_ethernet: 0,
             notify_failed: 0,
             delivered_elided: 0,
@@ -79,16 +79,23 @@ impl Ipc {
             self.engine.handle_timeout(now);
             work = true;
         }
+        work | self.collect_events()
+    }
+
+    /// Moves finished calls from the engine to their tasks' slots; true if there were any.
+    pub fn collect_events(&mut self) -> bool {
+        let mut any = false;
         while let Some(ev) = self.engine.poll_event() {
-            work = true;
+            any = true;
             match ev {
-                Event::Done { ep, result } => {
-                    self.done.insert(ep, result);
-                }
+                Event::Done { ep, result } => match self.done.iter_mut().find(|(e, _)| *e == ep) {
+                    Some(slot) => slot.1 = result,
+                    None => self.done.push((ep, result)),
+                },
                 Event::NotifyFailed { .. } => self.notify_failed += 1,
             }
         }
-        work
+        any
     }
 
     /// Sends every frame the engine has queued on `nic` (once per loop turn, after the tasks
@@ -171,12 +178,23 @@ impl Ipc {
 
 /// Waits for the result of `ep`'s blocking call.
 async fn wait(ipc: &IpcRef, ep: Endpoint) -> Result<Completion, ErrorCode> {
-    poll_fn(|_| match ipc.borrow_mut().done.remove(&ep) {
-        Some(r) => {
-            executor::progress();
-            Poll::Ready(r)
+    poll_fn(|_| {
+        let mut i = ipc.borrow_mut();
+        // Calls between local endpoints finish inside the engine: pick them up here, so a
+        // local sendrec needs no turn of the main loop.
+        i.collect_events();
+        match i
+            .done
+            .iter()
+            .position(|(e, _)| *e == ep)
+            .map(|at| i.done.swap_remove(at).1)
+        {
+            Some(r) => {
+                executor::progress();
+                Poll::Ready(r)
+            }
+            None => Poll::Pending,
         }
-        None => Poll::Pending,
     })
     .await
 }

@@ -412,3 +412,39 @@ fn ipc_bench_against_local_echo() {
     assert_eq!(field(&v, "bytes"), Some(262144), "{v}");
     assert!(!vm.output().contains("FAILED"), "{}", vm.output());
 }
+
+#[test]
+fn guest_to_guest_over_dgram_pair() {
+    let _g = exclusive();
+    let a = accel();
+    let dir = TempDir::new();
+    let (pa, pb) = (dir.0.join("a.sock"), dir.0.join("b.sock"));
+    let mut server = VmSpec::new(Machine::Microvm, a, "dc=1 ep=20 svc=echo buf=1048576");
+    server.nics.push(NicBackend::Dgram {
+        guest: pb.clone(),
+        host: pa.clone(),
+    });
+    let mut srv = Vm::start(&server);
+    srv.wait_line("dvs: ready", secs(a, 10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut client = VmSpec::new(
+        Machine::Microvm,
+        a,
+        "dc=1 ep=10 svc=ipc-bench peer=20 n=1000 vcopy=1048576",
+    );
+    client.nics.push(NicBackend::Dgram {
+        guest: pa,
+        host: pb,
+    });
+    let mut cli = Vm::start(&client);
+    let t = secs(a, 20);
+    let line = cli
+        .wait_line("dvs: bench sendrec", t)
+        .unwrap_or_else(|e| panic!("{e}\nserver:\n{}", srv.output()));
+    assert_eq!(field(&line, "n"), Some(1000), "{line}");
+    let v = cli
+        .wait_line("dvs: bench vcopy", t)
+        .unwrap_or_else(|e| panic!("{e}\nserver:\n{}", srv.output()));
+    assert!(!v.contains("FAILED"), "{v}");
+    eprintln!("qemu-tests: guest-to-guest {line}\nqemu-tests: {v}");
+}

@@ -156,6 +156,37 @@ fn task_sendrec(accel: Accel) -> Result<(u64, u64), String> {
     }
 }
 
+/// ipc-bench in one VM against echo in another, over a unix datagram socket pair (no proxy):
+/// (median µs, p99 µs).
+fn guest_to_guest(accel: Accel) -> Result<(f64, f64), String> {
+    let dir = TempDir::new();
+    let (pa, pb) = (dir.0.join("a.sock"), dir.0.join("b.sock"));
+    let mut server = VmSpec::new(Machine::Microvm, accel, "dc=1 ep=20 svc=echo");
+    server.mem_mib = 8;
+    server.nics.push(NicBackend::Dgram {
+        guest: pb.clone(),
+        host: pa.clone(),
+    });
+    let mut srv = Vm::start(&server);
+    srv.wait_line("dvs: ready", accel.timeout(Duration::from_secs(10)))?;
+    let mut client = VmSpec::new(
+        Machine::Microvm,
+        accel,
+        "dc=1 ep=10 svc=ipc-bench peer=20 n=2000 vcopy=0",
+    );
+    client.mem_mib = 8;
+    client.nics.push(NicBackend::Dgram {
+        guest: pa,
+        host: pb,
+    });
+    let mut cli = Vm::start(&client);
+    let line = cli.wait_line("dvs: bench sendrec", accel.timeout(Duration::from_secs(30)))?;
+    match (field(&line, "median_ns"), field(&line, "p99_ns")) {
+        (Some(m), Some(p)) => Ok((m as f64 / 1000.0, p as f64 / 1000.0)),
+        _ => Err(format!("unexpected bench line '{line}'")),
+    }
+}
+
 /// CPU use of an idle instance over 5 s, in percent of one core.
 fn idle_pct(accel: Accel) -> Result<f64, String> {
     let dir = TempDir::new();
@@ -224,6 +255,17 @@ fn main() {
         col(Accel::Kvm, &rtt),
         col(Accel::Tcg, &rtt),
         format!("≤ 2x {tcp}"),
+    ]);
+    let g2g = |a: Accel| {
+        guest_to_guest(a)
+            .map(|(m, p)| format!("{m:.1} / {p:.1} µs"))
+            .unwrap_or_else(|e| format!("failed: {e}"))
+    };
+    rows.push([
+        "guest↔guest sendrec median / p99".into(),
+        col(Accel::Kvm, &g2g),
+        col(Accel::Tcg, &g2g),
+        "two VMs, dgram pair, no proxy".into(),
     ]);
     eprintln!("vos-bench: in-guest local sendrec");
     let local = |a: Accel| {

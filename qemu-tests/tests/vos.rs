@@ -379,6 +379,26 @@ fn idle_instance_uses_little_cpu() {
         .sendrec(HOST_EP, GUEST_EP, Message::new(7), t)
         .unwrap_or_else(|e| panic!("sendrec after idle: {e}"));
     assert_eq!(r.mtype, 7);
+    // A halted guest wakes on the device interrupt, not on some later timer.
+    let mut lat = Vec::new();
+    for i in 0..20 {
+        std::thread::sleep(Duration::from_millis(5));
+        let t0 = std::time::Instant::now();
+        h.sendrec(HOST_EP, GUEST_EP, Message::new(i), t)
+            .unwrap_or_else(|e| panic!("spaced sendrec {i}: {e}"));
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    eprintln!(
+        "qemu-tests: sendrec to a halted guest: median {:?} ({})",
+        lat[10],
+        a.name()
+    );
+    assert!(
+        lat[10] < Duration::from_millis(3),
+        "halted guest answers in {:?} (median): lost wake-ups?",
+        lat[10]
+    );
 }
 
 #[test]

@@ -97,6 +97,32 @@ fn guest_rtt(accel: Accel, extra: &str) -> Result<(f64, f64), String> {
     Ok((median(&mut lat), p99(&mut lat)))
 }
 
+/// Host-harness sendrec to a guest that halted before each call (5 ms apart): the cost of
+/// waking it through the device interrupt (median µs, p99 µs).
+fn halted_rtt(accel: Accel) -> Result<(f64, f64), String> {
+    let dir = TempDir::new();
+    let (guest, host) = (dir.0.join("g.sock"), dir.0.join("h.sock"));
+    let mut h = Harness::new(DC, &[HOST_EP], &host, &guest);
+    let mut spec = VmSpec::new(
+        Machine::Microvm,
+        accel,
+        &format!("dc={DC} ep={GUEST_EP} svc=echo"),
+    );
+    spec.mem_mib = 8;
+    spec.nics.push(NicBackend::Dgram { guest, host });
+    let mut vm = Vm::start(&spec);
+    vm.wait_line("dvs: ready", accel.timeout(Duration::from_secs(10)))?;
+    let to = accel.timeout(Duration::from_secs(2));
+    let mut lat = Vec::new();
+    for i in 0..200 {
+        std::thread::sleep(Duration::from_millis(5));
+        let t0 = Instant::now();
+        h.sendrec(HOST_EP, GUEST_EP, Message::new(i), to)?;
+        lat.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok((median(&mut lat), p99(&mut lat)))
+}
+
 /// Raw TCP ping-pong of 64-byte messages on loopback (µs).
 fn tcp_rtt() -> Result<(f64, f64), String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
@@ -255,6 +281,17 @@ fn main() {
         col(Accel::Kvm, &rtt),
         col(Accel::Tcg, &rtt),
         format!("≤ 2x {tcp}"),
+    ]);
+    let halted = |a: Accel| {
+        halted_rtt(a)
+            .map(|(m, p)| format!("{m:.1} / {p:.1} µs"))
+            .unwrap_or_else(|e| format!("failed: {e}"))
+    };
+    rows.push([
+        "  same, guest halted before each call".into(),
+        col(Accel::Kvm, &halted),
+        col(Accel::Tcg, &halted),
+        "wake-up by device interrupt".into(),
     ]);
     let g2g = |a: Accel| {
         guest_to_guest(a)

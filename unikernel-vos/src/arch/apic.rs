@@ -71,13 +71,16 @@ pub fn mask_timer() {
     lapic_write(TIMER_INITIAL, 0);
 }
 
-/// Routes IOAPIC input `pin` (level-triggered, active high) to this CPU's device vector.
+/// Routes IOAPIC input `pin` to this CPU's device vector for that pin, edge-triggered and
+/// active high. Edge, not level, even for PCI INTx: the loop acknowledges every device before
+/// it halts, so each new event is a rising edge, and QEMU's userspace IOAPIC (TCG) loses
+/// level-triggered wake-ups (a halted guest then answered in 6.5 ms instead of 0.15 ms).
 pub fn route_irq(pin: u8) -> Result<(), u8> {
     if pin >= DEVICE_VECTORS {
         return Err(pin);
     }
     let vector = DEVICE_VECTOR_BASE as u32 + pin as u32;
     ioapic_write(0x11 + 2 * pin as u32, 0); // destination: APIC id 0
-    ioapic_write(0x10 + 2 * pin as u32, vector | (1 << 15));
+    ioapic_write(0x10 + 2 * pin as u32, vector);
     Ok(())
 }

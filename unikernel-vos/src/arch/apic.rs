@@ -8,6 +8,7 @@ const LAPIC: usize = 0xFEE0_0000;
 const IOAPIC: usize = 0xFEC0_0000;
 
 const TPR: usize = 0x80;
+const EOI: usize = 0xB0;
 const SVR: usize = 0xF0;
 const LVT_TIMER: usize = 0x320;
 const LVT_LINT0: usize = 0x350;
@@ -45,6 +46,11 @@ pub fn init() {
     lapic_write(LVT_LINT1, MASKED);
     lapic_write(TIMER_DIVIDE, 0xB); // divide by 1
     lapic_write(LVT_TIMER, MASKED | TIMER_VECTOR as u32);
+}
+
+/// Signals end of interrupt to the LAPIC.
+pub fn eoi() {
+    lapic_write(EOI, 0);
 }
 
 /// Starts a masked one-shot countdown from the maximum, for calibration.

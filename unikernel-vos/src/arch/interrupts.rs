@@ -55,14 +55,10 @@ exc_common:
     and rsp, -16
     call vos_exception
 
-    /* Device and timer interrupts: acknowledge at the LAPIC and return; the main loop,
-       back in ring 3, polls the devices. */
+    /* Device and timer interrupts only ever arrive inside the halt gate: return at once.
+       Ring 3 sends the EOI after the halt (`halt`), and polls the devices. */
     .global irq_stub
 irq_stub:
-    push rax
-    mov rax, 0xFEE000B0
-    mov dword ptr [rax], 0
-    pop rax
     iretq
 
     .global spurious_stub
@@ -70,32 +66,41 @@ spurious_stub:
     iretq
 
     /* The halt gate. Paravirtual KVM refuses `int n` and `syscall` to ring 0 from ring 3,
-       but faults still arrive: ring 3 executes `hlt`, which raises #GP; this handler sees
-       the hlt byte at the faulting rip, steps over it, and halts in ring 0 with interrupts
+       but faults still arrive: ring 3 executes the `hlt` at vos_halt_insn, which raises
+       #GP; this handler sees that rip, steps over it, and halts in ring 0 with interrupts
        enabled for exactly that one hlt (sti's shadow closes the race with a pending IRQ),
        then returns to ring 3 with its flags (IF=0). Any other #GP is fatal. */
     .global gp_stub
 gp_stub:
-    push rax
-    mov rax, [rsp + 16]
-    cmp byte ptr [rax], 0xF4
+    cmp qword ptr [rsp + 8], offset vos_halt_insn
     jne 1f
-    inc rax
-    mov [rsp + 16], rax
-    pop rax
+    add qword ptr [rsp + 8], 1
     add rsp, 8
     sti
     hlt
     cli
     iretq
 1:
-    pop rax
     push 13
     jmp exc_common
 "#
 );
 
+global_asm!(
+    r#"
+    .section .text
+    /* Ring 3's halt: this hlt faults (#GP), and gp_stub recognises its address. */
+    .global vos_halt
+vos_halt:
+    .global vos_halt_insn
+vos_halt_insn:
+    hlt
+    ret
+"#
+);
+
 extern "C" {
+    fn vos_halt();
     fn irq_stub();
     fn spurious_stub();
     fn gp_stub();
@@ -134,8 +139,11 @@ pub fn init() {
 
 /// Sleeps (ring 0 `sti; hlt`) until the next interrupt; returns with interrupts off again.
 pub fn halt() {
-    // SAFETY: the #GP handler turns this hlt into one ring-0 halt and returns past it.
-    unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) };
+    // SAFETY: vos_halt's hlt faults; the #GP handler halts in ring 0 and returns past it.
+    unsafe { vos_halt() };
+    // The interrupt that woke us was not acknowledged in ring 0 (fewer emulated ring-0
+    // instructions under paravirtual KVM): end it here. Harmless if nothing is in service.
+    super::apic::eoi();
 }
 
 /// Exception entry, reached in ring 0: names the exception and ends the VM.

@@ -75,7 +75,8 @@ pub fn exit(code: ExitCode) -> ! {
     }
 }
 
-/// Seconds since 2000-01-01 from the CMOS real-time clock (used as the default incarnation).
+/// A count of seconds since 2000 from the CMOS real-time clock that grows with the date and
+/// time (the default incarnation; not calendar-exact).
 pub fn rtc_seconds() -> u32 {
     let read = |reg: u8| {
         outb(0x70, reg);
@@ -91,7 +92,8 @@ pub fn rtc_seconds() -> u32 {
     };
     let (s, m, h) = (conv(read(0x00)), conv(read(0x02)), conv(read(0x04) & 0x7F));
     let (d, mo, y) = (conv(read(0x07)), conv(read(0x08)), conv(read(0x09)));
-    let days = y * 365 + y / 4 + (mo.saturating_sub(1)) * 31 + d;
+    // 31-day months and 372-day years: not calendar days, but never decreasing.
+    let days = y * 372 + mo.saturating_sub(1) * 31 + d;
     let secs = ((days * 24 + h) * 60 + m) * 60 + s;
     if secs == 0 {
         (time::rdtsc() >> 10) as u32 | 1

@@ -494,6 +494,15 @@ impl Harness {
         self.sock.send_to(frame, &self.guest)
     }
 
+    /// Receives one raw Ethernet frame from the guest, or None after `timeout`.
+    pub fn recv_raw(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let _ = self
+            .sock
+            .set_read_timeout(Some(timeout.max(Duration::from_micros(50))));
+        let n = self.sock.recv(&mut self.buf).ok()?;
+        Some(self.buf[..n].to_vec())
+    }
+
     /// Wraps an M3-IPC frame in Ethernet (broadcast destination) and sends it.
     pub fn send_m3(&self, m3: &[u8]) -> std::io::Result<usize> {
         let mut f = vec![0u8; ETH_HEADER_LEN + m3.len()];
@@ -697,4 +706,74 @@ pub fn field(line: &str, key: &str) -> Option<u64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
         .and_then(|v| v.parse().ok())
+}
+
+/// Internet checksum (RFC 1071) of `data`.
+pub fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
+        sum += w as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet frame carrying an ARP packet (`oper` 1 = request, 2 = reply).
+pub fn arp_frame(
+    oper: u16,
+    sha: [u8; 6],
+    spa: [u8; 4],
+    tha: [u8; 6],
+    tpa: [u8; 4],
+    dst: [u8; 6],
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4]);
+    f.extend_from_slice(&oper.to_be_bytes());
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa);
+    f.extend_from_slice(&tha);
+    f.extend_from_slice(&tpa);
+    f
+}
+
+/// An Ethernet frame carrying an ICMP echo request from `src` to `dst`.
+pub fn icmp_echo_frame(
+    (smac, src): ([u8; 6], [u8; 4]),
+    (dmac, dst): ([u8; 6], [u8; 4]),
+    id: u16,
+    seq: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![8u8, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&seq.to_be_bytes());
+    icmp.extend_from_slice(payload);
+    let c = inet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let total = (20 + icmp.len()) as u16;
+    let mut ip = vec![0x45u8, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = inet_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dmac);
+    f.extend_from_slice(&smac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
 }

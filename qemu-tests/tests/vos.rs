@@ -468,3 +468,77 @@ fn guest_to_guest_over_dgram_pair() {
     assert!(!v.contains("FAILED"), "{v}");
     eprintln!("qemu-tests: guest-to-guest {line}\nqemu-tests: {v}");
 }
+
+#[test]
+fn gratuitous_arp_arp_and_icmp_echo_on_the_fabric_nic() {
+    let _g = exclusive();
+    let a = accel();
+    let dir = TempDir::new();
+    let (guest, host) = (dir.0.join("guest.sock"), dir.0.join("host.sock"));
+    let mut h = Harness::new(DC, &[HOST_EP], &host, &guest);
+    let mut spec = VmSpec::new(Machine::Microvm, a, "dc=1 ep=10 svc=echo ip=10.1.0.2/24");
+    spec.nics.push(NicBackend::Dgram { guest, host });
+    let mut vm = Vm::start(&spec);
+    vm.wait_line("dvs: ready", secs(a, 10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (guest_ip, host_ip) = ([10, 1, 0, 2], [10, 1, 0, 1]);
+    // The gratuitous ARP sent at start.
+    let deadline = std::time::Instant::now() + secs(a, 5);
+    let guest_mac = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no gratuitous ARP from the guest"
+        );
+        let Some(f) = h.recv_raw(Duration::from_millis(200)) else {
+            continue;
+        };
+        if f.len() >= 42 && f[12..14] == [8, 6] && f[28..32] == guest_ip && f[38..42] == guest_ip {
+            let mut m = [0u8; 6];
+            m.copy_from_slice(&f[6..12]);
+            break m;
+        }
+    };
+    // Ping it; answer its ARP request for us.
+    let deadline = std::time::Instant::now() + secs(a, 5);
+    let mut tries = 0;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ICMP echo reply after {tries} pings\n{}",
+            vm.output()
+        );
+        tries += 1;
+        let ping = icmp_echo_frame(
+            (HOST_MAC, host_ip),
+            (guest_mac, guest_ip),
+            0x1234,
+            tries,
+            b"dvs-ping",
+        );
+        h.send_raw(&ping)
+            .unwrap_or_else(|e| panic!("send ping: {e}\n{}", vm.output()));
+        let until = std::time::Instant::now() + Duration::from_millis(300);
+        let mut replied = false;
+        while let Some(f) = h.recv_raw(until.saturating_duration_since(std::time::Instant::now())) {
+            if f.len() >= 42 && f[12..14] == [8, 6] && f[20..22] == [0, 1] && f[38..42] == host_ip {
+                let reply = arp_frame(2, HOST_MAC, host_ip, guest_mac, guest_ip, guest_mac);
+                h.send_raw(&reply).expect("send ARP reply");
+            } else if f.len() >= 42
+                && f[12..14] == [8, 0]
+                && f[23] == 1
+                && f[34] == 0
+                && f[38..40] == [0x12, 0x34]
+            {
+                assert!(f.ends_with(b"dvs-ping"), "echo payload differs");
+                replied = true;
+                break;
+            }
+            if std::time::Instant::now() >= until {
+                break;
+            }
+        }
+        if replied {
+            break;
+        }
+    }
+}

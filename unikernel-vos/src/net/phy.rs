@@ -16,7 +16,7 @@ pub struct Phy<'a> {
     pub ip_rx: &'a RefCell<VecDeque<RxSlot>>,
 }
 
-/// A received frame; its buffer goes back to the device after `consume`.
+/// A received frame; its buffer goes back to the device in `consume`.
 pub struct RxToken<'a> {
     nic: &'a RefCell<Nic>,
     slot: RxSlot,
@@ -29,9 +29,18 @@ pub struct TxToken<'a> {
 
 impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let r = f(self.nic.borrow().frame(&self.slot));
-        self.nic.borrow_mut().recycle(self.slot);
-        r
+        // smoltcp answers some frames (ARP, ICMP echo) from inside `f` through a TxToken,
+        // which needs the NIC mutably: copy the frame out and give the buffer back first.
+        let mut copy = [0u8; BUF_LEN];
+        let len = {
+            let mut nic = self.nic.borrow_mut();
+            let frame = nic.frame(&self.slot);
+            let len = frame.len().min(BUF_LEN);
+            copy[..len].copy_from_slice(&frame[..len]);
+            nic.recycle(self.slot);
+            len
+        };
+        f(&copy[..len])
     }
 }
 

@@ -87,12 +87,22 @@ fn boot_ready_q35() {
 
 #[test]
 fn http_get_through_publish_nic() {
+    http_checks(Machine::Microvm);
+}
+
+#[test]
+fn http_get_through_publish_nic_q35() {
+    http_checks(Machine::Q35);
+}
+
+/// Two NICs (dgram fabric, user-net publish); HTTP and UDP echo through the publish NIC.
+fn http_checks(machine: Machine) {
     let _g = exclusive();
     let a = accel();
     let port = free_port();
     let dir = TempDir::new();
     let mut spec = VmSpec::new(
-        Machine::Microvm,
+        machine,
         a,
         "dc=1 ep=10 svc=http,echo,udp-echo ip=10.1.0.2/24 pub_ip=10.0.2.15/24 pub_gw=10.0.2.2",
     );

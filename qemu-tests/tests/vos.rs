@@ -552,3 +552,34 @@ fn gratuitous_arp_arp_and_icmp_echo_on_the_fabric_nic() {
         }
     }
 }
+
+#[test]
+fn sendrec_and_vcopy_on_q35() {
+    let _g = exclusive();
+    let a = accel();
+    let (vm, mut h, _dir) = boot_echo(a, Machine::Q35, 16, "buf=262144");
+    let t = secs(a, 2);
+    for i in 0..200u32 {
+        let mut m = Message::new(i);
+        m.set_u32(0, i);
+        let r = h
+            .sendrec(HOST_EP, GUEST_EP, m, t)
+            .unwrap_or_else(|e| panic!("sendrec {i}: {e}\n{}", vm.output()));
+        assert_eq!(r.payload, m.payload);
+    }
+    let data: Vec<u8> = (0..262144u32).map(|i| (i * 7) as u8).collect();
+    h.engine
+        .set_buffer(Endpoint(HOST_EP), data.clone())
+        .expect("buffer");
+    h.vcopy(HOST_EP, HOST_EP, 0, GUEST_EP, 0, 262144, secs(a, 20))
+        .unwrap_or_else(|e| panic!("push: {e}\n{}", vm.output()));
+    h.engine
+        .set_buffer(Endpoint(HOST_EP), vec![0; 262144])
+        .expect("buffer");
+    h.vcopy(HOST_EP, GUEST_EP, 0, HOST_EP, 0, 262144, secs(a, 20))
+        .unwrap_or_else(|e| panic!("pull: {e}\n{}", vm.output()));
+    assert!(
+        h.engine.buffer(Endpoint(HOST_EP)) == Some(&data[..]),
+        "q35 vcopy round trip differs"
+    );
+}

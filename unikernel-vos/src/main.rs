@@ -283,12 +283,11 @@ fn stats_line(
         tx_full += n.stats.tx_full;
     }
     format!(
-        "dvs: stats echo_received={} echo_replied={} frames_in={} frames_out={} delivered_elided={} bad_frames={} wrong_dc={} spoofed={} not_here={} stale={} duplicates={} retransmits={} bad_ethernet={} http_requests={} http_bad={} nic_rx={} nic_tx={} nic_rx_errors={} nic_tx_full={} nic_kicks={} tsc_khz={} clock_back={} loop_gap_max_us={}",
+        "dvs: stats echo_received={} echo_replied={} frames_in={} frames_out={} bad_frames={} wrong_dc={} spoofed={} not_here={} stale={} duplicates={} retransmits={} bad_ethernet={} http_requests={} http_bad={} nic_rx={} nic_tx={} nic_rx_errors={} nic_tx_full={} nic_kicks={} tsc_khz={} clock_back={} loop_gap_max_us={}",
         echo.received.get(),
         echo.replied.get(),
         s.frames_in,
         s.frames_out,
-        ipc.delivered_elided,
         s.bad_frames,
         s.wrong_dc,
         s.spoofed,

@@ -14,7 +14,7 @@ use core::task::Poll;
 use core::time::Duration;
 use m3ipc_core::engine::{Completion, Engine, Event};
 use m3ipc_core::wire::ethernet::{EthernetHeader, BROADCAST, ETH_HEADER_LEN};
-use m3ipc_core::wire::{FrameRepr, Kind, ETHERTYPE_M3IPC, MAX_FRAME};
+use m3ipc_core::wire::{ETHERTYPE_M3IPC, MAX_FRAME};
 use m3ipc_core::{Endpoint, ErrorCode, Instant, Message};
 
 /// The IPC host state shared by the main loop and the tasks.
@@ -28,17 +28,10 @@ pub struct Ipc {
     pub bad_ethernet: u64,
     /// Notifications that could not be delivered.
     pub notify_failed: u64,
-    /// Delivered frames left out because the Reply went in the same batch.
-    pub delivered_elided: u64,
     /// Frames lost because the NIC had no free transmit buffer (the engine retransmits).
     pub tx_dropped: u64,
     mac: [u8; 6],
-    batch: Vec<u8>,
-    batch_ends: Vec<usize>,
 }
-
-/// Frames sent per flush at most (the rest go on the next turn).
-const BATCH: usize = 32;
 
 /// Shared handle to the IPC state.
 pub type IpcRef = Rc<RefCell<Ipc>>;
@@ -56,11 +49,8 @@ impl Ipc {
             done: Vec::with_capacity(8),
             bad_ethernet: 0,
             notify_failed: 0,
-            delivered_elided: 0,
             tx_dropped: 0,
             mac,
-            batch: Vec::with_capacity(BATCH * 128),
-            batch_ends: Vec::with_capacity(BATCH),
         }
     }
 
@@ -98,9 +88,9 @@ impl Ipc {
         any
     }
 
-    /// Sends every frame the engine has queued on `nic` (once per loop turn, after the tasks
-    /// ran). A Delivered frame is left out when the Reply to the same call goes in the same
-    /// batch: the reply tells the caller more, and one frame less is one exit less.
+    /// Sends the frames the engine has queued on `nic`, straight into the NIC's buffers (once
+    /// per loop turn, after the tasks ran), but only as many as the NIC can take now: the
+    /// rest stay queued in the engine rather than being lost. True if any went out.
     pub fn flush(&mut self, now: Instant, nic: Option<&mut Nic>) -> bool {
         if !self.engine.has_transmit() {
             return false;
@@ -111,63 +101,28 @@ impl Ipc {
             while self.engine.poll_transmit(now, &mut scratch).is_some() {}
             return true;
         };
-        self.batch.clear();
-        self.batch_ends.clear();
-        let mut frame = [0u8; MAX_FRAME];
-        // Take only what the NIC can send now; the rest stays queued in the engine.
-        let room = nic.tx_room().saturating_sub(1).min(BATCH);
-        while self.batch_ends.len() < room {
-            let Some(n) = self.engine.poll_transmit(now, &mut frame) else {
-                break;
-            };
-            self.batch.extend_from_slice(&frame[..n]);
-            self.batch_ends.push(self.batch.len());
-        }
         let hdr = EthernetHeader {
             dst: BROADCAST,
             src: self.mac,
             ethertype: ETHERTYPE_M3IPC,
         };
-        let mut start = 0;
-        for i in 0..self.batch_ends.len() {
-            let f = &self.batch[start..self.batch_ends[i]];
-            start = self.batch_ends[i];
-            if self.answered_later(f, i) {
-                self.delivered_elided += 1;
-                continue;
-            }
-            let sent = nic.send_with(ETH_HEADER_LEN + f.len(), |buf| {
-                if hdr.emit(buf).is_err() {
-                    return 0;
+        let room = nic.tx_room().saturating_sub(1);
+        let mut sent = 0;
+        while sent < room && self.engine.has_transmit() {
+            let engine = &mut self.engine;
+            let ok = nic.send_with(ETH_HEADER_LEN + MAX_FRAME, |buf| {
+                match engine.poll_transmit(now, &mut buf[ETH_HEADER_LEN..]) {
+                    Some(n) if hdr.emit(buf).is_ok() => ETH_HEADER_LEN + n,
+                    _ => 0,
                 }
-                buf[ETH_HEADER_LEN..ETH_HEADER_LEN + f.len()].copy_from_slice(f);
-                ETH_HEADER_LEN + f.len()
             });
-            if !sent {
+            if !ok {
                 self.tx_dropped += 1;
+                break;
             }
+            sent += 1;
         }
-        true
-    }
-
-    /// Whether frame `i` of the batch is a Delivered whose call's Reply follows in the batch.
-    fn answered_later(&self, f: &[u8], i: usize) -> bool {
-        let Ok(d) = FrameRepr::parse(f) else {
-            return false;
-        };
-        if d.kind != Kind::Delivered {
-            return false;
-        }
-        let mut start = self.batch_ends[i];
-        for &end in &self.batch_ends[i + 1..] {
-            if let Ok(r) = FrameRepr::parse(&self.batch[start..end]) {
-                if r.kind == Kind::Reply && r.src == d.src && r.dst == d.dst && r.seq == d.aux {
-                    return true;
-                }
-            }
-            start = end;
-        }
-        false
+        sent > 0
     }
 
     /// When the engine next needs `poll`, in microseconds.

@@ -47,6 +47,7 @@ pub(crate) struct Transfer {
     local_off: u64,
     peer_off: u64,
     len: u64,
+    /// Holder: CRC of the data; pulling requester in Verifying: CRC of what arrived.
     crc: u32,
     phase: Phase,
     timer: Retx,
@@ -62,6 +63,8 @@ pub(crate) struct Transfer {
     got: Vec<u64>,
     contiguous: u64,
     unacked: u32,
+    /// A pulling requester: when it last sent its FINAL ack.
+    final_sent: Instant,
 }
 
 /// What a finished transfer answers to late duplicates.
@@ -130,6 +133,7 @@ impl Transfer {
             },
             contiguous: 0,
             unacked: 0,
+            final_sent: Instant::ZERO,
         }
     }
 
@@ -407,15 +411,13 @@ impl Engine {
             return;
         }
         if t.phase == Phase::Verifying {
-            let crc = crc_of(
-                self.locals
-                    .get(&key.local)
-                    .map_or(&[][..], |l| &l.buffer[..]),
-                t.local_off,
-                t.len,
-            );
-            let len = t.len;
-            self.push_final_ack(key, len, crc);
+            // Duplicates while the holder's verdict is on its way: re-answer at most once per RTO,
+            // from the CRC computed once on entering Verifying.
+            if now >= t.final_sent + self.cfg.rto {
+                t.final_sent = now;
+                let (len, crc) = (t.len, t.crc);
+                self.push_final_ack(key, len, crc);
+            }
             return;
         }
         if t.phase == Phase::Opening {
@@ -468,6 +470,8 @@ impl Engine {
                 let rto = self.cfg.rto;
                 if let Some(t) = self.transfers.get_mut(&key) {
                     t.phase = Phase::Verifying;
+                    t.crc = crc;
+                    t.final_sent = now;
                     t.timer = Retx::start(now, rto);
                 }
             } else {
@@ -704,8 +708,8 @@ impl Engine {
                     self.tx.push_back(open);
                 }
                 Phase::Verifying => {
-                    let (len, off) = (t.len, t.local_off);
-                    let crc = crc_of(&self.local_mut(key.local).buffer, off, len);
+                    t.final_sent = now;
+                    let (len, crc) = (t.len, t.crc);
                     self.push_final_ack(key, len, crc);
                 }
                 Phase::Running if t.holder => {

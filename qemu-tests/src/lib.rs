@@ -517,6 +517,14 @@ impl Harness {
         self.send_raw(&f)
     }
 
+    /// Hands the M3-IPC frame in `self.buf[..n]` (if it is one) to the engine.
+    fn feed(&mut self, now: IpcInstant, n: usize) {
+        if let Ok((_, m3)) = EthernetHeader::m3ipc_payload(&self.buf[..n]) {
+            trace(self.origin, "rx", m3);
+            self.engine.handle_frame(now, m3);
+        }
+    }
+
     fn flush(&mut self) {
         let now = self.now();
         let mut out = [0u8; ETH_HEADER_LEN + MAX_FRAME];
@@ -526,23 +534,7 @@ impl Harness {
             ethertype: ETHERTYPE_M3IPC,
         };
         while let Some(n) = self.engine.poll_transmit(now, &mut out[ETH_HEADER_LEN..]) {
-            if std::env::var_os("DVS_TRACE").is_some() {
-                if let Ok(f) =
-                    m3ipc_core::wire::FrameRepr::parse(&out[ETH_HEADER_LEN..ETH_HEADER_LEN + n])
-                {
-                    eprintln!(
-                        "trace {:?} tx {:?} {}->{} seq={:#x} aux={} fl={} len={}",
-                        self.origin.elapsed(),
-                        f.kind,
-                        f.src.0,
-                        f.dst.0,
-                        f.seq,
-                        f.aux,
-                        f.flags,
-                        f.payload.len()
-                    );
-                }
-            }
+            trace(self.origin, "tx", &out[ETH_HEADER_LEN..ETH_HEADER_LEN + n]);
             if h.emit(&mut out).is_ok() {
                 // The guest may not be up yet; the engine retransmits.
                 let _ = self.sock.send_to(&out[..ETH_HEADER_LEN + n], &self.guest);
@@ -576,45 +568,11 @@ impl Harness {
             }
             if let Some(n) = self.recv_wait(wait) {
                 let now = self.now();
-                if let Ok((_, m3)) = EthernetHeader::m3ipc_payload(&self.buf[..n]) {
-                    if std::env::var_os("DVS_TRACE").is_some() {
-                        if let Ok(f) = m3ipc_core::wire::FrameRepr::parse(m3) {
-                            eprintln!(
-                                "trace {:?} rx {:?} {}->{} seq={:#x} aux={} fl={} len={}",
-                                self.origin.elapsed(),
-                                f.kind,
-                                f.src.0,
-                                f.dst.0,
-                                f.seq,
-                                f.aux,
-                                f.flags,
-                                f.payload.len()
-                            );
-                        }
-                    }
-                    self.engine.handle_frame(now, m3);
-                }
+                self.feed(now, n);
                 // Drain whatever else is queued without blocking.
                 let _ = self.sock.set_nonblocking(true);
                 while let Ok(n) = self.sock.recv(&mut self.buf) {
-                    if let Ok((_, m3)) = EthernetHeader::m3ipc_payload(&self.buf[..n]) {
-                        if std::env::var_os("DVS_TRACE").is_some() {
-                            if let Ok(f) = m3ipc_core::wire::FrameRepr::parse(m3) {
-                                eprintln!(
-                                    "trace {:?} rx {:?} {}->{} seq={:#x} aux={} fl={} len={}",
-                                    self.origin.elapsed(),
-                                    f.kind,
-                                    f.src.0,
-                                    f.dst.0,
-                                    f.seq,
-                                    f.aux,
-                                    f.flags,
-                                    f.payload.len()
-                                );
-                            }
-                        }
-                        self.engine.handle_frame(now, m3);
-                    }
+                    self.feed(now, n);
                 }
                 let _ = self.sock.set_nonblocking(false);
             }
@@ -776,4 +734,24 @@ pub fn icmp_echo_frame(
     f.extend_from_slice(&ip);
     f.extend_from_slice(&icmp);
     f
+}
+
+/// With `DVS_TRACE` set, prints one line per M3-IPC frame the harness sends or receives.
+fn trace(origin: Instant, dir: &str, m3: &[u8]) {
+    if std::env::var_os("DVS_TRACE").is_none() {
+        return;
+    }
+    if let Ok(f) = m3ipc_core::wire::FrameRepr::parse(m3) {
+        eprintln!(
+            "trace {:?} {dir} {:?} {}->{} seq={:#x} aux={} fl={} len={}",
+            origin.elapsed(),
+            f.kind,
+            f.src.0,
+            f.dst.0,
+            f.seq,
+            f.aux,
+            f.flags,
+            f.payload.len()
+        );
+    }
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: the criterion benchmarks of m3ipc-core as one table, then the VOS and cluster
-# benchmarks (scripts/bench-vos.sh, scripts/bench-cluster.sh) when they are present.
+# benchmarks (scripts/bench-vos.sh, scripts/bench-cluster.sh, scripts/bench-density.sh) when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +11,7 @@ echo "$out" | awk '/^test / { name=$2; for (i=3;i<=NF;i++) if ($i=="...") { for 
                    for (i=1;i<=NF;i++) if ($i=="bench:") { v=$(i+1); gsub(",","",v); printf "%-48s %12s\n", name, v } }'
 echo "(aims: encode/decode tens of ns; local sendrec < 200 ns)"
 
-for s in scripts/bench-vos.sh scripts/bench-cluster.sh; do
+for s in scripts/bench-vos.sh scripts/bench-cluster.sh scripts/bench-density.sh; do
   if [ -f "$s" ]; then
     echo
     bash "$s"

@@ -189,6 +189,12 @@ impl Engine {
 
     /// Binds local endpoint `ep`. Fails with `InvalidArgument` for ANY/NONE and `Busy` if already bound.
     pub fn bind(&mut self, ep: Endpoint) -> Result<(), ErrorCode> {
+        let seq = (u64::from(self.cfg.incarnation) << 32) | 1;
+        self.insert_local(ep, Local::new(seq))
+    }
+
+    /// Makes `ep` local (refusing ANY/NONE and endpoints already bound) and forgets that it had moved or died.
+    fn insert_local(&mut self, ep: Endpoint, local: Local) -> Result<(), ErrorCode> {
         if !ep.is_addressable() {
             return Err(ErrorCode::InvalidArgument);
         }
@@ -197,8 +203,7 @@ impl Engine {
         }
         self.moved.remove(&ep);
         self.dead.remove(&ep);
-        let seq = (u64::from(self.cfg.incarnation) << 32) | 1;
-        self.locals.insert(ep, Local::new(seq));
+        self.locals.insert(ep, local);
         Ok(())
     }
 
@@ -568,16 +573,7 @@ impl Engine {
     /// Binds an endpoint exported by another engine, continuing its state.
     pub fn import_endpoint(&mut self, state: EndpointState) -> Result<(), ErrorCode> {
         let ep = state.ep;
-        if !ep.is_addressable() {
-            return Err(ErrorCode::InvalidArgument);
-        }
-        if self.locals.contains_key(&ep) {
-            return Err(ErrorCode::Busy);
-        }
-        self.moved.remove(&ep);
-        self.dead.remove(&ep);
-        self.locals.insert(ep, state.into_local());
-        Ok(())
+        self.insert_local(ep, state.into_local())
     }
 
     /// Marks `ep` as moved away: frames for it are answered with Migrated (used by a host that only

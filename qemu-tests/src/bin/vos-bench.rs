@@ -235,6 +235,16 @@ fn idle_pct(accel: Accel) -> Result<f64, String> {
     Ok(used as f64 / (t0.elapsed().as_secs_f64() * 100.0) * 100.0)
 }
 
+/// A table cell: the figure as `show` writes it, or why it could not be measured.
+fn cell<T>(r: Result<T, String>, show: impl FnOnce(T) -> String) -> String {
+    r.map(show).unwrap_or_else(|e| format!("failed: {e}"))
+}
+
+/// A median / p99 pair in microseconds.
+fn median_p99((m, p): (f64, f64)) -> String {
+    format!("{m:.1} / {p:.1} µs")
+}
+
 fn main() {
     let mut accels = vec![];
     if Accel::detect() == Accel::Kvm {
@@ -268,77 +278,43 @@ fn main() {
     let tcp = tcp_rtt()
         .map(|(m, p)| format!("raw TCP loopback {m:.1} / {p:.1} µs"))
         .unwrap_or_else(|e| e);
-    let rtt = |a: Accel| {
-        guest_rtt(
-            a,
-            &std::env::var("VOS_BENCH_GUEST_ARGS").unwrap_or_default(),
-        )
-        .map(|(m, p)| format!("{m:.1} / {p:.1} µs"))
-        .unwrap_or_else(|e| format!("failed: {e}"))
+    // A row measured under each accelerator in turn (KVM first).
+    let mut measured = |name: &str, aim: String, f: &dyn Fn(Accel) -> String| {
+        rows.push([name.into(), col(Accel::Kvm, f), col(Accel::Tcg, f), aim]);
     };
-    rows.push([
-        "host↔guest sendrec median / p99".into(),
-        col(Accel::Kvm, &rtt),
-        col(Accel::Tcg, &rtt),
+    let guest_args = std::env::var("VOS_BENCH_GUEST_ARGS").unwrap_or_default();
+    measured(
+        "host↔guest sendrec median / p99",
         format!("≤ 2x {tcp}"),
-    ]);
-    let halted = |a: Accel| {
-        halted_rtt(a)
-            .map(|(m, p)| format!("{m:.1} / {p:.1} µs"))
-            .unwrap_or_else(|e| format!("failed: {e}"))
-    };
-    rows.push([
-        "  same, guest halted before each call".into(),
-        col(Accel::Kvm, &halted),
-        col(Accel::Tcg, &halted),
+        &|a| cell(guest_rtt(a, &guest_args), median_p99),
+    );
+    measured(
+        "  same, guest halted before each call",
         "wake-up by device interrupt".into(),
-    ]);
-    let g2g = |a: Accel| {
-        guest_to_guest(a)
-            .map(|(m, p)| format!("{m:.1} / {p:.1} µs"))
-            .unwrap_or_else(|e| format!("failed: {e}"))
-    };
-    rows.push([
-        "guest↔guest sendrec median / p99".into(),
-        col(Accel::Kvm, &g2g),
-        col(Accel::Tcg, &g2g),
+        &|a| cell(halted_rtt(a), median_p99),
+    );
+    measured(
+        "guest↔guest sendrec median / p99",
         "two VMs, dgram pair, no proxy".into(),
-    ]);
+        &|a| cell(guest_to_guest(a), median_p99),
+    );
     eprintln!("vos-bench: in-guest local sendrec");
-    let local = |a: Accel| {
-        local_ns(a)
-            .map(|n| format!("{n} ns/call"))
-            .unwrap_or_else(|e| format!("failed: {e}"))
-    };
-    rows.push([
-        "in-guest local sendrec".into(),
-        col(Accel::Kvm, &local),
-        col(Accel::Tcg, &local),
-        "≤ 300 ns".into(),
-    ]);
-    let tasks = |a: Accel| {
-        task_sendrec(a)
-            .map(|(m, o)| format!("{m} ns median, {o} ops/s"))
-            .unwrap_or_else(|e| format!("failed: {e}"))
-    };
-    rows.push([
-        "in-guest sendrec via tasks".into(),
-        col(Accel::Kvm, &tasks),
-        col(Accel::Tcg, &tasks),
+    measured("in-guest local sendrec", "≤ 300 ns".into(), &|a| {
+        cell(local_ns(a), |n| format!("{n} ns/call"))
+    });
+    measured(
+        "in-guest sendrec via tasks",
         "ipc-bench ↔ echo, same VM".into(),
-    ]);
+        &|a| {
+            cell(task_sendrec(a), |(m, o)| {
+                format!("{m} ns median, {o} ops/s")
+            })
+        },
+    );
     eprintln!("vos-bench: idle CPU");
-    let idle = |a: Accel| {
-        idle_pct(a)
-            .map(|p| format!("{p:.2}% of a core"))
-            .unwrap_or_else(|e| format!("failed: {e}"))
-    };
-    rows.push([
-        "idle instance CPU (5 s)".into(),
-        col(Accel::Kvm, &idle),
-        col(Accel::Tcg, &idle),
-        "< 5%".into(),
-    ]);
+    measured("idle instance CPU (5 s)", "< 5%".into(), &|a| {
+        cell(idle_pct(a), |p| format!("{p:.2}% of a core"))
+    });
     let size = std::fs::metadata(image()).map(|m| m.len()).unwrap_or(0);
     rows.push([
         "image size (vos.elf)".into(),

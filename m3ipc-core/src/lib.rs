@@ -21,7 +21,7 @@ pub mod message;
 pub mod time;
 pub mod wire;
 
-pub use engine::{Completion, Engine, EngineConfig, Event, Stats};
+pub use engine::{Completion, Engine, EngineConfig, Event, Stats, VcopyRequest};
 pub use error::{ErrorCode, IpcError};
 pub use ids::{DcId, Endpoint, NodeId};
 pub use message::Message;

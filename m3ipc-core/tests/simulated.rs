@@ -7,6 +7,7 @@ mod sim;
 
 use m3ipc_core::{
     Completion, DcId, Endpoint, Engine, EngineConfig, ErrorCode, Event, Instant, Message,
+    VcopyRequest,
 };
 use sim::{Faults, Sim};
 use std::collections::BTreeMap;
@@ -386,11 +387,13 @@ fn vcopy_is_byte_exact_under_ten_percent_loss() {
             .vcopy(
                 now,
                 req,
-                Endpoint(10),
-                src_off,
-                SERVER,
-                dst_off,
-                len as u64,
+                VcopyRequest {
+                    src: Endpoint(10),
+                    src_offset: src_off,
+                    dst: SERVER,
+                    dst_offset: dst_off,
+                    len: len as u64,
+                },
                 Some(Duration::from_secs(120)),
             )
             .unwrap();
@@ -432,11 +435,13 @@ fn four_mib_vcopy_under_loss_both_ways() {
             .vcopy(
                 now,
                 req,
-                Endpoint(10),
-                0,
-                SERVER,
-                0,
-                4 << 20,
+                VcopyRequest {
+                    src: Endpoint(10),
+                    src_offset: 0,
+                    dst: SERVER,
+                    dst_offset: 0,
+                    len: 4 << 20,
+                },
                 Some(Duration::from_secs(600)),
             )
             .unwrap();

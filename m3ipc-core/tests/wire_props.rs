@@ -104,7 +104,7 @@ proptest! {
             (kind().prop_flat_map(|k| (Just(k), payload_for(k), code_for(k))), 0..=flags::ALL, 0u32..4, 0u32..4, 0u64..6, any::<u64>()),
             1..60),
     ) {
-        use m3ipc_core::{Engine, EngineConfig, Event, Instant};
+        use m3ipc_core::{Engine, EngineConfig, Event, Instant, VcopyRequest};
         use std::time::Duration;
         let eps = [Endpoint(10), Endpoint(11), Endpoint(20), Endpoint(21)];
         let mut e = Engine::new(EngineConfig::new(DcId(1), 1));
@@ -115,7 +115,14 @@ proptest! {
         let now = Instant::from_micros(1000);
         let t = Some(Duration::from_secs(1));
         e.sendrec(now, eps[0], eps[2], Message::new(1), t).unwrap();
-        e.vcopy(now, eps[1], eps[3], 0, eps[1], 0, 9000, t).unwrap();
+        let copy = VcopyRequest {
+            src: eps[3],
+            src_offset: 0,
+            dst: eps[1],
+            dst_offset: 0,
+            len: 9000,
+        };
+        e.vcopy(now, eps[1], copy, t).unwrap();
         let mut out = [0u8; wire::MAX_FRAME];
         let mut first_seqs = vec![];
         while let Some(n) = e.poll_transmit(now, &mut out) {

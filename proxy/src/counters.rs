@@ -124,6 +124,24 @@ pub struct DcCounters {
     pub refused: Refusals,
     /// Frames of this DC that were dropped.
     pub drops: Drops,
+    /// The DC's MAC table (absent in counters from before it had one).
+    #[serde(default)]
+    pub macs: MacCounters,
+}
+
+/// The MAC table of one DC on this node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacCounters {
+    /// Addresses in the table now (learned and assigned to ports).
+    pub entries: u64,
+    /// New addresses learned from frames.
+    pub learned: u64,
+    /// Learned addresses seen behind another port or peer than before.
+    pub moved: u64,
+    /// Learned addresses forgotten because they sent nothing for the ageing time.
+    pub aged: u64,
+    /// Learned addresses dropped to make room in a full table (the one seen longest ago goes).
+    pub evicted: u64,
 }
 
 /// Refusals sent back to sources, by error code.

@@ -17,4 +17,4 @@ pub mod switch;
 pub use cluster::{ClusterMap, DcInfo, Directory, NodeInfo, StaticDirectory};
 pub use placement::{DirMsg, PortId};
 pub use runtime::{Proxy, ProxyConfig, ProxyError};
-pub use switch::{Announce, Out, PortSpec, Switch, SwitchError, Via};
+pub use switch::{Announce, MacConfig, Out, PortSpec, Switch, SwitchError, Via};

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use m3ipc_core::{DcId, Endpoint, NodeId};
+use m3ipc_core::{DcId, Endpoint, Instant, NodeId};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -18,7 +18,7 @@ use crate::counters::Drop;
 use crate::peer::{PeerError, PeerMsg, PROTOCOL};
 use crate::placement::{Place, PlacementView, PortId};
 use crate::port::{self, PortHandle, PortKind, VmPort};
-use crate::switch::{Out, PortSpec, Stats, Switch, SwitchError, Via};
+use crate::switch::{MacConfig, Out, PortSpec, Stats, Switch, SwitchError, Via};
 
 /// How a proxy runs.
 #[derive(Clone, Debug)]
@@ -35,10 +35,13 @@ pub struct ProxyConfig {
     pub dead_after: Duration,
     /// Messages queued per peer before senders wait (back-pressure) or drop.
     pub peer_queue: usize,
+    /// How the switch's per-DC MAC tables age and how many addresses they keep.
+    pub macs: MacConfig,
 }
 
 impl ProxyConfig {
-    /// Defaults for `node` in `cluster`: listen on the node's proxy address, 1 s heartbeats, down after 3 s.
+    /// Defaults for `node` in `cluster`: listen on the node's proxy address, 1 s heartbeats, down after 3 s,
+    /// MAC addresses aged out after 300 s ([`MacConfig::default`]).
     pub fn new(node: NodeId, cluster: ClusterMap) -> Result<ProxyConfig, ProxyError> {
         let me = cluster.node(node).ok_or(ProxyError::UnknownNode(node))?;
         Ok(ProxyConfig {
@@ -48,6 +51,7 @@ impl ProxyConfig {
             heartbeat: Duration::from_secs(1),
             dead_after: Duration::from_secs(3),
             peer_queue: 1024,
+            macs: MacConfig::default(),
         })
     }
 }
@@ -80,6 +84,8 @@ struct Peer {
 
 struct Core {
     cfg: ProxyConfig,
+    /// The origin of the switch's clock (tokio's, so that paused test time is seen too).
+    epoch: tokio::time::Instant,
     switch: Mutex<Switch>,
     ports: RwLock<HashMap<PortId, Arc<dyn VmPort>>>,
     peers: HashMap<NodeId, Peer>,
@@ -122,9 +128,10 @@ impl Proxy {
                 (NodeId(n.id), peer)
             })
             .collect();
-        let switch = Mutex::new(Switch::new(cfg.node, cfg.cluster.clone()));
+        let switch = Mutex::new(Switch::with_macs(cfg.node, cfg.cluster.clone(), cfg.macs));
         let core = Arc::new(Core {
             cfg,
+            epoch: tokio::time::Instant::now(),
             switch,
             ports: RwLock::new(HashMap::new()),
             peers,
@@ -159,7 +166,10 @@ impl Proxy {
         let handle = match port::open(kind, sink).await {
             Ok(h) => h,
             Err(source) => {
-                let _ = lock(&self.core.switch).remove_port(id, &mut vec![]);
+                // Nothing was announced yet (`out` is dropped), so there is nothing to take back from peers.
+                if let Err(e) = lock(&self.core.switch).remove_port(id, &mut vec![]) {
+                    tracing::warn!("undoing VM port {id} after a failed open: {e}");
+                }
                 return Err(ProxyError::Io {
                     what: format!("VM port {kind:?}"),
                     source,
@@ -259,9 +269,16 @@ impl Proxy {
 }
 
 impl Core {
+    /// The switch's `now`: monotonic, since the proxy started.
+    fn now(&self) -> Instant {
+        let us = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Instant::from_micros(us)
+    }
+
     async fn port_frame(&self, id: PortId, frame: Bytes) {
         let mut out = Vec::new();
-        lock(&self.switch).port_frame(id, frame, &mut out);
+        let now = self.now();
+        lock(&self.switch).port_frame(now, id, frame, &mut out);
         self.dispatch(out, true).await;
     }
 
@@ -425,7 +442,12 @@ async fn run_session(core: Arc<Core>, node: NodeId, stream: TcpStream) {
     lock(&core.switch).peer_up(node, &mut out);
     for o in out {
         if let Out::Dir(_, msg) = o {
-            let _ = peer.tx.try_send(PeerMsg::Dir(msg));
+            if peer.tx.try_send(PeerMsg::Dir(msg)).is_err() {
+                tracing::warn!(
+                    "peer link to {node}: queue full, snapshot of our endpoints not sent"
+                );
+                lock(&core.switch).count_drop(Via::Peer(node), Drop::QueueFull);
+            }
         }
     }
     let (rd, mut wr) = stream.into_split();
@@ -458,7 +480,8 @@ async fn read_loop(
         match msg {
             PeerMsg::Frame { dc, hops, frame } => {
                 let mut out = Vec::new();
-                lock(&core.switch).peer_frame(node, DcId(dc), hops, frame, &mut out);
+                let now = core.now();
+                lock(&core.switch).peer_frame(now, node, DcId(dc), hops, frame, &mut out);
                 core.dispatch(out, false).await;
             }
             PeerMsg::Dir(d) => lock(&core.switch).handle_dir(node, d),

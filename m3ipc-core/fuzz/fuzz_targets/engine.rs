@@ -2,7 +2,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use m3ipc_core::wire::MAX_FRAME;
-use m3ipc_core::{DcId, Endpoint, Engine, EngineConfig, Instant, Message};
+use m3ipc_core::{DcId, Endpoint, Engine, EngineConfig, Instant, Message, VcopyRequest};
 use std::time::Duration;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,8 +12,23 @@ fuzz_target!(|data: &[u8]| {
     e.bind(b).unwrap();
     e.set_buffer(b, vec![0; 8192]).unwrap();
     let now = Instant::from_micros(10);
-    e.sendrec(now, a, Endpoint(20), Message::new(1), Some(Duration::from_millis(50))).unwrap();
-    e.vcopy(now, b, Endpoint(21), 0, b, 0, 8000, Some(Duration::from_millis(50))).unwrap();
+    e.sendrec(
+        now,
+        a,
+        Endpoint(20),
+        Message::new(1),
+        Some(Duration::from_millis(50)),
+    )
+    .unwrap();
+    let copy = VcopyRequest {
+        src: Endpoint(21),
+        src_offset: 0,
+        dst: b,
+        dst_offset: 0,
+        len: 8000,
+    };
+    e.vcopy(now, b, copy, Some(Duration::from_millis(50)))
+        .unwrap();
     let mut out = [0u8; MAX_FRAME];
     // The input is a sequence of frames, each prefixed by a one-byte length.
     let mut rest = data;

@@ -29,6 +29,23 @@ use core::time::Duration;
 use state::{InState, Incoming, Local, Op, OpKind, Retx};
 use vcopy::{Transfer, TransferKey};
 
+/// What a [`Engine::vcopy`] copies: `len` bytes from `src`'s registered buffer at `src_offset` to
+/// `dst`'s buffer at `dst_offset`. Offsets and length are in bytes; both ranges must lie inside the
+/// respective buffers (else [`ErrorCode::BufferOutOfRange`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VcopyRequest {
+    /// The endpoint whose buffer is read.
+    pub src: Endpoint,
+    /// Where in `src`'s buffer the copy starts, in bytes.
+    pub src_offset: u64,
+    /// The endpoint whose buffer is written.
+    pub dst: Endpoint,
+    /// Where in `dst`'s buffer the copy lands, in bytes.
+    pub dst_offset: u64,
+    /// How many bytes to copy.
+    pub len: u64,
+}
+
 /// How a blocking call ended well.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Completion {
@@ -457,20 +474,25 @@ impl Engine {
         self.tx.push_back(Tx::ctl(Kind::Notify, src, dst, seq, 0));
     }
 
-    /// Copies `len` bytes from `src_ep`'s buffer at `src_off` to `dst_ep`'s buffer at `dst_off`, on behalf
-    /// of `requester` (which must be `src_ep` or `dst_ep` and bound here). Chunked, windowed, CRC-checked.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs the copy described by `req` on behalf of `requester`, which must be `req.src` or
+    /// `req.dst` and bound here: `req.len` bytes from `req.src`'s buffer at `req.src_offset` to
+    /// `req.dst`'s buffer at `req.dst_offset`. Chunked, windowed, CRC-checked; completes with
+    /// [`Event::Done`] carrying [`Completion::Copied`] (at once when both endpoints are local).
+    /// `timeout` bounds the whole copy (`None`: no deadline).
     pub fn vcopy(
         &mut self,
         now: Instant,
         requester: Endpoint,
-        src_ep: Endpoint,
-        src_off: u64,
-        dst_ep: Endpoint,
-        dst_off: u64,
-        len: u64,
+        req: VcopyRequest,
         timeout: Option<Duration>,
     ) -> Result<(), ErrorCode> {
+        let VcopyRequest {
+            src: src_ep,
+            src_offset: src_off,
+            dst: dst_ep,
+            dst_offset: dst_off,
+            len,
+        } = req;
         if requester != src_ep && requester != dst_ep {
             return Err(ErrorCode::NotAllowed);
         }

@@ -171,7 +171,18 @@ fn argument_errors_are_immediate() {
         "one blocking call per endpoint"
     );
     assert_eq!(
-        e.vcopy(now, Endpoint(5), A, 0, B, 0, 1, T),
+        e.vcopy(
+            now,
+            Endpoint(5),
+            VcopyRequest {
+                src: A,
+                src_offset: 0,
+                dst: B,
+                dst_offset: 0,
+                len: 1
+            },
+            T
+        ),
         Err(ErrorCode::NotAllowed)
     );
 }
@@ -478,11 +489,13 @@ fn run_vcopy(p: &mut Pair, requester_is_a: bool, push: bool, len: usize) -> Vec<
     e.vcopy(
         p.now,
         req,
-        src,
-        0,
-        dst,
-        dst_off,
-        len as u64,
+        VcopyRequest {
+            src,
+            src_offset: 0,
+            dst,
+            dst_offset: dst_off,
+            len: len as u64,
+        },
         Some(Duration::from_secs(5)),
     )
     .unwrap();
@@ -526,26 +539,73 @@ fn vcopy_local_and_range_errors() {
     let mut e = engine(1, &[A, B]);
     e.set_buffer(A, pattern(64, 1)).unwrap();
     e.set_buffer(B, vec![0; 64]).unwrap();
-    e.vcopy(t(0), A, A, 0, B, 0, 64, T).unwrap();
+    e.vcopy(
+        t(0),
+        A,
+        VcopyRequest {
+            src: A,
+            src_offset: 0,
+            dst: B,
+            dst_offset: 0,
+            len: 64,
+        },
+        T,
+    )
+    .unwrap();
     assert_eq!(
         events(&mut e),
         vec![done(A, Ok(Completion::Copied { len: 64 }))]
     );
     assert_eq!(e.buffer(B).unwrap(), &pattern(64, 1)[..]);
-    e.vcopy(t(0), B, A, 1, B, 0, 64, T).unwrap();
+    e.vcopy(
+        t(0),
+        B,
+        VcopyRequest {
+            src: A,
+            src_offset: 1,
+            dst: B,
+            dst_offset: 0,
+            len: 64,
+        },
+        T,
+    )
+    .unwrap();
     assert_eq!(
         events(&mut e),
         vec![done(B, Err(ErrorCode::BufferOutOfRange))]
     );
     assert_eq!(
-        e.vcopy(t(0), A, A, u64::MAX, Endpoint(5), 0, 2, T),
+        e.vcopy(
+            t(0),
+            A,
+            VcopyRequest {
+                src: A,
+                src_offset: u64::MAX,
+                dst: Endpoint(5),
+                dst_offset: 0,
+                len: 2
+            },
+            T
+        ),
         Err(ErrorCode::BufferOutOfRange)
     );
 
     let mut p = Pair::new();
     p.a.set_buffer(A, vec![1; 10]).unwrap();
     p.b.set_buffer(B, vec![0; 5]).unwrap();
-    p.a.vcopy(p.now, A, A, 0, B, 0, 10, T).unwrap();
+    p.a.vcopy(
+        p.now,
+        A,
+        VcopyRequest {
+            src: A,
+            src_offset: 0,
+            dst: B,
+            dst_offset: 0,
+            len: 10,
+        },
+        T,
+    )
+    .unwrap();
     p.pump();
     assert_eq!(
         events(&mut p.a),
@@ -558,7 +618,19 @@ fn vcopy_detects_corruption_in_flight() {
     let mut p = Pair::new();
     p.a.set_buffer(A, pattern(5000, 3)).unwrap();
     p.b.set_buffer(B, vec![0; 5000]).unwrap();
-    p.a.vcopy(p.now, A, A, 0, B, 0, 5000, T).unwrap();
+    p.a.vcopy(
+        p.now,
+        A,
+        VcopyRequest {
+            src: A,
+            src_offset: 0,
+            dst: B,
+            dst_offset: 0,
+            len: 5000,
+        },
+        T,
+    )
+    .unwrap();
     let mut flipped = false;
     p.pump_with(|_, f| {
         if !flipped && FrameRepr::parse(f).unwrap().kind == Kind::VcopyData {

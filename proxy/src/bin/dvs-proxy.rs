@@ -13,6 +13,10 @@ use serde::Deserialize;
 struct Config {
     node: u16,
     cluster: PathBuf,
+    /// Seconds a learned MAC address that sends nothing stays known (default 300).
+    mac_ageing_s: Option<u64>,
+    /// Learned MAC addresses kept per DC (default 4096).
+    max_macs_per_dc: Option<usize>,
     #[serde(default, rename = "port")]
     ports: Vec<PortConfig>,
 }
@@ -49,7 +53,14 @@ async fn main() -> anyhow::Result<()> {
     let cluster: ClusterMap =
         toml::from_str(&text).with_context(|| format!("parsing {}", cluster_path.display()))?;
     cluster.validate()?;
-    let proxy = Proxy::start(ProxyConfig::new(NodeId(cfg.node), cluster)?).await?;
+    let mut pcfg = ProxyConfig::new(NodeId(cfg.node), cluster)?;
+    if let Some(s) = cfg.mac_ageing_s {
+        pcfg.macs.ageing = std::time::Duration::from_secs(s);
+    }
+    if let Some(n) = cfg.max_macs_per_dc {
+        pcfg.macs.max_per_dc = n;
+    }
+    let proxy = Proxy::start(pcfg).await?;
     let gen = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_micros() as u64;

@@ -1,6 +1,7 @@
 //! The switch: the proxy's sans-IO core. It takes frames from VM ports and peer links, and directory messages
-//! from peers, and says where frames go ([`Out`]). It never does I/O and never panics on input, so that the
-//! whole data path is tested on plain byte vectors.
+//! from peers, and says where frames go ([`Out`]). It never does I/O, never reads a clock (the caller passes
+//! `now`, a monotonic [`Instant`], with every frame) and never panics on input, so that the whole data path is
+//! tested on plain byte vectors and a simulated clock.
 
 mod lan;
 mod m3;
@@ -11,12 +12,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bytes::Bytes;
 use m3ipc_core::wire::ethernet::EthernetHeader;
 use m3ipc_core::wire::{FrameRepr, ETHERTYPE_M3IPC};
-use m3ipc_core::{DcId, Endpoint, ErrorCode, NodeId};
+use m3ipc_core::{DcId, Endpoint, ErrorCode, Instant, NodeId};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterMap;
 use crate::counters::{DcCounters, Drop, PeerCounters, PortCounters};
 use crate::placement::{Binding, DirMsg, Place, PlacementView, PortId};
+pub use lan::{MacConfig, MAC_AGEING, MAX_MACS_PER_DC};
 use pending::Pending;
 pub use pending::MAX_PENDING;
 
@@ -141,8 +143,14 @@ pub struct Switch {
 }
 
 impl Switch {
-    /// A switch for `node` in `cluster`, with no ports and no peers up.
+    /// A switch for `node` in `cluster`, with no ports and no peers up, and default MAC tables
+    /// ([`MacConfig::default`]: 300 s ageing, [`MAX_MACS_PER_DC`] addresses per DC).
     pub fn new(node: NodeId, cluster: ClusterMap) -> Switch {
+        Switch::with_macs(node, cluster, MacConfig::default())
+    }
+
+    /// A switch for `node` in `cluster` whose per-DC MAC tables learn and forget as `macs` says.
+    pub fn with_macs(node: NodeId, cluster: ClusterMap, macs: MacConfig) -> Switch {
         let peers = cluster
             .nodes
             .iter()
@@ -157,7 +165,7 @@ impl Switch {
             places: HashMap::new(),
             peers_up: HashSet::new(),
             pending: HashMap::new(),
-            macs: lan::MacTables::default(),
+            macs: lan::MacTables::new(macs),
             dcs: BTreeMap::new(),
             peers,
         }
@@ -213,7 +221,7 @@ impl Switch {
             );
         }
         if let Some(mac) = spec.mac {
-            self.macs.learn(spec.dc, mac, Via::Port(id));
+            self.macs.assign(spec.dc, mac, Via::Port(id));
         }
         let announced = spec.announce == Announce::Now;
         self.ports.insert(
@@ -385,8 +393,8 @@ impl Switch {
         out.push(Out::Dir(Some(node), DirMsg::Snapshot(mine)));
     }
 
-    /// The link to `node` went down: its endpoints stay known (calls to them fail with NodeUnreachable), its MAC
-    /// addresses are forgotten, and calls in progress through it fail now.
+    /// The link to `node` went down: its endpoints stay known (calls to them fail with NodeUnreachable), the MAC
+    /// addresses learned behind it are forgotten, and calls in progress through it fail now.
     pub fn peer_down(&mut self, node: NodeId, out: &mut Vec<Out>) {
         self.peers_up.remove(&node);
         self.peers.entry(node.0).or_default().up = false;
@@ -497,15 +505,24 @@ impl Switch {
 
     /// All counters.
     pub fn stats(&self) -> Stats {
+        let mut dcs = self.dcs.clone();
+        for (dc, macs) in self.macs.counters() {
+            dcs.entry(dc.0).or_default().macs = *macs;
+        }
         Stats {
             ports: self
                 .ports
                 .values()
                 .map(|p| (p.spec.name.clone(), p.counters.clone()))
                 .collect(),
-            dcs: self.dcs.clone(),
+            dcs,
             peers: self.peers.clone(),
         }
+    }
+
+    /// How the MAC tables learn and forget.
+    pub fn mac_config(&self) -> MacConfig {
+        self.macs.config()
     }
 
     /// The counters of one port.
@@ -515,8 +532,9 @@ impl Switch {
 
     // ---- the data path ----
 
-    /// A frame from VM port `id`. Everything a guest writes is hostile input: checked, then routed.
-    pub fn port_frame(&mut self, id: PortId, frame: Bytes, out: &mut Vec<Out>) {
+    /// A frame from VM port `id`, arrived at `now`. Everything a guest writes is hostile input: checked, then
+    /// routed.
+    pub fn port_frame(&mut self, now: Instant, id: PortId, frame: Bytes, out: &mut Vec<Out>) {
         let Some(port) = self.ports.get_mut(&id) else {
             return;
         };
@@ -536,7 +554,7 @@ impl Switch {
             if port.spec.mac.is_some_and(|m| m != eth.src) {
                 return self.drop_from(Via::Port(id), dc, Drop::Spoofed);
             }
-            return self.switch_lan(Via::Port(id), dc, eth, frame, out);
+            return self.switch_lan(Via::Port(id), dc, eth, frame, now, out);
         }
         let Ok(repr) = FrameRepr::parse(payload) else {
             return self.drop_from(Via::Port(id), dc, Drop::Malformed);
@@ -548,9 +566,10 @@ impl Switch {
         self.route_m3(Via::Port(id), eth, &repr, frame.clone(), FIRST_HOPS, out);
     }
 
-    /// A frame of `dc` from the peer `node`, which allows `hops` more forwards.
+    /// A frame of `dc` from the peer `node`, arrived at `now`, which allows `hops` more forwards.
     pub fn peer_frame(
         &mut self,
+        now: Instant,
         node: NodeId,
         dc: DcId,
         hops: u8,
@@ -565,7 +584,7 @@ impl Switch {
             return self.drop_from(Via::Peer(node), dc, Drop::Malformed);
         };
         if eth.ethertype != ETHERTYPE_M3IPC {
-            return self.switch_lan(Via::Peer(node), dc, eth, frame, out);
+            return self.switch_lan(Via::Peer(node), dc, eth, frame, now, out);
         }
         let Ok(repr) = FrameRepr::parse(payload) else {
             return self.drop_from(Via::Peer(node), dc, Drop::Malformed);

@@ -10,6 +10,13 @@ const N1: NodeId = NodeId(1);
 const N2: NodeId = NodeId(2);
 const DC1: DcId = DcId(1);
 const DC2: DcId = DcId(2);
+/// The switch's clock in tests: any origin will do.
+const T0: Instant = Instant::from_micros(1_000_000);
+
+/// `secs` seconds after [`T0`].
+fn at(secs: u64) -> Instant {
+    T0 + std::time::Duration::from_secs(secs)
+}
 
 fn cluster() -> ClusterMap {
     let node = |id: u16| NodeInfo {
@@ -129,11 +136,11 @@ fn same_node_sendrec_goes_to_the_port() {
     let (mut s, a, b, _) = node1();
     let mut out = vec![];
     let f = m3(Kind::SendRec, DC1, 10, 20, 1);
-    s.port_frame(a, f.clone(), &mut out);
+    s.port_frame(T0, a, f.clone(), &mut out);
     assert_eq!(out, vec![Out::Port(b, f)]);
     assert_eq!(s.port_pending(b), 1);
     let mut out = vec![];
-    s.port_frame(b, m3(Kind::Reply, DC1, 20, 10, 1), &mut out);
+    s.port_frame(T0, b, m3(Kind::Reply, DC1, 20, 10, 1), &mut out);
     assert!(matches!(out[0], Out::Port(p, _) if p == a));
     assert_eq!(s.port_pending(b), 0);
 }
@@ -142,7 +149,7 @@ fn same_node_sendrec_goes_to_the_port() {
 fn other_node_goes_to_the_peer_and_down_peer_is_unreachable() {
     let (mut s, a, _, _) = node1();
     let mut out = vec![];
-    s.port_frame(a, m3(Kind::SendRec, DC1, 10, 40, 7), &mut out);
+    s.port_frame(T0, a, m3(Kind::SendRec, DC1, 10, 40, 7), &mut out);
     assert!(matches!(
         out[0],
         Out::Peer {
@@ -160,7 +167,7 @@ fn other_node_goes_to_the_peer_and_down_peer_is_unreachable() {
         (Kind::Error, ErrorCode::NodeUnreachable as u16, 40, 10, 7)
     );
     let mut out = vec![];
-    s.port_frame(a, m3(Kind::SendRec, DC1, 10, 40, 8), &mut out);
+    s.port_frame(T0, a, m3(Kind::SendRec, DC1, 10, 40, 8), &mut out);
     assert_eq!(
         answer(&out[0]),
         (Kind::Error, ErrorCode::NodeUnreachable as u16, 40, 10, 8)
@@ -172,10 +179,10 @@ fn other_node_goes_to_the_peer_and_down_peer_is_unreachable() {
 fn unknown_and_other_dc_endpoints_are_refused() {
     let (mut s, a, _, c) = node1();
     let mut out = vec![];
-    s.port_frame(a, m3(Kind::Send, DC1, 10, 99, 1), &mut out);
+    s.port_frame(T0, a, m3(Kind::Send, DC1, 10, 99, 1), &mut out);
     assert_eq!(answer(&out[0]).1, ErrorCode::UnknownDestination as u16);
     let mut out = vec![];
-    s.port_frame(c, m3(Kind::SendRec, DC2, 30, 10, 1), &mut out);
+    s.port_frame(T0, c, m3(Kind::SendRec, DC2, 30, 10, 1), &mut out);
     assert_eq!(
         answer(&out[0]),
         (Kind::Error, ErrorCode::NotInDc as u16, 10, 30, 1)
@@ -183,7 +190,7 @@ fn unknown_and_other_dc_endpoints_are_refused() {
     assert!(matches!(out[0], Out::Port(p, _) if p == c));
     // Answers are never answered.
     let mut out = vec![];
-    s.port_frame(a, m3(Kind::Reply, DC1, 10, 99, 1), &mut out);
+    s.port_frame(T0, a, m3(Kind::Reply, DC1, 10, 99, 1), &mut out);
     assert!(out.is_empty());
 }
 
@@ -191,13 +198,13 @@ fn unknown_and_other_dc_endpoints_are_refused() {
 fn spoofed_and_malformed_frames_are_dropped_and_counted() {
     let (mut s, a, _, _) = node1();
     let mut out = vec![];
-    s.port_frame(a, m3(Kind::Send, DC1, 20, 10, 1), &mut out); // as b's endpoint
-    s.port_frame(a, m3(Kind::Send, DC2, 10, 30, 1), &mut out); // as another DC
-    s.port_frame(a, lan(mac(99), [0xff; 6]), &mut out); // as another MAC
-    s.port_frame(a, Bytes::from_static(&[1, 2, 3]), &mut out);
+    s.port_frame(T0, a, m3(Kind::Send, DC1, 20, 10, 1), &mut out); // as b's endpoint
+    s.port_frame(T0, a, m3(Kind::Send, DC2, 10, 30, 1), &mut out); // as another DC
+    s.port_frame(T0, a, lan(mac(99), [0xff; 6]), &mut out); // as another MAC
+    s.port_frame(T0, a, Bytes::from_static(&[1, 2, 3]), &mut out);
     let mut bad = m3(Kind::Send, DC1, 10, 20, 1).to_vec();
     bad[ETH_HEADER_LEN] = 0; // magic
-    s.port_frame(a, Bytes::from(bad), &mut out);
+    s.port_frame(T0, a, Bytes::from(bad), &mut out);
     assert!(out.is_empty(), "{out:?}");
     let c = s.port_counters(a).unwrap();
     assert_eq!((c.drops.spoofed, c.drops.malformed, c.rx.frames), (3, 2, 5));
@@ -207,7 +214,7 @@ fn spoofed_and_malformed_frames_are_dropped_and_counted() {
 fn lan_floods_only_inside_the_dc_and_learns() {
     let (mut s, a, b, _) = node1();
     let mut out = vec![];
-    s.port_frame(a, lan(mac(10), [0xff; 6]), &mut out);
+    s.port_frame(T0, a, lan(mac(10), [0xff; 6]), &mut out);
     assert_eq!(out.len(), 2, "{out:?}"); // b and node 2; not c (DC 2), not node 3 (down)
     assert!(matches!(out[0], Out::Port(p, _) if p == b));
     assert!(matches!(
@@ -220,11 +227,11 @@ fn lan_floods_only_inside_the_dc_and_learns() {
     ));
     // b answers a unicast: a's MAC was learned, so no flood.
     let mut out = vec![];
-    s.port_frame(b, lan(mac(20), mac(10)), &mut out);
+    s.port_frame(T0, b, lan(mac(20), mac(10)), &mut out);
     assert_eq!(out, vec![Out::Port(a, lan(mac(20), mac(10)))]);
     // A frame from node 2 for DC 2 ports never reaches DC 1 ports.
     let mut out = vec![];
-    s.peer_frame(N2, DC2, 0, lan(mac(77), [0xff; 6]), &mut out);
+    s.peer_frame(T0, N2, DC2, 0, lan(mac(77), [0xff; 6]), &mut out);
     assert_eq!(out.len(), 1);
     assert!(matches!(out[0], Out::Port(3, _)));
 }
@@ -234,9 +241,9 @@ fn a_mac_that_left_a_node_floods_again() {
     let (mut s, a, _, _) = node1();
     let mut out = vec![];
     // Node 2 holds MAC 77 of DC 1; a's unicast to it goes to node 2 only.
-    s.peer_frame(N2, DC1, 0, lan(mac(77), [0xff; 6]), &mut out);
+    s.peer_frame(T0, N2, DC1, 0, lan(mac(77), [0xff; 6]), &mut out);
     let mut out = vec![];
-    s.port_frame(a, lan(mac(10), mac(77)), &mut out);
+    s.port_frame(T0, a, lan(mac(10), mac(77)), &mut out);
     assert_eq!(out.len(), 1);
     assert!(matches!(out[0], Out::Peer { node: N2, .. }));
     // It moved away from node 2: the next unicast floods the DC (and finds its new place).
@@ -248,7 +255,7 @@ fn a_mac_that_left_a_node_floods_again() {
         },
     );
     let mut out = vec![];
-    s.port_frame(a, lan(mac(10), mac(77)), &mut out);
+    s.port_frame(T0, a, lan(mac(10), mac(77)), &mut out);
     assert_eq!(out.len(), 2, "{out:?}"); // port b and node 2 (node 3 is down)
 }
 
@@ -258,7 +265,7 @@ fn a_new_port_is_reachable_by_its_mac_before_it_speaks() {
     let mut out = vec![];
     let x = s.add_port(spec("x", DC1, &[60], 60), &mut out).unwrap();
     let mut out = vec![];
-    s.peer_frame(N2, DC1, 0, lan(mac(77), mac(60)), &mut out);
+    s.peer_frame(T0, N2, DC1, 0, lan(mac(77), mac(60)), &mut out);
     assert_eq!(out, vec![Out::Port(x, lan(mac(77), mac(60)))]);
     let mut out = vec![];
     s.remove_port(x, &mut out).unwrap();
@@ -267,12 +274,206 @@ fn a_new_port_is_reachable_by_its_mac_before_it_speaks() {
         .any(|o| matches!(o, Out::Dir(None, DirMsg::MacGone { dc: 1, .. }))));
 }
 
+/// A port of DC 1 holding endpoint `ep` with no assigned MAC: its MAC addresses are learned, not known.
+fn free_port(s: &mut Switch, name: &str, ep: u32) -> PortId {
+    let spec = PortSpec {
+        mac: None,
+        ..spec(name, DC1, &[ep], 0)
+    };
+    s.add_port(spec, &mut vec![]).unwrap()
+}
+
+/// Where a unicast from port `from` to `dst` goes.
+fn unicast(s: &mut Switch, now: Instant, from: PortId, src: u8, dst: u8) -> Vec<Out> {
+    let mut out = vec![];
+    s.port_frame(now, from, lan(mac(src), mac(dst)), &mut out);
+    out
+}
+
+fn to_n2_only(out: &[Out]) -> bool {
+    matches!(out, [Out::Peer { node: N2, .. }])
+}
+
+#[test]
+fn learned_macs_age_out_unless_they_keep_sending() {
+    let (mut s, a, _, _) = node1();
+    s.peer_frame(at(0), N2, DC1, 0, lan(mac(77), [0xff; 6]), &mut vec![]);
+    s.peer_frame(at(0), N2, DC1, 0, lan(mac(78), [0xff; 6]), &mut vec![]);
+    assert!(to_n2_only(&unicast(&mut s, at(299), a, 10, 77)));
+    // 78 keeps sending; 77 falls silent.
+    s.peer_frame(at(200), N2, DC1, 0, lan(mac(78), [0xff; 6]), &mut vec![]);
+    let out = unicast(&mut s, at(300), a, 10, 77);
+    assert_eq!(
+        out.len(),
+        2,
+        "aged out, so it floods to b and node 2: {out:?}"
+    );
+    assert!(to_n2_only(&unicast(&mut s, at(499), a, 10, 78)));
+    assert_eq!(unicast(&mut s, at(500), a, 10, 78).len(), 2);
+    let macs = s.stats().dcs[&1].macs;
+    assert_eq!(
+        (macs.learned, macs.aged, macs.entries),
+        (2, 2, 2),
+        "{macs:?}"
+    );
+}
+
+#[test]
+fn the_ageing_time_is_configurable_and_assigned_macs_never_age() {
+    let cfg = MacConfig {
+        ageing: std::time::Duration::from_secs(10),
+        ..MacConfig::default()
+    };
+    let mut s = Switch::with_macs(N1, cluster(), cfg);
+    assert_eq!(s.mac_config(), cfg);
+    let mut out = vec![];
+    let a = s.add_port(spec("a", DC1, &[10], 10), &mut out).unwrap();
+    let b = s.add_port(spec("b", DC1, &[20], 20), &mut out).unwrap();
+    s.peer_up(N2, &mut out);
+    s.peer_frame(at(0), N2, DC1, 0, lan(mac(77), [0xff; 6]), &mut vec![]);
+    assert!(to_n2_only(&unicast(&mut s, at(9), a, 10, 77)));
+    assert_eq!(unicast(&mut s, at(10), a, 10, 77).len(), 2);
+    // a's MAC was assigned by the node: still known after a day of silence.
+    assert_eq!(
+        unicast(&mut s, at(86_400), b, 20, 10),
+        vec![Out::Port(a, lan(mac(20), mac(10)))]
+    );
+}
+
+#[test]
+fn macs_move_between_ports_and_peers() {
+    let (mut s, a, _, _) = node1();
+    let p = free_port(&mut s, "p", 50);
+    let q = free_port(&mut s, "q", 51);
+    // 88 speaks on port p, then on port q: it moved.
+    s.port_frame(at(0), p, lan(mac(88), [0xff; 6]), &mut vec![]);
+    s.port_frame(at(1), q, lan(mac(88), [0xff; 6]), &mut vec![]);
+    assert_eq!(
+        unicast(&mut s, at(2), a, 10, 88),
+        vec![Out::Port(q, lan(mac(10), mac(88)))]
+    );
+    // A peer does not take over a MAC fresh on a local port...
+    s.peer_frame(at(3), N2, DC1, 0, lan(mac(88), [0xff; 6]), &mut vec![]);
+    assert_eq!(
+        unicast(&mut s, at(4), a, 10, 88),
+        vec![Out::Port(q, lan(mac(10), mac(88)))]
+    );
+    // ...but does once it aged out there.
+    s.peer_frame(at(301), N2, DC1, 0, lan(mac(88), [0xff; 6]), &mut vec![]);
+    assert!(to_n2_only(&unicast(&mut s, at(302), a, 10, 88)));
+    // From a peer back to a port: at once.
+    s.port_frame(at(303), p, lan(mac(88), [0xff; 6]), &mut vec![]);
+    assert_eq!(
+        unicast(&mut s, at(304), a, 10, 88),
+        vec![Out::Port(p, lan(mac(10), mac(88)))]
+    );
+    // Nobody takes over a MAC the node assigned to a port (a's).
+    s.peer_frame(at(305), N2, DC1, 0, lan(mac(10), [0xff; 6]), &mut vec![]);
+    s.port_frame(at(305), p, lan(mac(10), [0xff; 6]), &mut vec![]);
+    assert_eq!(
+        unicast(&mut s, at(306), q, 50, 10),
+        vec![Out::Port(a, lan(mac(50), mac(10)))]
+    );
+    let macs = s.stats().dcs[&1].macs;
+    // Learned: 88 on p, 88 again on node 2 after it aged out on q, and 50 (q's source address).
+    // Moved: 88 from p to q, and from node 2 to p.
+    assert_eq!((macs.learned, macs.moved, macs.aged), (3, 2, 1), "{macs:?}");
+}
+
+#[test]
+fn a_port_takes_its_macs_with_it() {
+    let (mut s, a, _, _) = node1();
+    let p = free_port(&mut s, "p", 50);
+    s.port_frame(at(0), p, lan(mac(88), [0xff; 6]), &mut vec![]);
+    s.port_frame(at(0), p, lan(mac(89), [0xff; 6]), &mut vec![]);
+    let entries = |s: &Switch| s.stats().dcs[&1].macs.entries;
+    assert_eq!(entries(&s), 4, "a's, b's, 88 and 89");
+    s.remove_port(p, &mut vec![]).unwrap();
+    assert_eq!(entries(&s), 2);
+    assert_eq!(
+        unicast(&mut s, at(1), a, 10, 88).len(),
+        2,
+        "floods: b and node 2"
+    );
+    // A removed port's assigned MAC goes too.
+    s.remove_port(a, &mut vec![]).unwrap();
+    assert_eq!(entries(&s), 1);
+    // And a peer's MACs when its link drops.
+    s.peer_frame(at(3), N2, DC1, 0, lan(mac(77), [0xff; 6]), &mut vec![]);
+    assert_eq!(entries(&s), 2);
+    s.peer_down(N2, &mut vec![]);
+    assert_eq!(entries(&s), 1, "only b's is left");
+}
+
+#[test]
+fn a_full_table_drops_the_entry_seen_longest_ago() {
+    let cfg = MacConfig {
+        max_per_dc: 3,
+        ..MacConfig::default()
+    };
+    let mut s = Switch::with_macs(N1, cluster(), cfg);
+    let mut out = vec![];
+    let a = s.add_port(spec("a", DC1, &[10], 10), &mut out).unwrap();
+    s.add_port(spec("b", DC1, &[20], 20), &mut out).unwrap();
+    s.add_port(spec("c", DC2, &[30], 30), &mut out).unwrap();
+    s.peer_up(N2, &mut out);
+    for (t, m) in [(1, 71), (2, 72), (3, 73), (4, 71)] {
+        s.peer_frame(at(t), N2, DC1, 0, lan(mac(m), [0xff; 6]), &mut vec![]);
+    }
+    // DC 2's table is its own: a full DC 1 costs it nothing.
+    s.peer_frame(at(4), N2, DC2, 0, lan(mac(71), [0xff; 6]), &mut vec![]);
+    // 74 is new and the table is full: 72 (seen at 2 s; 71 was seen again at 4 s) makes room.
+    s.peer_frame(at(5), N2, DC1, 0, lan(mac(74), [0xff; 6]), &mut vec![]);
+    for m in [71, 73, 74] {
+        assert!(to_n2_only(&unicast(&mut s, at(6), a, 10, m)), "{m} is kept");
+    }
+    let out = unicast(&mut s, at(6), a, 10, 72);
+    assert_eq!(
+        out.len(),
+        2,
+        "72 was dropped, so it floods to b and node 2: {out:?}"
+    );
+    let macs = s.stats().dcs[&1].macs;
+    // Three learned plus a's and b's assigned MACs (assigned ones do not count against the bound).
+    assert_eq!(
+        (macs.learned, macs.evicted, macs.entries),
+        (4, 1, 5),
+        "{macs:?}"
+    );
+    let dc2 = s.stats().dcs[&2].macs;
+    assert_eq!(
+        (dc2.evicted, dc2.entries),
+        (0, 2),
+        "c's MAC and 71: {dc2:?}"
+    );
+}
+
+#[test]
+fn a_zero_bound_learns_nothing() {
+    let cfg = MacConfig {
+        max_per_dc: 0,
+        ..MacConfig::default()
+    };
+    let mut s = Switch::with_macs(N1, cluster(), cfg);
+    let mut out = vec![];
+    let a = s.add_port(spec("a", DC1, &[10], 10), &mut out).unwrap();
+    s.add_port(spec("b", DC1, &[20], 20), &mut out).unwrap();
+    s.peer_up(N2, &mut out);
+    s.peer_frame(at(0), N2, DC1, 0, lan(mac(77), [0xff; 6]), &mut vec![]);
+    assert_eq!(s.stats().dcs[&1].macs.learned, 0);
+    assert_eq!(
+        unicast(&mut s, at(1), a, 10, 77).len(),
+        2,
+        "unknown: floods"
+    );
+}
+
 #[test]
 fn peers_outside_the_dc_are_refused() {
     let (mut s, _, _, _) = node1();
     let mut out = vec![];
-    s.peer_frame(NodeId(3), DC2, 0, lan(mac(77), [0xff; 6]), &mut out);
-    s.peer_frame(N2, DC1, 1, m3(Kind::Send, DC2, 40, 30, 1), &mut out);
+    s.peer_frame(T0, NodeId(3), DC2, 0, lan(mac(77), [0xff; 6]), &mut out);
+    s.peer_frame(T0, N2, DC1, 1, m3(Kind::Send, DC2, 40, 30, 1), &mut out);
     assert!(out.is_empty());
     assert_eq!(s.stats().peers[&2].drops.wrong_dc, 1);
     assert_eq!(s.stats().peers[&3].drops.wrong_dc, 1);
@@ -282,7 +483,7 @@ fn peers_outside_the_dc_are_refused() {
 fn removed_port_fails_calls_in_progress() {
     let (mut s, a, b, _) = node1();
     let mut out = vec![];
-    s.port_frame(a, m3(Kind::SendRec, DC1, 10, 20, 3), &mut out);
+    s.port_frame(T0, a, m3(Kind::SendRec, DC1, 10, 20, 3), &mut out);
     let mut out = vec![];
     s.remove_port(b, &mut out).unwrap();
     assert!(out
@@ -294,7 +495,7 @@ fn removed_port_fails_calls_in_progress() {
         (Kind::Error, ErrorCode::DeadDestination as u16, 20, 10, 3)
     );
     let mut out = vec![];
-    s.port_frame(a, m3(Kind::SendRec, DC1, 10, 20, 4), &mut out);
+    s.port_frame(T0, a, m3(Kind::SendRec, DC1, 10, 20, 4), &mut out);
     assert_eq!(answer(&out[0]).1, ErrorCode::UnknownDestination as u16);
 }
 
@@ -314,7 +515,7 @@ fn moved_endpoints_are_forwarded_and_newer_bindings_win() {
         )
     )));
     let mut out = vec![];
-    s.port_frame(a, m3(Kind::SendRec, DC1, 10, 20, 1), &mut out);
+    s.port_frame(T0, a, m3(Kind::SendRec, DC1, 10, 20, 1), &mut out);
     assert!(matches!(out[0], Out::Peer { node: N2, .. }));
     // An older binding from node 3 does not take the endpoint back.
     s.handle_dir(
@@ -337,7 +538,7 @@ fn moved_endpoints_are_forwarded_and_newer_bindings_win() {
     assert_eq!(s.lookup(DC1, Endpoint(20)).unwrap().node, NodeId(3));
     // A frame arriving from a peer with no hops left for a remote endpoint is refused with Migrated.
     let mut out = vec![];
-    s.peer_frame(N2, DC1, 0, m3(Kind::SendRec, DC1, 40, 20, 9), &mut out);
+    s.peer_frame(T0, N2, DC1, 0, m3(Kind::SendRec, DC1, 40, 20, 9), &mut out);
     assert_eq!(answer(&out[0]).0, Kind::Migrated);
 }
 
@@ -345,10 +546,17 @@ fn moved_endpoints_are_forwarded_and_newer_bindings_win() {
 fn an_answer_coming_back_another_way_settles_the_call() {
     let (mut s, a, _, _) = node1();
     let mut out = vec![];
-    s.port_frame(a, m3(Kind::SendRec, DC1, 10, 40, 5), &mut out); // tracked towards node 2
+    s.port_frame(T0, a, m3(Kind::SendRec, DC1, 10, 40, 5), &mut out); // tracked towards node 2
     s.peer_up(NodeId(3), &mut out);
     // Endpoint 40 moved to node 3, which answers directly.
-    s.peer_frame(NodeId(3), DC1, 1, m3(Kind::Reply, DC1, 40, 10, 5), &mut out);
+    s.peer_frame(
+        T0,
+        NodeId(3),
+        DC1,
+        1,
+        m3(Kind::Reply, DC1, 40, 10, 5),
+        &mut out,
+    );
     let mut out = vec![];
     s.peer_down(N2, &mut out);
     assert!(
@@ -365,7 +573,7 @@ fn a_taking_over_port_announces_on_its_first_frame() {
     sp.announce = Announce::OnFirstFrame;
     let x = s.add_port(sp, &mut out).unwrap();
     assert!(out.is_empty());
-    s.port_frame(x, lan(mac(50), [0xff; 6]), &mut out);
+    s.port_frame(T0, x, lan(mac(50), [0xff; 6]), &mut out);
     assert!(out
         .iter()
         .any(|o| matches!(o, Out::Dir(None, DirMsg::Bind(Binding { ep: 50, .. })))));
@@ -393,7 +601,7 @@ fn preloaded_placements_make_a_down_node_unreachable_not_unknown() {
         "local ones stay local"
     );
     let mut out = vec![];
-    s.port_frame(a2, m3(Kind::SendRec, DC1, 10, 40, 1), &mut out);
+    s.port_frame(T0, a2, m3(Kind::SendRec, DC1, 10, 40, 1), &mut out);
     assert_eq!(answer(&out[0]).1, ErrorCode::NodeUnreachable as u16);
     let _ = a;
 }
@@ -456,15 +664,15 @@ proptest! {
     fn any_bytes_from_a_port_or_peer_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), dc in 0u16..4, hops in 0u8..3) {
         let (mut s, a, _, _) = node1();
         let mut out = vec![];
-        s.port_frame(a, Bytes::from(bytes.clone()), &mut out);
-        s.peer_frame(N2, DcId(dc), hops, Bytes::from(bytes), &mut out);
+        s.port_frame(T0, a, Bytes::from(bytes.clone()), &mut out);
+        s.peer_frame(T0, N2, DcId(dc), hops, Bytes::from(bytes), &mut out);
     }
 
     #[test]
     fn nothing_leaves_a_port_as_another_endpoint(frame in m3_frame_strategy()) {
         let (mut s, a, _, _) = node1();
         let mut out = vec![];
-        s.port_frame(a, Bytes::from(frame.clone()), &mut out);
+        s.port_frame(T0, a, Bytes::from(frame.clone()), &mut out);
         let sent_as_a = FrameRepr::parse(&frame[ETH_HEADER_LEN..]).is_ok_and(|r| r.dc == DC1 && r.src == Endpoint(10));
         for o in &out {
             match o {

@@ -42,9 +42,12 @@ test-guest-build:
 test-qemu: images
 	@bash scripts/qemu-tests.sh
 
-## cluster-test: three nodes as network namespaces on this machine (needs root)
+## cluster-test: three nodes as network namespaces on this machine, real VOS VMs (needs root); a cargo test
+## target (qemu-tests/support/tests/cluster.rs), debug build like the rest of `make test`
 cluster-test: images
-	@bash scripts/cluster-test.sh
+	@[ "$$(id -u)" = 0 ] || { echo "cluster-test: needs root (network namespaces, veth, a bridge): run it as root, e.g. sudo make cluster-test" >&2; exit 1; }
+	$(CARGO) build -p dvs-hypervisor --bin dvs
+	DVS_CLUSTER_TEST=1 $(CARGO) test -p dvs-test-support --test cluster
 
 ## bench: criterion benchmarks and the system benchmarks; prints tables
 bench: setup images

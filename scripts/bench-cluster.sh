@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# bench-cluster: the three-namespace setup of cluster-test.sh, then one table: medians and p99 over N round
-# trips (default 10000) of raw TCP ping-pong and a tonic gRPC unary call between two namespaces, M3-IPC sendrec
-# VM->VM across nodes, VM->VM on one node, inside one VM, and host-side fake instances across nodes (the proxies
+# bench-cluster: three nodes as network namespaces (like the cluster test), then one table: medians and p99 over
+# N round trips (default 10000) of raw TCP ping-pong and a tonic gRPC unary call between two namespaces
+# (dvs-bench's dvs-netbench), M3-IPC sendrec VM->VM across nodes, VM->VM on one node, inside one VM, and host-side
+# engines across nodes (dvs-double's host-echo / host-bench roles run by the daemons' process backend: the proxies
 # and the engine without VMs); throughput of raw TCP vs a cross-node vcopy of 64 MiB. Ratios at the end.
+# Readiness and every M3-IPC figure come from the daemons' typed instance views (`guest.ready`, `guest.reports`,
+# read by `dvs-bench wait`), never from console text. Figures also go to target/bench/cluster.json.
 # Cleans up after itself (trap EXIT). Needs root and images/vos.elf (make images).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 N=${BENCH_N:-10000}
 VC=$((64 << 20))
+# Boot settings of the host-side engines (BENCH_HOST_ARGS overrides). Default `spin_us=0`: they block at once, as
+# the old host-side fake did; busy-polling doubles (300 µs spin) take the 2 cores from the proxies that forward
+# their frames (measured: 434 µs median with the spin, 120 µs without).
+HOST_ARGS=${BENCH_HOST_ARGS---arg spin_us=0}
 
 [ "$(id -u)" = 0 ] || { echo "bench-cluster: needs root (network namespaces)"; exit 1; }
 [ -f images/vos.elf ] || { echo "bench-cluster: images/vos.elf missing (make images)"; exit 1; }
 echo "bench-cluster: building (release, with the gRPC baseline)"
-cargo build -q --release -p dvs-hypervisor --features grpc-bench --bins
+# One feature set for every bench script (the gRPC baseline on), so that they do not rebuild each other.
+cargo build -q --release -p dvs-hypervisor --bin dvs
+cargo build -q --release -p dvs-test-support --bin dvs-double
+cargo build -q --release -p dvs-bench --features grpc --bins
 BIN=$ROOT/target/release
 WORK=$(mktemp -d /tmp/dvs-bench.XXXXXX)
 TAG=$$
@@ -26,9 +36,12 @@ cleanup() {
   set +e
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for n in 1 2 3; do [ -n "${DAEMON[$n]:-}" ] && kill "${DAEMON[$n]}" 2>/dev/null; done
-  sleep 1
-  for n in 1 2 3; do [ -n "${DAEMON[$n]:-}" ] && kill -9 "${DAEMON[$n]}" 2>/dev/null; done
-  pkill -9 -f "$WORK/" 2>/dev/null
+  for n in 1 2 3; do
+    if [ -n "${DAEMON[$n]:-}" ]; then
+      for _ in $(seq 50); do kill -0 "${DAEMON[$n]}" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "${DAEMON[$n]}" 2>/dev/null
+    fi
+  done
   for n in 1 2 3; do ip netns del "dvsbb$TAG-$n" 2>/dev/null; done
   ip link del "$BR" 2>/dev/null
   rm -rf "$WORK"
@@ -52,53 +65,53 @@ done
   printf '[[dc]]\nid = 1\nname = "bench"\nnodes = [1, 2, 3]\n'
 } > "$WORK/cluster.toml"
 for n in 1 2 3; do
-  printf 'node = %s\ncluster = "cluster.toml"\ndata_dir = "n%s"\nbackend = "qemu"\n' $n $n > "$WORK/node$n.toml"
+  printf 'node = %s\ncluster = "cluster.toml"\ndata_dir = "n%s"\nbackend = "qemu"\nprocess_program = "%s"\n' \
+    $n $n "$BIN/dvs-double" > "$WORK/node$n.toml"
   ip netns exec "dvsbb$TAG-$n" "$BIN/dvs" node --config "$WORK/node$n.toml" > "$WORK/node$n.log" 2>&1 &
   DAEMON[$n]=$!
 done
 dvs() { "$BIN/dvs" --node "$NET.1:7070" "$@"; }
-wait_log() { # NAME PATTERN SECONDS
-  for _ in $(seq $(($3 * 5))); do dvs logs "$1" 2>/dev/null | grep -Eq "$2" && return 0; sleep 0.2; done
-  echo "bench-cluster: $1 did not print /$2/ in $3 s:"; dvs logs "$1" | tail -5; return 1
-}
-line() { dvs logs "$1" | grep -E "$2" | tail -1; }
-field() { sed -E "s/.*[ ^]$1=([0-9]+).*/\\1/"; }
-for _ in $(seq 50); do dvs node status >/dev/null 2>&1 && break; sleep 0.2; done
-sleep 1
+# wait NODE NAME ready|sendrecs|vcopy|local-sendrec SECONDS: the figure as key=value words, from the typed view.
+wait_for() { "$BIN/dvs-bench" wait --node "$NET.$1:7070" "$2" "$3" --timeout "$4"; }
+field() { sed -E "s/.*(^| )$1=([0-9]+).*/\\2/"; }
+for n in 1 2 3; do
+  for _ in $(seq 100); do "$BIN/dvs" --node "$NET.$n:7070" node status >/dev/null 2>&1 && break; sleep 0.1; done
+done
+for n in 1 2 3; do "$BIN/dvs-bench" settle --node "$NET.$n:7070" --timeout 30; done
 dvs image push --all images/vos.elf >/dev/null
 MEM=$(((VC >> 20) * 2 + 32))
 dvs run vos --dc bench --name echo3 --on 3 --ep 301 --svc echo --mem $MEM --arg buf=$VC >/dev/null
 dvs run vos --dc bench --name echo1 --on 1 --ep 101 --svc echo --mem 16 >/dev/null
-wait_log echo3 'dvs: ready' 60
-wait_log echo1 'dvs: ready' 60
-sleep 1
+wait_for 3 echo3 ready 60 >/dev/null
+wait_for 1 echo1 ready 60 >/dev/null
+"$BIN/dvs-bench" settle --node "$NET.1:7070" --ep 1:301 --ep 1:101
 echo "bench-cluster: VM->VM sendrec across nodes ($N) and vcopy of $((VC >> 20)) MiB"
 dvs run vos --dc bench --name bx --on 1 --ep 111 --svc ipc-bench --mem $MEM --arg peer=301 --arg n=$N --arg vcopy=$VC >/dev/null
-wait_log bx 'bench (vcopy|FAILED)' 600
+X=$(wait_for 1 bx sendrecs 600)
+V=$(wait_for 1 bx vcopy 600)
 echo "bench-cluster: VM->VM sendrec on one node ($N)"
 dvs run vos --dc bench --name bl --on 1 --ep 121 --svc ipc-bench --mem 16 --arg peer=101 --arg n=$N --arg vcopy=0 >/dev/null
-wait_log bl 'bench (sendrec n=|FAILED)' 600
+L=$(wait_for 1 bl sendrecs 600)
 echo "bench-cluster: sendrec inside one VM ($N)"
 dvs run vos --dc bench --name lv --on 1 --ep 131 --svc echo --mem 16 --arg local_n=$N >/dev/null
-wait_log lv 'local-sendrec' 300
-echo "bench-cluster: host-side fake instances across nodes ($N)"
-dvs run vos --fake --dc bench --name fecho --on 3 --ep 302 --svc echo >/dev/null
-wait_log fecho 'dvs: ready' 20
-sleep 0.5
-dvs run vos --fake --dc bench --name fx --on 1 --ep 141,142 --svc ipc-bench --arg peer=302 --arg n=$N --arg vcopy=0 >/dev/null
-wait_log fx 'bench (sendrec n=|FAILED|summary)' 300
-X=$(line bx 'bench sendrec'); L=$(line bl 'bench sendrec'); V=$(line bx 'bench vcopy'); F=$(line fx 'bench sendrec')
-LV=$(line lv 'local-sendrec')
+LV=$(wait_for 1 lv local-sendrec 300)
+echo "bench-cluster: host-side engines across nodes, no VMs ($N; dvs-double host-echo / host-bench)"
+dvs run vos --process-arg host-echo --dc bench --name fecho --on 3 --ep 302 --svc echo $HOST_ARGS >/dev/null
+wait_for 3 fecho ready 20 >/dev/null
+"$BIN/dvs-bench" settle --node "$NET.1:7070" --ep 1:302
+dvs run vos --process-arg host-bench --dc bench --name fx --on 1 --ep 141 --svc ipc-bench --arg peer=302 --arg n=$N --arg vcopy=0 $HOST_ARGS >/dev/null
+F=$(wait_for 1 fx sendrecs 300)
 for n in 1 2 3; do kill "${DAEMON[$n]}"; done
-sleep 1
+for n in 1 2 3; do wait "${DAEMON[$n]}" 2>/dev/null || true; DAEMON[$n]=; done
 
 echo "bench-cluster: raw TCP and gRPC between namespaces 1 and 3"
 ip netns exec "dvsbb$TAG-3" "$BIN/dvs-netbench" tcp-server "$NET.3:9000" & PIDS+=($!)
 ip netns exec "dvsbb$TAG-3" "$BIN/dvs-netbench" grpc-server "$NET.3:9001" & PIDS+=($!)
-sleep 1
-TCP=$(ip netns exec "dvsbb$TAG-1" "$BIN/dvs-netbench" tcp-pingpong "$NET.3:9000" "$N" 96)
+# The servers are up once a connection succeeds (bounded retries, no fixed sleep).
+retry() { for _ in $(seq 100); do "$@" 2>/dev/null && return 0; sleep 0.05; done; "$@"; }
+TCP=$(retry ip netns exec "dvsbb$TAG-1" "$BIN/dvs-netbench" tcp-pingpong "$NET.3:9000" "$N" 96)
 TPUT=$(ip netns exec "dvsbb$TAG-1" "$BIN/dvs-netbench" tcp-throughput "$NET.3:9000" "$VC")
-GRPC=$(ip netns exec "dvsbb$TAG-1" "$BIN/dvs-netbench" grpc-pingpong "$NET.3:9001" "$N" 64)
+GRPC=$(retry ip netns exec "dvsbb$TAG-1" "$BIN/dvs-netbench" grpc-pingpong "$NET.3:9001" "$N" 64)
 
 us() { awk -v ns="$1" 'BEGIN { printf (ns < 10000 ? "%.3f" : "%.1f"), ns / 1000 }'; }
 row() { printf '| %-52s | %12s | %12s | %s\n' "$1" "$2" "$3" "$4"; }
@@ -110,7 +123,7 @@ row "tonic gRPC unary, ns 1 -> ns 3 (64 B)" "$(us "$(echo "$GRPC" | field median
 row "M3-IPC sendrec VM -> VM, node 1 -> node 3" "$(us "$(echo "$X" | field median_ns)")" "$(us "$(echo "$X" | field p99_ns)")" "VOS ipc-bench -> VOS echo"
 row "M3-IPC sendrec VM -> VM, same node" "$(us "$(echo "$L" | field median_ns)")" "$(us "$(echo "$L" | field p99_ns)")" "through the node's proxy"
 row "M3-IPC sendrec inside one VM" "$(us "$(echo "$LV" | field ns_per_call)")" "-" "mean (the VOS reports no percentiles)"
-row "M3-IPC sendrec fake -> fake, node 1 -> node 3" "$(us "$(echo "$F" | field median_ns)")" "$(us "$(echo "$F" | field p99_ns)")" "host-side engines, no VMs"
+row "M3-IPC sendrec host engine -> host engine, 1 -> 3" "$(us "$(echo "$F" | field median_ns)")" "$(us "$(echo "$F" | field p99_ns)")" "host-side engines, no VMs"
 echo
 TMB=$(echo "$TPUT" | field mb_s); VMB=$(echo "$V" | field push_mb_s)
 printf '| %-52s | %12s |\n' "throughput" "MB/s"
@@ -122,5 +135,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1fx", a / b; els
 echo "ratios: cross-node VM sendrec / TCP ping-pong = $(ratio "$(echo "$X" | field median_ns)" "$(echo "$TCP" | field median_ns)")," \
   "gRPC / TCP = $(ratio "$(echo "$GRPC" | field median_ns)" "$(echo "$TCP" | field median_ns)")," \
   "cross-node VM sendrec / gRPC = $(ratio "$(echo "$X" | field median_ns)" "$(echo "$GRPC" | field median_ns)")," \
-  "fake cross-node sendrec / TCP = $(ratio "$(echo "$F" | field median_ns)" "$(echo "$TCP" | field median_ns)")," \
+  "host-engine cross-node sendrec / TCP = $(ratio "$(echo "$F" | field median_ns)" "$(echo "$TCP" | field median_ns)")," \
   "TCP throughput / vcopy = $(ratio "$TMB" "$VMB")"
+
+num() { echo "$1" | field "$2"; }
+"$BIN/dvs-bench" put cluster n=$N \
+  tcp_pingpong.median_ns=$(num "$TCP" median_ns) tcp_pingpong.p99_ns=$(num "$TCP" p99_ns) \
+  grpc_unary.median_ns=$(num "$GRPC" median_ns) grpc_unary.p99_ns=$(num "$GRPC" p99_ns) \
+  vm_vm_cross_node.median_ns=$(num "$X" median_ns) vm_vm_cross_node.p99_ns=$(num "$X" p99_ns) \
+  vm_vm_same_node.median_ns=$(num "$L" median_ns) vm_vm_same_node.p99_ns=$(num "$L" p99_ns) \
+  in_vm_local.ns_per_call=$(num "$LV" ns_per_call) \
+  host_engines_cross_node.median_ns=$(num "$F" median_ns) host_engines_cross_node.p99_ns=$(num "$F" p99_ns) \
+  tcp_throughput.mb_s="$TMB" vcopy_push.mb_s="$VMB" vcopy_pull.mb_s=$(num "$V" pull_mb_s) vcopy.bytes=$VC

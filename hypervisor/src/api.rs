@@ -45,6 +45,7 @@ impl From<InstanceError> for ApiError {
     fn from(e: InstanceError) -> ApiError {
         let (status, code) = match &e {
             InstanceError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            InstanceError::BootConfig { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             InstanceError::NameTaken(_) => (StatusCode::CONFLICT, "name_taken"),
             InstanceError::EndpointTaken { .. } => (StatusCode::CONFLICT, "endpoint_taken"),
             InstanceError::Dc(_) => (StatusCode::BAD_REQUEST, "dc"),
@@ -148,10 +149,27 @@ async fn run(State(s): S, Json(req): Json<RunRequest>) -> Res<crate::instances::
     Ok(Json(s.mgr.run(req)?))
 }
 
-async fn instance(State(s): S, Path(name): Path<String>) -> Res<crate::instances::InstanceView> {
-    s.mgr
-        .view(&name)
-        .map(Json)
+/// `?wait_after=REV&timeout_ms=N`: answer once the instance's revision is above REV (or after N ms, at most
+/// 60 s, with the view as it is then).
+#[derive(Deserialize)]
+struct Wait {
+    wait_after: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+async fn instance(
+    State(s): S,
+    Path(name): Path<String>,
+    Query(q): Query<Wait>,
+) -> Res<crate::instances::InstanceView> {
+    let view = match q.wait_after {
+        Some(after) => {
+            let timeout = std::time::Duration::from_millis(q.timeout_ms.unwrap_or(30_000));
+            s.mgr.wait_view(&name, after, timeout).await
+        }
+        None => s.mgr.view(&name),
+    };
+    view.map(Json)
         .ok_or_else(|| InstanceError::NotFound(name).into())
 }
 
@@ -195,6 +213,11 @@ async fn migrate(
         Err(e @ MigrateError::TimedOut(_)) => Err(ApiError(
             StatusCode::GATEWAY_TIMEOUT,
             "unreachable",
+            e.to_string(),
+        )),
+        Err(e @ MigrateError::Handover { .. }) => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "handover",
             e.to_string(),
         )),
     }

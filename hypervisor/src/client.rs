@@ -58,7 +58,7 @@ pub struct MigrateResult {
 pub struct ApiErrorBody {
     /// What went wrong, for people.
     pub error: String,
-    /// A stable code: not_found, endpoint_taken, name_taken, dc, image, invalid, unreachable, internal.
+    /// A stable code: not_found, endpoint_taken, name_taken, dc, image, invalid, unreachable, handover, internal.
     pub code: String,
 }
 
@@ -236,6 +236,43 @@ impl NodeClient {
     /// `GET /v1/instances/{name}`.
     pub async fn instance(&self, name: &str) -> Result<InstanceView, ClientError> {
         self.get(&format!("/v1/instances/{name}")).await
+    }
+
+    /// `GET /v1/instances/{name}?wait_after=REV&timeout_ms=N`: the instance as soon as its revision is above
+    /// `after`, or as it is after `timeout` (the node caps it at 60 s).
+    pub async fn instance_after(
+        &self,
+        name: &str,
+        after: u64,
+        timeout: Duration,
+    ) -> Result<InstanceView, ClientError> {
+        self.get(&format!(
+            "/v1/instances/{name}?wait_after={after}&timeout_ms={}",
+            timeout.as_millis()
+        ))
+        .await
+    }
+
+    /// Waits until instance `name` satisfies `pred` (following its revisions, no polling), or `timeout`
+    /// passes: the last view seen, and whether it satisfied `pred`.
+    pub async fn wait_instance(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&InstanceView) -> bool,
+    ) -> Result<(InstanceView, bool), ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut v = self.instance(name).await?;
+        loop {
+            if pred(&v) {
+                return Ok((v, true));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok((v, false));
+            }
+            v = self.instance_after(name, v.rev, left).await?;
+        }
     }
 
     /// `POST /v1/instances`.

@@ -12,8 +12,9 @@ pub enum BackendKind {
     /// QEMU (`-M microvm`), with KVM when `/dev/kvm` works, TCG otherwise.
     #[default]
     Qemu,
-    /// Host-side fake instances (`dvs-fake-vos`): the same command line and ports, no VM. For tests.
-    Fake,
+    /// A host program as the machine (`process_program`): for test doubles named for their role (a spoofing,
+    /// flooding or garbage-sending peer), never for "a VOS". It gets the VM spec as JSON in `DVS_VM_SPEC`.
+    Process,
 }
 
 /// Which QEMU socket netdev the fabric NIC uses.
@@ -63,8 +64,32 @@ pub struct NodeConfig {
     /// QEMU binary.
     #[serde(default = "default_qemu")]
     pub qemu: PathBuf,
+    /// The program the `process` backend runs as the machine (relative to node.toml); instances with
+    /// `backend = "process"` need it.
+    #[serde(default)]
+    pub process_program: Option<PathBuf>,
     /// Overrides the API listen address of the cluster file (e.g. 0.0.0.0:7070).
     pub api_listen: Option<std::net::SocketAddr>,
+}
+
+impl NodeConfig {
+    /// Checks the rules between fields (the process backend needs its program).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.backend == BackendKind::Process && self.process_program.is_none() {
+            anyhow::bail!("backend = \"process\" needs process_program = \"<path>\"");
+        }
+        Ok(())
+    }
+
+    /// The accelerator QEMU machines run with (`auto`: KVM when `/dev/kvm` opens, else TCG; `DVS_ACCEL`
+    /// overrides it).
+    pub fn accel(&self) -> dvs_instance::Accel {
+        match self.accel {
+            Accel::Auto => dvs_instance::Accel::detect(),
+            Accel::Kvm => dvs_instance::Accel::Kvm,
+            Accel::Tcg => dvs_instance::Accel::Tcg,
+        }
+    }
 }
 
 fn default_qemu() -> PathBuf {
@@ -81,6 +106,8 @@ pub fn load(path: &Path) -> anyhow::Result<(NodeConfig, ClusterMap)> {
     let base = path.parent().unwrap_or(Path::new("."));
     cfg.cluster = base.join(&cfg.cluster);
     cfg.data_dir = base.join(&cfg.data_dir);
+    cfg.process_program = cfg.process_program.map(|p| base.join(p));
+    cfg.check()?;
     let cluster = load_cluster(&cfg.cluster)?;
     if cluster.node(m3ipc_core::NodeId(cfg.node)).is_none() {
         anyhow::bail!(

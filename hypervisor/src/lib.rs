@@ -1,18 +1,14 @@
 //! # dvs-hypervisor — the node daemon and the `dvs` CLI
 //!
-//! The daemon (`dvs node`) keeps an image store, boots instances through a VM backend, runs the node's proxy
+//! The daemon (`dvs node`) keeps an image store, boots instances through dvs-instance's backends, runs the node's proxy
 //! and answers an HTTP/JSON API; the CLI talks to that API. See hypervisor/README.md.
 #![warn(missing_docs)]
 
 pub mod api;
-pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
-pub mod fakevos;
-#[cfg(feature = "grpc-bench")]
-pub mod grpcbench;
 pub mod images;
 pub mod instances;
 pub mod manifest;

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::backend::Publish;
 use crate::config::BackendKind;
 use crate::images::Manifest as ImageManifest;
+use crate::instances::Publish;
 use crate::instances::{InstanceSpec, RestartPolicy};
 
 /// The manifest file.
@@ -77,8 +77,11 @@ pub struct InstanceEntry {
     /// Restart policy.
     #[serde(default)]
     pub restart: RestartPolicy,
-    /// Backend override (`fake`).
+    /// Backend override (`process`: the node's process program, for test doubles).
     pub backend: Option<BackendKind>,
+    /// Arguments of the process program (with `backend = "process"`).
+    #[serde(default)]
+    pub process_args: Vec<String>,
 }
 
 /// A loaded image: bytes and manifest with its sha256.
@@ -166,6 +169,7 @@ impl DcManifest {
             publish,
             restart: entry.restart,
             backend: entry.backend,
+            process_args: entry.process_args.clone(),
         })
     }
 }

@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use dvs_proxy::switch::SwitchError;
+use dvs_proxy::ProxyError;
 use m3ipc_core::{DcId, Endpoint, NodeId};
 
 use crate::client::{MigrateResult, NodeClient};
@@ -31,6 +33,19 @@ pub enum MigrateError {
     /// The instance itself.
     #[error(transparent)]
     Instance(#[from] InstanceError),
+    /// The new place took over, but this node's proxy could not hand the old port over (the old instance is
+    /// stopped anyway; calls in flight at it may time out instead of being resent).
+    #[error(
+        "instance '{name}' now runs on node {to}, but handing over its old port failed: {why}"
+    )]
+    Handover {
+        /// The instance.
+        name: String,
+        /// The new node.
+        to: u16,
+        /// The proxy's error.
+        why: String,
+    },
 }
 
 /// Moves instance `name` of this node to node `to`.
@@ -83,42 +98,78 @@ pub async fn migrate_out(
         .await
         .map_err(|e| MigrateError::Unreachable(e.to_string()))?;
 
-    // 2. Wait until it runs there and this node routes its endpoints there.
+    // 2. Wait until it is ready there (following its revisions) and this node routes its endpoints there.
     let dc = DcId(view.spec.dc);
     let deadline = Instant::now() + TAKEOVER_TIMEOUT;
+    let settled = |v: &crate::instances::InstanceView| {
+        matches!(
+            v.state,
+            State::Running | State::Failed | State::Exited | State::Stopped
+        )
+    };
+    let give_up = |why: String| async {
+        if let Err(e) = remote.stop(name).await {
+            tracing::warn!("migrating {name}: stopping the new instance on node {to}: {e}");
+        }
+        Err(MigrateError::TimedOut(why))
+    };
+    match remote.wait_instance(name, TAKEOVER_TIMEOUT, settled).await {
+        Ok((v, _)) if v.state == State::Running => {}
+        Ok((v, _)) => {
+            let why = v.last_exit.unwrap_or_else(|| format!("{:?}", v.state));
+            return give_up(format!("node {to} did not take over '{name}': {why}")).await;
+        }
+        Err(e) => return Err(MigrateError::Unreachable(e.to_string())),
+    }
     loop {
-        let running = remote
-            .instance(name)
-            .await
-            .is_ok_and(|v| v.state == State::Running);
         let moved = view.spec.endpoints.iter().all(|&e| {
             proxy
                 .lookup(dc, Endpoint(e))
                 .is_some_and(|p| p.node.0 == to)
         });
-        if running && moved {
+        if moved {
             break;
         }
         if Instant::now() > deadline {
-            let _ = remote.stop(name).await;
-            return Err(MigrateError::TimedOut(format!(
-                "node {to} did not take over '{name}' in time"
-            )));
+            return give_up(format!(
+                "node {to} runs '{name}' but did not announce its endpoints in time"
+            ))
+            .await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The announcement travels proxy to proxy; it follows the Ready record closely.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
     // 3. Let calls already delivered here finish, refuse the rest with Migrated, stop the old machine.
     let mut refused = 0;
-    if let Some(port) = old_port {
+    let mut handover = Ok(());
+    // The port of the machine running now: if it restarted since the start, its old port is gone.
+    if let Some(port) = mgr.port_of(name).filter(|p| Some(*p) == old_port) {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while proxy.port_pending(port) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         refused = proxy.port_pending(port);
-        let _ = proxy.move_port(port, NodeId(to), gen).await;
+        handover = match proxy.move_port(port, NodeId(to), gen).await {
+            Ok(()) => Ok(()),
+            // The machine ended meanwhile and took its port (and the calls in flight at it) along.
+            Err(ProxyError::Switch(SwitchError::NoPort(_))) => {
+                tracing::info!("migrating {name}: its port went away before the handover");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
     }
+    // The new place serves the endpoints now: the old instance goes whatever the handover did.
     mgr.stop(name).await?;
+    if let Err(e) = handover {
+        tracing::warn!("migrating {name} to node {to}: handing over its old port: {e}");
+        return Err(MigrateError::Handover {
+            name: name.into(),
+            to,
+            why: e.to_string(),
+        });
+    }
     Ok(MigrateResult {
         from: me,
         to,

@@ -43,7 +43,8 @@ pub(super) async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         args: a.arg,
         publish: a.publish,
         restart,
-        backend: a.fake.then_some(BackendKind::Fake),
+        backend: (a.process || !a.process_arg.is_empty()).then_some(BackendKind::Process),
+        process_args: a.process_arg,
     };
     let c = match a.on {
         Some(id) => ctx.client_of(id).await?,

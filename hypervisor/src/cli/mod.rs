@@ -12,9 +12,9 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use dvs_proxy::ClusterMap;
 
-use crate::backend::Publish;
 use crate::client::{ClientError, NodeClient};
 use crate::instances::InstanceView;
+use crate::instances::Publish;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -24,6 +24,8 @@ Examples:
   dvs ps                                              instances on every node
   dvs migrate web --to 2                              move an instance; calls to it keep working
   dvs apply examples/web-dc.toml                      deploy a DC manifest (idempotent)
+  dvs run vos --dc web --name liar --process --process-arg console-liar
+                                                      a test double as the machine (node's process_program)
 
 Exit codes: 0 ok, 1 failed, 2 usage, 3 node unreachable, 4 not found (image, instance, DC),
 5 conflict (endpoint or name taken).";
@@ -155,7 +157,7 @@ struct RunArgs {
     /// Endpoints (comma-separated).
     #[arg(long, value_delimiter = ',')]
     ep: Vec<u32>,
-    /// Services (comma-separated: http, echo, ipc-bench).
+    /// Services (comma-separated: http, echo, ipc-bench, udp-echo).
     #[arg(long, value_delimiter = ',')]
     svc: Vec<String>,
     /// Instance name (default: IMAGE-FIRSTENDPOINT).
@@ -173,15 +175,21 @@ struct RunArgs {
     /// Restart policy: never, on-failure, always.
     #[arg(long, default_value = "never")]
     restart: String,
-    /// Extra kernel command-line word (key=value), repeatable.
+    /// A boot setting key=value, repeatable: gw, peer, n, vcopy, notify_n, buf, local_n, stats, spin_us (checked by
+    /// the node; a bad one is refused before anything boots).
     #[arg(long)]
     arg: Vec<String>,
     /// Node to run on (default: --node).
     #[arg(long)]
     on: Option<u16>,
-    /// Run as a host-side fake instance instead of a VM.
+    /// Run the node's `process_program` as the machine instead of a VM (test doubles named for their role,
+    /// e.g. the `dvs-double` of qemu-tests/support; the node needs `process_program` in its node.toml).
     #[arg(long)]
-    fake: bool,
+    process: bool,
+    /// An argument of the process program (its role and knobs, e.g. `--process-arg spoofer`), repeatable;
+    /// implies --process.
+    #[arg(long = "process-arg", allow_hyphen_values = true)]
+    process_arg: Vec<String>,
 }
 
 impl Cli {

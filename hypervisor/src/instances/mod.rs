@@ -1,6 +1,6 @@
 //! Instances: their specs (kept on disk, so they come back after a daemon restart), their VM port, and one
-//! supervisor task each (`supervise.rs`) that boots the machine, waits for it, restarts it per policy and
-//! stops it on request.
+//! supervisor task each (`supervise.rs`) that boots the machine through dvs-instance, follows its control
+//! channel (readiness, counters, reports), waits for it, restarts it per policy and stops it on request.
 
 mod spec;
 mod supervise;
@@ -10,18 +10,26 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dvs_instance::{
+    ConsoleSink, Forward, Kernel, MachineType, Nic, NicBackend, ProcessBackend, Proto, QemuBackend,
+    VmBackend, VmSpec,
+};
 use dvs_proxy::port::PortKind;
 use dvs_proxy::{Announce, PortId, PortSpec, Proxy};
+use dvs_vos_abi::BootConfig;
 use m3ipc_core::{DcId, Endpoint};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use crate::backend::{self, BootPlan, VmBackend};
 use crate::config::{BackendKind, NetdevKind, NodeConfig};
 use crate::images::ImageStore;
 pub use spec::{
-    kernel_cmdline, InstanceError, InstanceSpec, InstanceView, RestartPolicy, RunRequest, State,
+    boot_config, GuestView, InstanceError, InstanceSpec, InstanceView, Publish, RestartPolicy,
+    RunRequest, State, PUBLISH_GW, PUBLISH_IP, REPORTS_KEPT,
 };
 use spec::{mac_for, valid_name};
+
+/// The longest a `wait_after` request may wait.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
 struct Instance {
     spec: InstanceSpec,
@@ -32,11 +40,22 @@ struct Instance {
     pid: Option<u32>,
     mac: [u8; 6],
     cmdline: String,
+    boot_config: Option<BootConfig>,
     gen: u64,
     port: Option<PortId>,
     stop: Option<mpsc::Sender<bool>>,
     takeover: bool,
     inc: u32,
+    guest: GuestView,
+    rev: u64,
+}
+
+/// What a boot needs: the machine's spec, the port of the proxy it plugs into, and the backend that starts it.
+struct Plan {
+    vm: VmSpec,
+    port: PortSpec,
+    fabric: PortKind,
+    backend: Box<dyn VmBackend>,
 }
 
 /// The instance manager of one node.
@@ -45,11 +64,13 @@ pub struct Manager {
     cfg: NodeConfig,
     proxy: Proxy,
     images: ImageStore,
-    backend: Box<dyn VmBackend>,
-    fake: Box<dyn VmBackend>,
+    qemu: QemuBackend,
+    accel: dvs_instance::Accel,
     run_dir: PathBuf,
     dir: PathBuf,
     inner: Mutex<BTreeMap<String, Instance>>,
+    /// The last revision handed out; every change of an instance takes the next one.
+    rev: watch::Sender<u64>,
 }
 
 pub(crate) fn now_micros() -> u64 {
@@ -72,23 +93,60 @@ impl Manager {
         let tag = crate::images::sha256_hex(cfg.data_dir.display().to_string().as_bytes());
         let run_dir = std::env::temp_dir().join(format!("dvs-{}-{}", cfg.node, &tag[..8]));
         std::fs::create_dir_all(&run_dir)?;
-        let backend = backend::from_config(cfg.backend, cfg.qemu.clone(), cfg.accel);
+        cfg.check()?;
         Ok(Arc::new(Manager {
             node: cfg.node,
             proxy,
             images,
-            backend,
-            fake: Box::new(backend::Fake::new()),
+            qemu: QemuBackend::new(cfg.qemu.clone()),
+            accel: cfg.accel(),
             run_dir,
             dir,
             cfg,
             inner: Mutex::new(BTreeMap::new()),
+            rev: watch::channel(0).0,
         }))
     }
 
     /// The node's backend, described.
     pub fn backend(&self) -> String {
-        self.backend.describe()
+        self.describe(self.cfg.backend)
+    }
+
+    fn describe(&self, kind: BackendKind) -> String {
+        match kind {
+            BackendKind::Qemu => {
+                format!("qemu ({}, {})", self.cfg.qemu.display(), self.accel.name())
+            }
+            BackendKind::Process => match &self.cfg.process_program {
+                Some(p) => format!("process ({})", p.display()),
+                None => "process (no process_program)".into(),
+            },
+        }
+    }
+
+    /// The backend that starts `spec`'s machine.
+    fn backend_for(&self, spec: &InstanceSpec) -> Result<Box<dyn VmBackend>, InstanceError> {
+        match spec.backend.unwrap_or(self.cfg.backend) {
+            BackendKind::Qemu => {
+                if !spec.process_args.is_empty() {
+                    return Err(InstanceError::Invalid(format!(
+                        "instance '{}': process_args {:?} need the process backend",
+                        spec.name, spec.process_args
+                    )));
+                }
+                Ok(Box::new(self.qemu.clone()))
+            }
+            BackendKind::Process => match &self.cfg.process_program {
+                Some(p) => Ok(Box::new(
+                    ProcessBackend::new(p.clone()).with_args(spec.process_args.clone()),
+                )),
+                None => Err(InstanceError::Invalid(format!(
+                    "instance '{}' asks for the process backend, but node {} has no process_program",
+                    spec.name, self.node
+                ))),
+            },
+        }
     }
 
     /// The image store.
@@ -155,6 +213,9 @@ impl Manager {
             )));
         }
         let image = self.images.find(&spec.image)?;
+        self.backend_for(&spec)?;
+        let is_vos = spec.backend.unwrap_or(self.cfg.backend) == BackendKind::Qemu;
+        boot_config(&spec, 1, is_vos)?;
         let mut seen = std::collections::BTreeSet::new();
         for &ep in &spec.endpoints {
             if ep == 0 || !Endpoint(ep).is_addressable() || !seen.insert(ep) {
@@ -201,12 +262,15 @@ impl Manager {
             boots: 0,
             pid: None,
             cmdline: String::new(),
+            boot_config: None,
             gen: req.takeover_gen.unwrap_or(0).max(now_micros()),
             port: None,
             stop: Some(stop_tx),
             takeover: req.takeover_gen.is_some(),
             inc: 0,
             spec: spec.clone(),
+            guest: GuestView::default(),
+            rev: self.next_rev(),
         };
         inner.insert(spec.name.clone(), inst);
         drop(inner);
@@ -218,7 +282,6 @@ impl Manager {
     }
 
     fn view_of(&self, i: &Instance) -> InstanceView {
-        let kind = i.spec.backend.unwrap_or(self.cfg.backend);
         InstanceView {
             spec: i.spec.clone(),
             node: self.node,
@@ -227,15 +290,59 @@ impl Manager {
             last_exit: i.last_exit.clone(),
             boots: i.boots,
             pid: i.pid,
-            mac: backend::mac_string(&i.mac),
+            mac: dvs_instance::mac_string(&i.mac),
             cmdline: i.cmdline.clone(),
+            boot_config: i.boot_config.clone(),
             gen: i.gen,
-            backend: if kind == BackendKind::Fake {
-                self.fake.describe()
-            } else {
-                self.backend.describe()
-            },
+            backend: self.describe(i.spec.backend.unwrap_or(self.cfg.backend)),
+            guest: i.guest.clone(),
+            rev: i.rev,
         }
+    }
+
+    /// Takes the next revision and tells the waiters. Called with `inner` locked, so revisions are in the
+    /// order of the changes.
+    fn next_rev(&self) -> u64 {
+        let mut rev = 0;
+        self.rev.send_modify(|r| {
+            *r += 1;
+            rev = *r;
+        });
+        rev
+    }
+
+    /// Waits until `name`'s view passes `pred` or `timeout` passes; the last view (None once it is gone).
+    async fn wait_for(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&InstanceView) -> bool,
+    ) -> Option<InstanceView> {
+        let mut changes = self.rev.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            let v = self.view(name)?;
+            if pred(&v) {
+                return Some(v);
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return Some(v) },
+                _ = tokio::time::sleep_until(deadline) => return Some(v),
+            }
+        }
+    }
+
+    /// One instance, as soon as its revision is above `after` or after `timeout` (at most [`MAX_WAIT`]) as
+    /// it is then. None if there is no such instance (or it went away).
+    pub async fn wait_view(
+        &self,
+        name: &str,
+        after: u64,
+        timeout: Duration,
+    ) -> Option<InstanceView> {
+        self.wait_for(name, timeout.min(MAX_WAIT), |v| v.rev > after)
+            .await
     }
 
     /// One instance.
@@ -265,18 +372,17 @@ impl Manager {
             .take();
         let _ = std::fs::remove_file(self.dir.join(format!("{name}.json")));
         if let Some(stop) = stop {
-            let _ = stop.send(true).await;
-            for _ in 0..100 {
-                if lock(&self.inner)
-                    .get(name)
-                    .is_none_or(|i| matches!(i.state, State::Stopped))
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            // The supervisor is gone already when the machine ended by itself and is not restarted.
+            if stop.send(true).await.is_ok() {
+                self.wait_for(name, Duration::from_secs(10), |v| {
+                    v.pid.is_none() && !matches!(v.state, State::Starting | State::Running)
+                })
+                .await;
             }
         }
-        lock(&self.inner).remove(name);
+        let mut inner = lock(&self.inner);
+        inner.remove(name);
+        self.next_rev();
         Ok(())
     }
 
@@ -289,11 +395,17 @@ impl Manager {
         for s in stops {
             let _ = s.send(false).await;
         }
-        for _ in 0..100 {
+        let mut changes = self.rev.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            changes.borrow_and_update();
             if lock(&self.inner).values().all(|i| i.pid.is_none()) {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
         }
     }
 
@@ -315,36 +427,75 @@ impl Manager {
         })
     }
 
-    fn plan(&self, name: &str) -> Result<(BootPlan, PortSpec, BackendKind), InstanceError> {
+    fn plan(&self, name: &str) -> Result<Plan, InstanceError> {
         let mut inner = lock(&self.inner);
         let i = inner
             .get_mut(name)
             .ok_or_else(|| InstanceError::NotFound(name.into()))?;
         let image = self.images.find(&i.image_sha256)?;
+        let backend = self.backend_for(&i.spec)?;
+        let is_vos = i.spec.backend.unwrap_or(self.cfg.backend) == BackendKind::Qemu;
         // The incarnation must grow from boot to boot: tenths of a second, and more than the last one.
         let inc = ((now_micros() / 100_000) as u32).max(i.inc + 1);
         i.inc = inc;
         let s = &i.spec;
-        let cmdline = kernel_cmdline(s, inc);
-        i.cmdline = cmdline.clone();
-        let fabric = match self.cfg.netdev {
-            NetdevKind::Dgram => PortKind::Dgram {
-                proxy_path: self.run_dir.join(format!("{name}-p.sock")),
-                vm_path: self.run_dir.join(format!("{name}-vm.sock")),
-            },
-            NetdevKind::Stream => PortKind::Stream {
-                path: self.run_dir.join(format!("{name}.sock")),
-            },
+        let cfg = boot_config(s, inc, is_vos)?;
+        i.cmdline = cfg.to_cmdline_word();
+        i.boot_config = Some(cfg.clone());
+        let (fabric, nic) = match self.cfg.netdev {
+            NetdevKind::Dgram => {
+                let proxy_path = self.run_dir.join(format!("{name}-p.sock"));
+                let vm_path = self.run_dir.join(format!("{name}-vm.sock"));
+                let nic = NicBackend::Dgram {
+                    local: vm_path.clone(),
+                    remote: proxy_path.clone(),
+                };
+                (
+                    PortKind::Dgram {
+                        proxy_path,
+                        vm_path,
+                    },
+                    nic,
+                )
+            }
+            NetdevKind::Stream => {
+                let path = self.run_dir.join(format!("{name}.sock"));
+                (
+                    PortKind::Stream { path: path.clone() },
+                    NicBackend::Stream { path },
+                )
+            }
         };
-        let plan = BootPlan {
-            name: name.into(),
-            kernel: image.kernel.clone(),
-            cmdline,
-            memory_mib: s.memory.unwrap_or(image.manifest.memory).max(16),
-            fabric,
+        let mut nics = vec![Nic {
+            backend: nic,
             mac: i.mac,
-            publish: s.publish.clone(),
-            console: self.console_path(name),
+        }];
+        if !s.publish.is_empty() {
+            nics.push(Nic {
+                backend: NicBackend::User {
+                    forwards: s
+                        .publish
+                        .iter()
+                        .map(|p| Forward {
+                            proto: Proto::Tcp,
+                            host: p.host,
+                            guest: p.guest,
+                        })
+                        .collect(),
+                },
+                mac: [0x52, 0x54, 0x00, i.mac[3], i.mac[4], i.mac[5]],
+            });
+        }
+        let vm = VmSpec {
+            name: name.into(),
+            machine: MachineType::Microvm,
+            accel: self.accel,
+            memory_mib: s.memory.unwrap_or(image.manifest.memory).max(16),
+            kernel_path: image.kernel.clone(),
+            kernel: Kernel::Config(cfg),
+            nics,
+            console: ConsoleSink::File(self.console_path(name)),
+            control: Some(self.run_dir.join(format!("{name}-ctl.sock"))),
         };
         let port = PortSpec {
             name: name.into(),
@@ -358,12 +509,19 @@ impl Manager {
                 Announce::Now
             },
         };
-        Ok((plan, port, s.backend.unwrap_or(self.cfg.backend)))
+        Ok(Plan {
+            vm,
+            port,
+            fabric,
+            backend,
+        })
     }
 
     fn set(&self, name: &str, f: impl FnOnce(&mut Instance)) {
-        if let Some(i) = lock(&self.inner).get_mut(name) {
+        let mut inner = lock(&self.inner);
+        if let Some(i) = inner.get_mut(name) {
             f(i);
+            i.rev = self.next_rev();
         }
     }
 }

@@ -1,11 +1,43 @@
 //! What an instance is: its spec as users give it, its state and view as the API shows them, and the pure
-//! functions around them (name check, MAC address, kernel command line).
+//! functions around them (name check, MAC address, the VOS boot configuration).
 
+use dvs_vos_abi::control::{Counters, Ready, Report};
+use dvs_vos_abi::{BootConfig, Cidr, IpConfig, Service};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Publish;
 use crate::config::BackendKind;
 use crate::images::ImageError;
+
+/// A host port forwarded to a guest TCP port through the publish NIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// Host TCP port (on 127.0.0.1).
+    pub host: u16,
+    /// Guest TCP port.
+    pub guest: u16,
+}
+
+impl std::str::FromStr for Publish {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Publish, String> {
+        let (h, g) = s
+            .split_once(':')
+            .ok_or_else(|| format!("'{s}': expected HOST:GUEST"))?;
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .map_err(|_| format!("'{p}' in '{s}' is not a port"))
+        };
+        Ok(Publish {
+            host: port(h)?,
+            guest: port(g)?,
+        })
+    }
+}
+
+/// The publish NIC's address (QEMU user networking).
+pub const PUBLISH_IP: &str = "10.0.2.15/24";
+/// The publish NIC's gateway (QEMU user networking).
+pub const PUBLISH_GW: [u8; 4] = [10, 0, 2, 2];
 
 /// What to do when an instance's machine exits by itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +65,7 @@ pub struct InstanceSpec {
     /// Endpoints the instance holds.
     #[serde(default)]
     pub endpoints: Vec<u32>,
-    /// Services to run (`http`, `echo`, `ipc-bench`).
+    /// Services to run (`http`, `echo`, `ipc-bench`, `udp-echo`).
     #[serde(default)]
     pub services: Vec<String>,
     /// Memory in MiB (default: the image's).
@@ -42,7 +74,7 @@ pub struct InstanceSpec {
     /// Fabric IPv4 address with prefix (`10.1.0.2/24`).
     #[serde(default)]
     pub ip: Option<String>,
-    /// More kernel command-line words (`peer=20`, `n=1000`...).
+    /// Settings of the boot configuration, `key=value` (`peer=20`, `n=1000`...; see `dvs_vos_abi::boot::SETTINGS`).
     #[serde(default)]
     pub args: Vec<String>,
     /// Host ports forwarded to guest ports.
@@ -51,9 +83,33 @@ pub struct InstanceSpec {
     /// Restart policy.
     #[serde(default)]
     pub restart: RestartPolicy,
-    /// Run this instance with another backend than the node's (`fake` for host-side probes).
+    /// Run this instance with another backend than the node's (`process`: the node's `process_program`, for
+    /// test doubles).
     #[serde(default)]
     pub backend: Option<BackendKind>,
+    /// Arguments of the process program (a role double's role and knobs); only with the process backend.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub process_args: Vec<String>,
+}
+
+impl InstanceSpec {
+    /// A spec of instance `name` of `image` in DC `dc`, with no endpoints, services or settings.
+    pub fn new(name: &str, image: &str, dc: u16) -> InstanceSpec {
+        InstanceSpec {
+            name: name.into(),
+            image: image.into(),
+            dc,
+            endpoints: Vec::new(),
+            services: Vec::new(),
+            memory: None,
+            ip: None,
+            args: Vec::new(),
+            publish: Vec::new(),
+            restart: RestartPolicy::Never,
+            backend: None,
+            process_args: Vec::new(),
+        }
+    }
 }
 
 /// A request to boot an instance; `takeover_gen` marks the new home of a migrating instance.
@@ -70,9 +126,9 @@ pub struct RunRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
-    /// Being booted.
+    /// Being booted: the machine runs but has not sent its Ready record yet.
     Starting,
-    /// The machine runs.
+    /// The machine sent its Ready record (on its control channel; console text never counts).
     Running,
     /// Stopped on request.
     Stopped,
@@ -80,6 +136,24 @@ pub enum State {
     Exited,
     /// The machine failed (non-zero exit, killed, or could not start).
     Failed,
+}
+
+/// Reports kept in [`GuestView::reports`].
+pub const REPORTS_KEPT: usize = 64;
+
+/// What the guest told the host on its control channel (the current boot).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestView {
+    /// Its Ready record, once sent.
+    pub ready: Option<Ready>,
+    /// Its latest counters.
+    pub counters: Option<Counters>,
+    /// Its reports (benchmark results, failures), the last 64.
+    pub reports: Vec<Report>,
+    /// Why it failed, if it sent a Fatal record.
+    pub fatal: Option<String>,
+    /// Control frames that did not decode.
+    pub bad_records: u64,
 }
 
 /// An instance as the API shows it.
@@ -101,12 +175,18 @@ pub struct InstanceView {
     pub pid: Option<u32>,
     /// Fabric MAC.
     pub mac: String,
-    /// The kernel command line of the last boot.
+    /// The kernel command line of the last boot (`dvs.cfg=<hex>`).
     pub cmdline: String,
+    /// The boot configuration of the last boot.
+    pub boot_config: Option<BootConfig>,
     /// Binding generation of its endpoints.
     pub gen: u64,
     /// Which backend runs it.
     pub backend: String,
+    /// What the guest reported on its control channel.
+    pub guest: GuestView,
+    /// Revision of this view on its node: grows on every change (`GET /v1/instances/{name}?wait_after=REV`).
+    pub rev: u64,
 }
 
 /// Why an instance request failed.
@@ -115,6 +195,14 @@ pub enum InstanceError {
     /// Bad spec.
     #[error("{0}")]
     Invalid(String),
+    /// The boot configuration the spec makes is refused.
+    #[error("instance '{name}': {why}")]
+    BootConfig {
+        /// The instance.
+        name: String,
+        /// What is wrong, with the value.
+        why: String,
+    },
     /// Name in use on this node.
     #[error("an instance named '{0}' already exists on this node")]
     NameTaken(String),
@@ -158,33 +246,44 @@ pub(crate) fn mac_for(dc: u16, name: &str) -> [u8; 6] {
     [0x02, 0x64, dc as u8, a, b, c]
 }
 
-/// The VOS kernel command line of `spec` for boot `inc`.
-pub fn kernel_cmdline(s: &InstanceSpec, inc: u32) -> String {
-    let mut words = vec![format!("dc={}", s.dc)];
-    if !s.endpoints.is_empty() {
-        words.push(format!(
-            "ep={}",
-            s.endpoints
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        ));
-    }
-    if !s.services.is_empty() {
-        words.push(format!("svc={}", s.services.join(",")));
+/// The VOS boot configuration of `spec` for boot `inc`: endpoints, services, addresses, then the user's
+/// `key=value` settings. `check` validates the rules between fields (a VOS refuses a configuration that
+/// breaks them; role doubles run by the process backend are not held to them).
+pub fn boot_config(s: &InstanceSpec, inc: u32, check: bool) -> Result<BootConfig, InstanceError> {
+    let bad = |why: String| InstanceError::BootConfig {
+        name: s.name.clone(),
+        why,
+    };
+    let mut c = BootConfig::new(s.dc, inc);
+    c.endpoints = s.endpoints.clone();
+    for name in &s.services {
+        let svc = Service::parse(name).map_err(|e| bad(format!("services: {e}")))?;
+        if !c.services.contains(&svc) {
+            c.services.push(svc);
+        }
     }
     if let Some(ip) = &s.ip {
-        words.push(format!("ip={ip}"));
+        let cidr = Cidr::parse(ip).map_err(|e| bad(format!("ip: {e}")))?;
+        c.fabric = Some(IpConfig {
+            cidr,
+            gateway: None,
+        });
     }
     if !s.publish.is_empty() {
-        words.push("pub_ip=10.0.2.15/24".into());
-        words.push("pub_gw=10.0.2.2".into());
+        c.publish = Some(IpConfig {
+            cidr: Cidr::parse(PUBLISH_IP).map_err(|e| bad(e.to_string()))?,
+            gateway: Some(PUBLISH_GW),
+        });
     }
-    words.push(format!("inc={inc}"));
-    words.extend(s.args.iter().cloned());
-    words.join(" ")
+    for word in &s.args {
+        c.apply(word).map_err(|e| bad(format!("args: {e}")))?;
+    }
+    if check {
+        c.validate().map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(c)
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,15 +304,50 @@ mod tests {
             }],
             restart: RestartPolicy::OnFailure,
             backend: None,
+            process_args: vec![],
         }
     }
 
     #[test]
-    fn cmdline_is_the_vos_one() {
+    fn the_boot_config_is_the_spec() {
+        let c = boot_config(&spec(), 42, true).unwrap();
+        assert_eq!((c.dc, c.incarnation), (3, 42));
+        assert_eq!(c.endpoints, vec![10, 11]);
+        assert_eq!(c.services, vec![Service::Http, Service::Echo]);
+        assert_eq!(c.fabric.unwrap().cidr.to_string(), "10.1.0.2/24");
+        let p = c.publish.unwrap();
         assert_eq!(
-            kernel_cmdline(&spec(), 42),
-            "dc=3 ep=10,11 svc=http,echo ip=10.1.0.2/24 pub_ip=10.0.2.15/24 pub_gw=10.0.2.2 inc=42 stats=1"
+            (p.cidr.to_string(), p.gateway),
+            ("10.0.2.15/24".into(), Some([10, 0, 2, 2]))
         );
+        assert_eq!(c.stats_interval_s, 1);
+        assert_eq!(BootConfig::from_cmdline(&c.to_cmdline_word()).unwrap(), c);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_value() {
+        let mut s = spec();
+        s.args = vec!["bogus=1".into()];
+        let e = boot_config(&s, 1, true).unwrap_err().to_string();
+        assert!(
+            e.contains("instance 'web'") && e.contains("unknown setting 'bogus'"),
+            "{e}"
+        );
+        s.args = vec!["n=lots".into()];
+        let e = boot_config(&s, 1, true).unwrap_err().to_string();
+        assert!(e.contains("n=lots"), "{e}");
+        s.args = vec![];
+        s.services.push("ftp".into());
+        let e = boot_config(&s, 1, true).unwrap_err().to_string();
+        assert!(e.contains("unknown service 'ftp'"), "{e}");
+        s.services = vec!["ipc-bench".into()];
+        let e = boot_config(&s, 1, true).unwrap_err().to_string();
+        assert!(e.contains("peer="), "{e}");
+        // A role double is not held to the VOS's rules between fields, only to well-formed values.
+        s.services = vec![];
+        assert!(boot_config(&s, 1, false).is_ok());
+        s.ip = Some("10.1.0".into());
+        assert!(boot_config(&s, 1, false).is_err());
     }
 
     #[test]

@@ -1,14 +1,28 @@
-//! One supervisor task per instance: open its VM port, boot its machine, wait for it, restart it per policy,
-//! stop it on request; and the announcement of a machine that takes over moved endpoints.
+//! One supervisor task per instance: open its VM port, boot its machine, follow its control channel (the Ready
+//! record makes it `running` and announces a machine that takes over moved endpoints; counters, reports and
+//! fatal errors are kept for the API), wait for it, restart it per policy, stop it on request. Nothing here
+//! reads the console: it is a log for people.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use dvs_instance::{Exit, Machine, MachineEvent};
 use dvs_proxy::PortId;
+use dvs_vos_abi::ControlRecord;
 use tokio::sync::mpsc;
 
-use super::{lock, now_micros, Manager, RestartPolicy, State};
-use crate::config::BackendKind;
+use super::{lock, now_micros, Manager, RestartPolicy, State, REPORTS_KEPT};
+
+/// How long a stopped machine may take to end after SIGTERM before its process group is killed.
+const STOP_GRACE: Duration = Duration::from_millis(300);
+
+/// Why the supervisor stopped watching a machine.
+enum End {
+    /// The machine ended by itself.
+    Exited(Exit),
+    /// A stop was asked for.
+    Stopped,
+}
 
 impl Manager {
     /// Boots, watches and restarts one instance until it is stopped (`true`: forget it) or the daemon shuts
@@ -16,40 +30,57 @@ impl Manager {
     pub(super) async fn supervise(self: Arc<Self>, name: String, mut stop: mpsc::Receiver<bool>) {
         let mut backoff = Duration::from_millis(500);
         loop {
-            let booted = self.boot(&name).await;
-            let (mut child, port) = match booted {
+            let (mut machine, port) = match self.boot(&name).await {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!("instance {name}: {e}");
+                    tracing::warn!("instance {name}: {e:#}");
                     self.set(&name, |i| {
                         i.state = State::Failed;
-                        i.last_exit = Some(e.to_string());
+                        i.last_exit = Some(format!("{e:#}"));
                     });
                     return;
                 }
             };
-            let pid = child.id();
-            let exit = tokio::select! {
-                status = child.wait() => Some(status),
-                _ = stop.recv() => None,
-            };
-            let _ = self.proxy.remove_port(port).await;
-            let (state, why) = match exit {
-                None => {
-                    if let Some(pid) = pid {
-                        // SAFETY: kill(2) on the machine (SIGTERM lets it say goodbye on its console), then on its
-                        // process group, which the child created with setpgid.
-                        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-                        let _ =
-                            tokio::time::timeout(Duration::from_millis(300), child.wait()).await;
-                        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-                    }
-                    let _ = child.kill().await;
-                    (State::Stopped, "stopped".to_string())
+            let end = loop {
+                tokio::select! {
+                    ev = machine.next_event() => match ev {
+                        MachineEvent::Record(Ok(rec)) => self.on_record(&name, port, rec).await,
+                        MachineEvent::Record(Err(e)) => {
+                            tracing::warn!("instance {name}: control channel: {e}");
+                            self.set(&name, |i| i.guest.bad_records += 1);
+                        }
+                        MachineEvent::Exited(e) => break End::Exited(e),
+                    },
+                    _ = stop.recv() => break End::Stopped,
                 }
-                Some(Ok(s)) if s.success() => (State::Exited, "exited with status 0".to_string()),
-                Some(Ok(s)) => (State::Failed, format!("machine exited: {s}")),
-                Some(Err(e)) => (State::Failed, format!("waiting for the machine: {e}")),
+            };
+            let end = match end {
+                End::Stopped => {
+                    machine.stop(STOP_GRACE).await;
+                    End::Stopped
+                }
+                e => e,
+            };
+            drop(machine);
+            if let Err(e) = self.proxy.remove_port(port).await {
+                tracing::warn!("instance {name}: removing its port: {e}");
+            }
+            let fatal = lock(&self.inner)
+                .get(&name)
+                .and_then(|i| i.guest.fatal.clone());
+            let (state, why) = match end {
+                End::Stopped => (State::Stopped, "stopped".to_string()),
+                End::Exited(e) => {
+                    let why = match fatal {
+                        Some(f) => format!("the guest failed: {f} (machine {e})"),
+                        None => format!("machine {e}"),
+                    };
+                    if e.success() {
+                        (State::Exited, why)
+                    } else {
+                        (State::Failed, why)
+                    }
+                }
             };
             let failed = state == State::Failed;
             let stopped = state == State::Stopped;
@@ -85,56 +116,78 @@ impl Manager {
         }
     }
 
-    async fn boot(&self, name: &str) -> anyhow::Result<(tokio::process::Child, PortId)> {
-        let (plan, port_spec, kind) = self.plan(name)?;
-        let port = self.proxy.add_port(port_spec, &plan.fabric).await?;
+    /// Takes one control record of `name`'s guest.
+    async fn on_record(&self, name: &str, port: PortId, rec: ControlRecord) {
+        match rec {
+            ControlRecord::Ready(r) => {
+                tracing::info!(
+                    "instance {name}: ready (endpoints {:?}, services {:?}, {} µs)",
+                    r.endpoints,
+                    r.services,
+                    r.init_us
+                );
+                let takeover = lock(&self.inner).get(name).is_some_and(|i| i.takeover);
+                if takeover {
+                    // A machine that takes over moved endpoints is announced once it is ready (or by its
+                    // first frame, whichever comes first), before it shows as running.
+                    self.proxy.announce_port(port).await;
+                }
+                self.set(name, |i| {
+                    i.state = State::Running;
+                    i.guest.ready = Some(r);
+                });
+            }
+            ControlRecord::Counters(c) => self.set(name, |i| i.guest.counters = Some(c)),
+            ControlRecord::Report(r) => self.set(name, |i| {
+                let reports = &mut i.guest.reports;
+                if reports.len() >= REPORTS_KEPT {
+                    reports.remove(0);
+                }
+                reports.push(r);
+            }),
+            ControlRecord::Fatal { reason } => {
+                tracing::warn!("instance {name}: the guest failed: {reason}");
+                self.set(name, |i| i.guest.fatal = Some(reason));
+            }
+            ControlRecord::ServiceUp { service, endpoint } => {
+                tracing::debug!("instance {name}: service {service} up (endpoint {endpoint:?})");
+            }
+            ControlRecord::ServiceDown { service, reason } => {
+                tracing::info!("instance {name}: service {service} down: {reason}");
+            }
+        }
+    }
+
+    async fn boot(&self, name: &str) -> anyhow::Result<(Machine, PortId)> {
+        let plan = self.plan(name)?;
+        let port = self.proxy.add_port(plan.port, &plan.fabric).await?;
         self.set(name, |i| i.port = Some(port));
         let boots = lock(&self.inner).get(name).map_or(0, |i| i.boots) + 1;
-        let banner = format!("--- dvs: boot {boots} of {name}: {} ---\n", plan.cmdline);
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&plan.console)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, banner.as_bytes()));
-        let console_start = std::fs::metadata(&plan.console).map_or(0, |m| m.len() as usize);
-        let backend = if kind == BackendKind::Fake {
-            &self.fake
-        } else {
-            &self.backend
-        };
-        let child = match backend.spawn(&plan) {
-            Ok(c) => c,
+        if let dvs_instance::ConsoleSink::File(console) = &plan.vm.console {
+            let banner = format!(
+                "--- dvs: boot {boots} of {name} ({}): {} ---\n",
+                plan.backend.describe(),
+                plan.vm.cmdline()
+            );
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(console)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, banner.as_bytes()));
+        }
+        let machine = match plan.backend.start(&plan.vm) {
+            Ok(m) => m,
             Err(e) => {
                 let _ = self.proxy.remove_port(port).await;
-                anyhow::bail!("starting the machine ({}): {e}", backend.describe());
+                anyhow::bail!("starting the machine ({}): {e}", plan.backend.describe());
             }
         };
         self.set(name, |i| {
-            i.state = State::Running;
-            i.pid = child.id();
+            i.state = State::Starting;
+            i.pid = machine.pid();
             i.boots = boots;
+            i.guest = Default::default();
         });
-        // A machine taking over moved endpoints is announced by its first frame or by its console's
-        // `dvs: ready` line, whichever comes first; after 5 s it is announced anyway (frames sent to it too
-        // early are lost, and the engines retransmit them).
-        let proxy = self.proxy.clone();
-        let console = plan.console.clone();
-        tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while tokio::time::Instant::now() < deadline {
-                let ready = std::fs::read(&console)
-                    .map(|b| {
-                        b.len() > console_start
-                            && String::from_utf8_lossy(&b[console_start..]).contains("dvs: ready")
-                    })
-                    .unwrap_or(false);
-                if ready {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            proxy.announce_port(port).await;
-        });
-        Ok((child, port))
+        Ok((machine, port))
     }
 }

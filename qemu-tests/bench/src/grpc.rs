@@ -1,4 +1,5 @@
-//! The gRPC baseline of scripts/bench-cluster.sh: a unary echo call with tonic, written by hand (no protoc).
+//! The gRPC baseline of scripts/bench-cluster.sh (feature `grpc`): a unary echo call with tonic, written by
+//! hand (no protoc). `dvs-netbench grpc-server ADDR` / `grpc-pingpong ADDR N SIZE` call it.
 
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
@@ -105,13 +106,8 @@ pub fn pingpong(addr: &str, n: usize, size: usize) -> anyhow::Result<()> {
             anyhow::ensure!(r.get_ref().data.len() == size, "short answer");
             lat.push(t.elapsed().as_nanos() as u64);
         }
-        lat.sort_unstable();
-        let at = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-        println!(
-            "grpc-pingpong n={n} size={size} median_ns={} p99_ns={}",
-            at(0.5),
-            at(0.99)
-        );
+        let (med, p99) = crate::median_p99_u64(lat);
+        println!("grpc-pingpong n={n} size={size} median_ns={med} p99_ns={p99}");
         Ok(())
     })
 }

@@ -190,7 +190,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("gw", "fabric default gateway (A.B.C.D)"),
     ("peer", "endpoint the ipc-bench client calls"),
     ("n", "sendrecs the ipc-bench client runs"),
-    ("vcopy", "bytes the ipc-bench client vcopies to its peer and back"),
+    (
+        "vcopy",
+        "bytes the ipc-bench client vcopies to its peer and back",
+    ),
     ("notify_n", "notifications the ipc-bench client sends"),
     ("buf", "bytes of each echo endpoint's vcopy buffer"),
     ("local_n", "iterations of the in-guest local sendrec loop"),
@@ -255,12 +258,17 @@ impl fmt::Display for ConfigError {
             ConfigError::Inconsistent(why) => f.write_str(why),
             ConfigError::Missing => write!(f, "no {CMDLINE_KEY}= word on the command line"),
             ConfigError::Repeated => write!(f, "{CMDLINE_KEY}= is given more than once"),
-            ConfigError::BadEncoding => write!(f, "{CMDLINE_KEY}= is not hex of at most {MAX_ENCODED} bytes"),
+            ConfigError::BadEncoding => write!(
+                f,
+                "{CMDLINE_KEY}= is not hex of at most {MAX_ENCODED} bytes"
+            ),
             ConfigError::Version(v) => write!(
                 f,
                 "{CMDLINE_KEY}= has encoding version {v}, this VOS speaks {BOOT_CONFIG_VERSION}"
             ),
-            ConfigError::Decode => write!(f, "{CMDLINE_KEY}= does not decode to a boot configuration"),
+            ConfigError::Decode => {
+                write!(f, "{CMDLINE_KEY}= does not decode to a boot configuration")
+            }
         }
     }
 }
@@ -318,9 +326,10 @@ impl BootConfig {
                     value: v.into(),
                     why: "not an IPv4 address",
                 })?;
-                let fabric = self.fabric.as_mut().ok_or(ConfigError::Inconsistent(
-                    "gw= needs a fabric address (ip)",
-                ))?;
+                let fabric = self
+                    .fabric
+                    .as_mut()
+                    .ok_or(ConfigError::Inconsistent("gw= needs a fabric address (ip)"))?;
                 fabric.gateway = Some(gw);
             }
             "peer" => self.bench.peer = Some(num("peer", v)?),
@@ -361,7 +370,9 @@ impl BootConfig {
                 "service ipc-bench needs peer=<endpoint>",
             ));
         }
-        if self.services.iter().any(|s| s.needs_ip()) && self.fabric.is_none() && self.publish.is_none()
+        if self.services.iter().any(|s| s.needs_ip())
+            && self.fabric.is_none()
+            && self.publish.is_none()
         {
             return Err(ConfigError::Inconsistent(
                 "services http and udp-echo need an IP address (ip, or a published port)",
@@ -426,14 +437,14 @@ impl BootConfig {
     /// (QEMU's `virtio_mmio.device=`) are left to their readers.
     pub fn from_cmdline(cmdline: &str) -> Result<BootConfig, ConfigError> {
         let prefix = CMDLINE_KEY.len() + 1;
-        let mut words = cmdline
-            .split_ascii_whitespace()
-            .filter(|w| w.len() >= prefix && w.starts_with(CMDLINE_KEY) && w.as_bytes()[prefix - 1] == b'=');
+        let mut words = cmdline.split_ascii_whitespace().filter(|w| {
+            w.len() >= prefix && w.starts_with(CMDLINE_KEY) && w.as_bytes()[prefix - 1] == b'='
+        });
         let word = words.next().ok_or(ConfigError::Missing)?;
         if words.next().is_some() {
             return Err(ConfigError::Repeated);
         }
-        let hex = word[prefix..].as_bytes();
+        let hex = &word.as_bytes()[prefix..];
         if hex.len() % 2 != 0 || hex.len() > 2 * MAX_ENCODED {
             return Err(ConfigError::BadEncoding);
         }
@@ -471,22 +482,40 @@ mod tests {
         let mut c = web();
         c.apply("gw=10.1.0.1").unwrap();
         c.apply("stats=1").unwrap();
-        let line = alloc::format!("virtio_mmio.device=512@0xfeb00000:12 {} acpi=off", c.to_cmdline_word());
+        let line = alloc::format!(
+            "virtio_mmio.device=512@0xfeb00000:12 {} acpi=off",
+            c.to_cmdline_word()
+        );
         assert_eq!(BootConfig::from_cmdline(&line), Ok(c));
     }
 
     #[test]
     fn refuses_what_is_not_ours() {
-        assert_eq!(BootConfig::from_cmdline("dc=1 ep=3"), Err(ConfigError::Missing));
+        assert_eq!(
+            BootConfig::from_cmdline("dc=1 ep=3"),
+            Err(ConfigError::Missing)
+        );
         let w = web().to_cmdline_word();
         assert_eq!(
             BootConfig::from_cmdline(&alloc::format!("{w} {w}")),
             Err(ConfigError::Repeated)
         );
-        assert_eq!(BootConfig::from_cmdline("dvs.cfg=zz"), Err(ConfigError::BadEncoding));
-        assert_eq!(BootConfig::from_cmdline("dvs.cfg=0"), Err(ConfigError::BadEncoding));
-        assert_eq!(BootConfig::from_cmdline("dvs.cfg=02"), Err(ConfigError::Version(2)));
-        assert_eq!(BootConfig::from_cmdline("dvs.cfg=01ff"), Err(ConfigError::Decode));
+        assert_eq!(
+            BootConfig::from_cmdline("dvs.cfg=zz"),
+            Err(ConfigError::BadEncoding)
+        );
+        assert_eq!(
+            BootConfig::from_cmdline("dvs.cfg=0"),
+            Err(ConfigError::BadEncoding)
+        );
+        assert_eq!(
+            BootConfig::from_cmdline("dvs.cfg=02"),
+            Err(ConfigError::Version(2))
+        );
+        assert_eq!(
+            BootConfig::from_cmdline("dvs.cfg=01ff"),
+            Err(ConfigError::Decode)
+        );
         let mut long = w.clone();
         long.push_str("00");
         assert_eq!(BootConfig::from_cmdline(&long), Err(ConfigError::Decode));
@@ -519,7 +548,11 @@ mod tests {
         let mut c = web();
         assert!(matches!(c.apply("n"), Err(ConfigError::NotKeyValue(_))));
         let e = c.apply("bogus=1").unwrap_err();
-        assert!(e.to_string().contains("unknown setting 'bogus' (settings: gw, peer"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("unknown setting 'bogus' (settings: gw, peer"),
+            "{e}"
+        );
         assert!(c.apply("n=-1").is_err());
         assert!(c.apply("gw=10.1.0").is_err());
         c.apply("n=0x10").unwrap();
@@ -531,8 +564,18 @@ mod tests {
     #[test]
     fn cidrs_and_services_parse() {
         assert_eq!(Cidr::parse("10.1.0.2").unwrap().prefix, 24);
-        assert_eq!(Cidr::parse("10.1.0.2/16").unwrap().to_string(), "10.1.0.2/16");
-        for bad in ["10.1.0.2/33", "10.1.0", "10.1.0.256", "a.b.c.d", "10.1.0.2/x", "1.2.3.4.5"] {
+        assert_eq!(
+            Cidr::parse("10.1.0.2/16").unwrap().to_string(),
+            "10.1.0.2/16"
+        );
+        for bad in [
+            "10.1.0.2/33",
+            "10.1.0",
+            "10.1.0.256",
+            "a.b.c.d",
+            "10.1.0.2/x",
+            "1.2.3.4.5",
+        ] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }
         for s in Service::ALL {

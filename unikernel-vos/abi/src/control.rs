@@ -173,6 +173,22 @@ pub enum Report {
         /// The error, in words (`NodeUnreachable`, `reply payload differs`).
         error: String,
     },
+    /// An ARP probe's answer. Sent only by the host-side test double `arp-probe`
+    /// (qemu-tests/support), never by a VOS.
+    Arp {
+        /// The IPv4 address asked for.
+        target: [u8; 4],
+        /// The MAC address that answered, or None if nothing did before the probe gave up.
+        answer: Option<[u8; 6]>,
+    },
+    /// Frames a host-side test double sent that no VOS would (`spoofer`: as another endpoint;
+    /// `garbage`: malformed). Sent only by the doubles of qemu-tests/support, never by a VOS.
+    Injected {
+        /// Frames sent.
+        frames: u32,
+        /// What they were, in words (`as endpoint 301 to 301`).
+        what: String,
+    },
 }
 
 /// Why bytes from the control channel did not make a record.

@@ -146,7 +146,8 @@ pub fn halt() {
     super::apic::eoi();
 }
 
-/// Exception entry, reached in ring 0: names the exception and ends the VM.
+/// Exception entry, reached in ring 0: names the exception (console and control channel) and
+/// ends the VM.
 #[no_mangle]
 extern "C" fn vos_exception(frame: *const u64) -> ! {
     // SAFETY: exc_common passes the stack it built: vector, error, then the CPU frame.
@@ -154,18 +155,12 @@ extern "C" fn vos_exception(frame: *const u64) -> ! {
     let cr2: u64;
     // SAFETY: reading CR2 has no side effect (we are in ring 0 here).
     unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
-    crate::println!(
-        "dvs: FATAL cpu exception {} ({}) error={:#x} rip={:#x} cs={:#x} rflags={:#x} rsp={:#x} cr2={:#x}",
-        f[0],
-        exception_name(f[0]),
-        f[1],
-        f[2],
-        f[3],
-        f[4],
-        f[5],
-        cr2
+    let name = exception_name(f[0]);
+    let what = format_args!(
+        "cpu exception {} ({name}) error={:#x} rip={:#x} cs={:#x} rflags={:#x} rsp={:#x} cr2={:#x}",
+        f[0], f[1], f[2], f[3], f[4], f[5], cr2
     );
-    super::exit(super::ExitCode::Fault)
+    super::fatal(super::ExitCode::Fault, what)
 }
 
 fn exception_name(v: u64) -> &'static str {

@@ -1,16 +1,20 @@
-//! The machine: boot, descriptor tables, port I/O, serial console, exit device, boot info,
-//! clock and interrupt controllers. Nothing above this module touches the CPU directly.
+//! The machine: boot, descriptor tables, port I/O, serial console, control channel, heap, exit
+//! device, boot info, clock and interrupt controllers. Nothing above this module touches the
+//! CPU directly.
 
 pub mod apic;
 pub mod boot;
+pub mod control;
+pub mod heap;
 pub mod interrupts;
 pub mod pvh;
 pub mod serial;
 pub mod time;
 
 use core::arch::asm;
+use core::fmt;
 
-/// Writes one byte to an I/O port (allowed in ring 3: IOPL=3).
+/// Writes one byte to an I/O port (allowed in ring 3 by the TSS I/O bitmap).
 #[inline]
 pub fn outb(port: u16, value: u8) {
     // SAFETY: port I/O to devices this kernel owns; no memory is touched.
@@ -58,7 +62,7 @@ pub enum ExitCode {
     Done = 0,
     /// Panic or CPU exception (status 3).
     Fault = 1,
-    /// Bad kernel command line (status 5).
+    /// Bad or missing boot configuration (status 5).
     BadConfig = 2,
 }
 
@@ -73,6 +77,33 @@ pub fn exit(code: ExitCode) -> ! {
     loop {
         interrupts::halt();
     }
+}
+
+/// The first steps in ring 3: the clock's origin, the IDT, the PVH boot information, the heap
+/// (the RAM after the image) and the control channel (so that every later failure reaches the
+/// host). Returns the boot information.
+pub fn init(start_info: u32) -> pvh::BootInfo {
+    time::set_origin();
+    interrupts::init();
+    let boot =
+        pvh::parse(start_info).unwrap_or_else(|e| fatal(ExitCode::Fault, format_args!("{e}")));
+    heap::init(boot.ram_start, boot.ram_end);
+    control::init();
+    boot
+}
+
+/// Reports a fatal error, as the console line `dvs: FATAL <what>` and a `Fatal` control record,
+/// and ends the VM with `code`.
+pub fn fatal(code: ExitCode, what: fmt::Arguments<'_>) -> ! {
+    report_fatal(what);
+    exit(code)
+}
+
+/// Reports a fatal error like [`fatal`] without ending the VM (the caller adds to the console,
+/// then calls [`exit`]).
+pub fn report_fatal(what: fmt::Arguments<'_>) {
+    crate::println!("dvs: FATAL {what}");
+    control::fatal(what);
 }
 
 /// A count of seconds since 2000 from the CMOS real-time clock that grows with the date and

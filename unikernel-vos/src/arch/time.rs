@@ -7,6 +7,10 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 const PIT_HZ: u64 = 1_193_182;
 const PIT_CMD: u16 = 0x43;
 const PIT_CH0: u16 = 0x40;
+/// PIT ticks per period of channel 0 (the counter runs from 65536 down).
+const PIT_PERIOD: u64 = 65536;
+/// The clean window of `Calibrator::finish`: ~250 µs of PIT time.
+const CLEAN_TICKS: u64 = 300;
 
 static TSC_BASE: AtomicU64 = AtomicU64::new(0);
 /// Clock value (ns) at `TSC_BASE`: the rate may be refined at run time without a jump.
@@ -75,27 +79,40 @@ impl Calibrator {
         Calibrator { p0, t0, l0 }
     }
 
-    /// Waits until at least `window_us` of PIT time passed (at most 50 ms are measurable),
-    /// then sets the clock's rate from the TSC ticks counted meanwhile.
+    /// Waits until at least `window_us` of PIT time passed since `start`, then sets the clock's
+    /// rate from the TSC ticks counted meanwhile.
+    ///
+    /// The PIT wraps every 54.9 ms, and the device set-up between `start` and `finish` may take
+    /// longer (the q35 PCI scan on a loaded host). So `finish` also measures a short clean
+    /// window of its own (nothing else runs in it, so it cannot wrap), takes a rough rate from
+    /// it, and uses that to count how often the long window wrapped; the rate itself comes
+    /// from the long window's exact PIT count.
     pub fn finish(self, window_us: u64) -> Result<Calibration, &'static str> {
         let want = (PIT_HZ * window_us / 1_000_000).clamp(100, 50_000);
+        let (pe, te) = pit_sample();
         let mut spins = 0u32;
-        let (p1, t1, l1) = loop {
+        let (pit_ticks, t1, l1) = loop {
             let (p, t) = pit_sample();
             let l = super::apic::current_count();
-            let elapsed = self.p0.wrapping_sub(p) as u64;
-            // Past 50 ms the counter may have wrapped: the measurement is void.
-            if elapsed >= want || rdtsc().wrapping_sub(self.t0) > (50u64 << 32) {
-                break (p, t, l);
+            let clean = pe.wrapping_sub(p) as u64;
+            if clean >= CLEAN_TICKS {
+                let measured = self.p0.wrapping_sub(p) as u64;
+                // PIT ticks of the long window by the TSC at the clean window's rate.
+                let estimate = ((t - self.t0) as u128 * clean as u128 / (t - te).max(1) as u128)
+                    .min(u64::MAX as u128) as u64;
+                let wraps = (estimate.saturating_sub(measured) + PIT_PERIOD / 2) / PIT_PERIOD;
+                let total = measured + wraps * PIT_PERIOD;
+                if total >= want {
+                    break (total, t, l);
+                }
             }
             spins += 1;
             if spins > 5_000_000 {
                 return Err("PIT does not count: no i8254 (use -M microvm,pit=on)");
             }
         };
-        let pit_ticks = self.p0.wrapping_sub(p1) as u64;
         if pit_ticks < 100 {
-            return Err("PIT calibration window too short or wrapped");
+            return Err("PIT calibration window too short");
         }
         let tsc_hz = ((t1 - self.t0) as u128 * PIT_HZ as u128 / pit_ticks as u128) as u64;
         let lapic_hz =

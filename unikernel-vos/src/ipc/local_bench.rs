@@ -1,8 +1,16 @@
 //! In-guest sendrec loop between two endpoints of one engine: the cost of the IPC path
 //! itself, with no NIC and no host in the loop.
 
+use crate::arch::control;
+use crate::println;
+use dvs_vos_abi::control::BenchStep;
+use dvs_vos_abi::{ControlRecord, Report};
 use m3ipc_core::engine::{Completion, Engine, EngineConfig, Event};
 use m3ipc_core::{DcId, Endpoint, Instant, Message};
+
+/// The loop's client and server endpoints.
+const CLIENT: Endpoint = Endpoint(1);
+const SERVER: Endpoint = Endpoint(2);
 
 /// Result of the loop.
 #[derive(Clone, Copy, Debug)]
@@ -26,7 +34,7 @@ fn done(e: &mut Engine, ep: Endpoint) -> Option<Completion> {
 /// Runs `n` sendrec/receive/reply rounds between endpoints 1 and 2 of a private engine.
 pub fn run(dc: u16, n: u32) -> Result<LocalBench, &'static str> {
     let mut e = Engine::new(EngineConfig::new(DcId(dc), 1));
-    let (client, server) = (Endpoint(1), Endpoint(2));
+    let (client, server) = (CLIENT, SERVER);
     e.bind(client).map_err(|_| "bind client")?;
     e.bind(server).map_err(|_| "bind server")?;
     let now = Instant::from_micros(1);
@@ -54,4 +62,31 @@ pub fn run(dc: u16, n: u32) -> Result<LocalBench, &'static str> {
         calls: n,
         ns_per_call: ns / n.max(1) as u64,
     })
+}
+
+/// Runs the loop `n` times and reports it: console line `dvs: local-sendrec n= ns_per_call=`
+/// and a `Report::LocalSendrec` record (or `Report::Failed` on the control channel).
+pub fn report(dc: u16, n: u32) {
+    match run(dc, n) {
+        Ok(r) => {
+            println!(
+                "dvs: local-sendrec n={} ns_per_call={}",
+                r.calls, r.ns_per_call
+            );
+            control::send(&ControlRecord::Report(Report::LocalSendrec {
+                calls: r.calls,
+                ns_per_call: r.ns_per_call,
+            }));
+        }
+        Err(e) => {
+            println!("dvs: local-sendrec FAILED: {e}");
+            control::send(&ControlRecord::Report(Report::Failed {
+                step: BenchStep::Sendrec,
+                index: 0,
+                peer: SERVER.0,
+                code: 0,
+                error: e.into(),
+            }));
+        }
+    }
 }

@@ -4,18 +4,22 @@
 
 pub mod local_bench;
 
+use crate::config::{self, BootConfig};
 use crate::drivers::net::Nic;
 use crate::executor;
+use alloc::format;
 use alloc::rc::Rc;
+use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::future::poll_fn;
 use core::task::Poll;
 use core::time::Duration;
-use m3ipc_core::engine::{Completion, Engine, Event};
+use m3ipc_core::engine::{Completion, Engine, EngineConfig, Event};
 use m3ipc_core::wire::ethernet::{EthernetHeader, BROADCAST, ETH_HEADER_LEN};
 use m3ipc_core::wire::{ETHERTYPE_M3IPC, MAX_FRAME};
-use m3ipc_core::{Endpoint, ErrorCode, Instant, Message};
+use m3ipc_core::{DcId, Endpoint, ErrorCode, Instant, Message, VcopyRequest};
 
 /// The IPC host state shared by the main loop and the tasks.
 pub struct Ipc {
@@ -42,6 +46,30 @@ pub fn now() -> Instant {
 }
 
 impl Ipc {
+    /// The engine of this instance: DC and incarnation from `cfg`, every endpoint bound, and a
+    /// vcopy buffer for each echo endpoint (`echo_buffer` bytes) and for the bench client (the
+    /// larger of that and the bench's vcopy size). Frames go out from `mac`. The error names
+    /// the endpoint that could not be set up.
+    pub fn start(cfg: &BootConfig, mac: [u8; 6]) -> Result<Ipc, String> {
+        let mut engine = Engine::new(EngineConfig::new(DcId(cfg.dc), config::incarnation(cfg)));
+        for &ep in &cfg.endpoints {
+            engine
+                .bind(Endpoint(ep))
+                .map_err(|e| format!("bind endpoint {ep}: {e:?}"))?;
+        }
+        let roles = config::roles(cfg);
+        let client = roles
+            .client
+            .map(|c| (c, cfg.bench.vcopy.max(cfg.echo_buffer)));
+        let echo = roles.echo.iter().map(|&ep| (ep, cfg.echo_buffer));
+        for (ep, size) in echo.chain(client) {
+            engine
+                .set_buffer(Endpoint(ep), vec![0u8; size as usize])
+                .map_err(|e| format!("vcopy buffer of {size} bytes for endpoint {ep}: {e:?}"))?;
+        }
+        Ok(Ipc::new(engine, mac))
+    }
+
     /// An IPC host around `engine`, sending from MAC `mac`.
     pub fn new(engine: Engine, mac: [u8; 6]) -> Ipc {
         Ipc {
@@ -217,29 +245,17 @@ pub fn notify(ipc: &IpcRef, src: Endpoint, dst: Endpoint) -> Result<(), ErrorCod
     ipc.borrow_mut().engine.notify(now(), src, dst)
 }
 
-/// Copies `len` bytes from `src_ep`'s buffer at `src_off` to `dst_ep`'s at `dst_off`;
-/// `requester` is one of the two and must be local.
-#[allow(clippy::too_many_arguments)]
+/// Copies `req.len` bytes from `req.src`'s buffer at `req.src_offset` to `req.dst`'s at
+/// `req.dst_offset`; `requester` is one of the two and must be local. Returns the bytes copied.
 pub async fn vcopy(
     ipc: &IpcRef,
     requester: Endpoint,
-    src_ep: Endpoint,
-    src_off: u64,
-    dst_ep: Endpoint,
-    dst_off: u64,
-    len: u64,
+    req: VcopyRequest,
     timeout: Option<Duration>,
 ) -> Result<u64, ErrorCode> {
-    ipc.borrow_mut().engine.vcopy(
-        now(),
-        requester,
-        src_ep,
-        src_off,
-        dst_ep,
-        dst_off,
-        len,
-        timeout,
-    )?;
+    ipc.borrow_mut()
+        .engine
+        .vcopy(now(), requester, req, timeout)?;
     executor::progress();
     match wait(ipc, requester).await? {
         Completion::Copied { len } => Ok(len),

@@ -4,10 +4,12 @@
 
 pub mod phy;
 
-use crate::config::Cidr;
+use crate::config::{self, BootConfig, IpConfig};
 use crate::drivers::net::{Nic, RxSlot};
 use alloc::collections::VecDeque;
+use alloc::rc::Rc;
 use alloc::vec;
+use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::net::Ipv4Addr;
 use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketSet};
@@ -49,16 +51,16 @@ pub struct Port {
 
 impl Port {
     /// Wraps `nic`; with `ip`, brings up a smoltcp interface with that address and gateway.
-    pub fn new(nic: Nic, ip: Option<Cidr>, gw: Option<Ipv4Addr>, seed: u64, now_us: u64) -> Port {
+    pub fn new(nic: Nic, ip: Option<IpConfig>, seed: u64, now_us: u64) -> Port {
         let mut port = Port {
             nic: RefCell::new(nic),
             ip_rx: RefCell::new(VecDeque::new()),
             iface: None,
             sockets: SocketSet::new(vec![]),
-            addr: ip.map(|c| c.addr),
+            addr: ip.map(|c| Ipv4Addr::from(c.cidr.addr)),
             demux: DemuxStats::default(),
         };
-        if let Some(cidr) = ip {
+        if let Some(IpConfig { cidr, gateway }) = ip {
             let mac = port.nic.borrow().mac;
             let mut cfg = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
             cfg.random_seed = seed;
@@ -68,10 +70,12 @@ impl Port {
             };
             let mut iface = Interface::new(cfg, &mut dev, Instant::from_micros(now_us as i64));
             iface.update_ip_addrs(|a| {
-                let _ = a.push(IpCidr::new(cidr.addr.into(), cidr.prefix));
+                let _ = a.push(IpCidr::new(Ipv4Addr::from(cidr.addr).into(), cidr.prefix));
             });
-            if let Some(gw) = gw {
-                let _ = iface.routes_mut().add_default_ipv4_route(gw);
+            if let Some(gw) = gateway {
+                let _ = iface
+                    .routes_mut()
+                    .add_default_ipv4_route(Ipv4Addr::from(gw));
             }
             port.iface = Some(iface);
         }
@@ -162,5 +166,40 @@ impl Port {
 #[derive(Default)]
 pub struct Net {
     /// The ports, in discovery order.
-    pub ports: alloc::vec::Vec<Port>,
+    pub ports: Vec<Port>,
+}
+
+/// Shared handle to the ports (the main loop and the IP services hold one).
+pub type NetRef = Rc<RefCell<Net>>;
+
+/// The MAC the fabric frames come from when there is no NIC at all (local IPC only).
+const NO_NIC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+
+impl Net {
+    /// One port per NIC, each with the address `cfg` gives it ([`config::nic_ip`]); every
+    /// port with an address announces it (gratuitous ARP). `seed` seeds smoltcp.
+    pub fn new(nics: Vec<Nic>, cfg: &BootConfig, seed: u64, now_us: u64) -> Net {
+        let mut ports: Vec<Port> = nics
+            .into_iter()
+            .enumerate()
+            .map(|(i, nic)| Port::new(nic, config::nic_ip(cfg, i), seed ^ i as u64, now_us))
+            .collect();
+        for p in ports.iter_mut() {
+            p.gratuitous_arp();
+        }
+        Net { ports }
+    }
+
+    /// The fabric NIC's MAC (M3-IPC frames are sent from it).
+    pub fn fabric_mac(&self) -> [u8; 6] {
+        self.ports
+            .first()
+            .map(|p| p.nic.borrow().mac)
+            .unwrap_or(NO_NIC_MAC)
+    }
+
+    /// The MACs of all NICs, fabric first.
+    pub fn macs(&self) -> Vec<[u8; 6]> {
+        self.ports.iter().map(|p| p.nic.borrow().mac).collect()
+    }
 }

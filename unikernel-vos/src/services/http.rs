@@ -5,7 +5,6 @@ use crate::executor;
 use crate::net::Net;
 use alloc::format;
 use alloc::rc::Rc;
-use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
@@ -18,6 +17,8 @@ pub const PORT: u16 = 80;
 pub const SLOTS: usize = 8;
 const RX_BUF: usize = 4096;
 const TX_BUF: usize = 16384;
+/// Why the server stops: its NIC is not there.
+const NO_PORT: &str = "no such NIC";
 /// Longest request head accepted.
 const MAX_HEAD: usize = 8192;
 
@@ -197,13 +198,17 @@ fn listen_socket() -> tcp::Socket<'static> {
     )
 }
 
-/// Serves HTTP on port `port` of `net` until the kernel stops.
-pub async fn serve(net: Rc<RefCell<Net>>, port: usize, stats: Rc<RefCell<HttpStats>>) {
+/// Serves HTTP on port `port` of `net` until the kernel stops; ends only if that port is gone.
+pub async fn serve(
+    net: Rc<RefCell<Net>>,
+    port: usize,
+    stats: Rc<RefCell<HttpStats>>,
+) -> Result<(), &'static str> {
     let pages = pages();
     let mut conns: Vec<Conn> = {
         let mut n = net.borrow_mut();
         let Some(p) = n.ports.get_mut(port) else {
-            return;
+            return Err(NO_PORT);
         };
         (0..SLOTS)
             .map(|_| Conn {
@@ -219,7 +224,7 @@ pub async fn serve(net: Rc<RefCell<Net>>, port: usize, stats: Rc<RefCell<HttpSta
         {
             let mut n = net.borrow_mut();
             let Some(p) = n.ports.get_mut(port) else {
-                return;
+                return Err(NO_PORT);
             };
             for c in conns.iter_mut() {
                 let s = p.sockets.get_mut::<tcp::Socket>(c.handle);
@@ -303,9 +308,4 @@ fn serve_conn(s: &mut tcp::Socket, c: &mut Conn, pages: &[Page], stats: &mut Htt
     if !s.may_recv() && c.out.is_empty() && s.is_open() && s.state() == tcp::State::CloseWait {
         s.close();
     }
-}
-
-/// A short description for the console.
-pub fn describe(port: usize) -> String {
-    format!("http on port {port}:{PORT}")
 }

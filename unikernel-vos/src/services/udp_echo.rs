@@ -10,12 +10,13 @@ use smoltcp::socket::udp;
 /// UDP port served.
 pub const PORT: u16 = 7;
 
-/// Serves UDP echo on port `port` of `net` until the kernel stops.
-pub async fn serve(net: Rc<RefCell<Net>>, port: usize) {
+/// Serves UDP echo on port `port` of `net` until the kernel stops; ends only if that NIC is
+/// gone or UDP port 7 is taken.
+pub async fn serve(net: Rc<RefCell<Net>>, port: usize) -> Result<(), &'static str> {
     let handle = {
         let mut n = net.borrow_mut();
         let Some(p) = n.ports.get_mut(port) else {
-            return;
+            return Err("no such NIC");
         };
         let meta = || vec![udp::PacketMetadata::EMPTY; 8];
         let mut s = udp::Socket::new(
@@ -23,7 +24,7 @@ pub async fn serve(net: Rc<RefCell<Net>>, port: usize) {
             udp::PacketBuffer::new(meta(), vec![0; 8192]),
         );
         if s.bind(PORT).is_err() {
-            return;
+            return Err("UDP port 7 is taken");
         }
         p.sockets.add(s)
     };
@@ -32,7 +33,7 @@ pub async fn serve(net: Rc<RefCell<Net>>, port: usize) {
         {
             let mut n = net.borrow_mut();
             let Some(p) = n.ports.get_mut(port) else {
-                return;
+                return Err("no such NIC");
             };
             let s = p.sockets.get_mut::<udp::Socket>(handle);
             while s.can_recv() && s.can_send() {

@@ -2,7 +2,7 @@
 //!   dvs-netbench tcp-server ADDR                 echo fixed-size messages; also sinks throughput runs
 //!   dvs-netbench tcp-pingpong ADDR N SIZE        N round trips of SIZE bytes: median and p99
 //!   dvs-netbench tcp-throughput ADDR BYTES       send BYTES, wait for the server's acknowledgement: MB/s
-//! With the `grpc-bench` feature (tonic, no protoc needed): `grpc-server ADDR`, `grpc-pingpong ADDR N SIZE`.
+//! With the feature `grpc` of dvs-bench (tonic, no protoc needed): `grpc-server ADDR`, `grpc-pingpong ADDR N SIZE`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -45,13 +45,6 @@ fn serve(mut s: TcpStream) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Median and p99 of nanosecond samples.
-pub fn stats(mut ns: Vec<u64>) -> (u64, u64) {
-    ns.sort_unstable();
-    let at = |p: f64| ns[((ns.len() - 1) as f64 * p).round() as usize];
-    (at(0.5), at(0.99))
-}
-
 fn pingpong(addr: &str, n: usize, size: usize) -> anyhow::Result<()> {
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_nodelay(true)?;
@@ -65,7 +58,7 @@ fn pingpong(addr: &str, n: usize, size: usize) -> anyhow::Result<()> {
         s.read_exact(&mut buf)?;
         lat.push(t.elapsed().as_nanos() as u64);
     }
-    let (med, p99) = stats(lat);
+    let (med, p99) = dvs_bench::median_p99_u64(lat);
     println!("tcp-pingpong n={n} size={size} median_ns={med} p99_ns={p99}");
     Ok(())
 }
@@ -89,17 +82,26 @@ fn throughput(addr: &str, bytes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+const USAGE: &str = "usage: dvs-netbench tcp-server ADDR | tcp-pingpong ADDR N SIZE | tcp-throughput ADDR BYTES | grpc-server ADDR | grpc-pingpong ADDR N SIZE (grpc-*: feature grpc)";
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let addr = || -> anyhow::Result<&str> {
+        args.get(1)
+            .map(String::as_str)
+            .with_context(|| format!("missing ADDR; {USAGE}"))
+    };
     let num = |i: usize| -> anyhow::Result<u64> {
-        args.get(i)
-            .context("missing argument")?
-            .parse()
-            .context("not a number")
+        let v = args
+            .get(i)
+            .with_context(|| format!("missing argument {i}; {USAGE}"))?;
+        v.parse()
+            .with_context(|| format!("argument {i}: '{v}' is not a number"))
     };
     match args.first().map(String::as_str) {
         Some("tcp-server") => {
-            let l = TcpListener::bind(args.get(1).context("tcp-server ADDR")?)?;
+            let l = TcpListener::bind(addr()?)
+                .with_context(|| format!("binding {}", addr().unwrap_or("?")))?;
             for s in l.incoming() {
                 let s = s?;
                 std::thread::spawn(move || {
@@ -108,12 +110,14 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some("tcp-pingpong") => pingpong(&args[1], num(2)? as usize, num(3)? as usize),
-        Some("tcp-throughput") => throughput(&args[1], num(2)?),
-        #[cfg(feature = "grpc-bench")]
-        Some("grpc-server") => dvs_hypervisor::grpcbench::server(&args[1]),
-        #[cfg(feature = "grpc-bench")]
-        Some("grpc-pingpong") => dvs_hypervisor::grpcbench::pingpong(&args[1], num(2)? as usize, num(3)? as usize),
-        _ => bail!("usage: dvs-netbench tcp-server ADDR | tcp-pingpong ADDR N SIZE | tcp-throughput ADDR BYTES | grpc-server ADDR | grpc-pingpong ADDR N SIZE"),
+        Some("tcp-pingpong") => pingpong(addr()?, num(2)? as usize, num(3)? as usize),
+        Some("tcp-throughput") => throughput(addr()?, num(2)?),
+        #[cfg(feature = "grpc")]
+        Some("grpc-server") => dvs_bench::grpc::server(addr()?),
+        #[cfg(feature = "grpc")]
+        Some("grpc-pingpong") => {
+            dvs_bench::grpc::pingpong(addr()?, num(2)? as usize, num(3)? as usize)
+        }
+        _ => bail!(USAGE),
     }
 }

@@ -1,0 +1,199 @@
+//! Backends: how a [`VmSpec`] becomes a running [`Machine`]. [`crate::QemuBackend`] boots a real
+//! VM; [`ProcessBackend`] runs a host program as the machine (test doubles named for their role).
+//!
+//! Every child gets its own process group and `PR_SET_PDEATHSIG(SIGKILL)`, and is killed and reaped
+//! when its [`Machine`] is dropped: no machine outlives its host process. Children are forked from
+//! one long-lived spawner thread, because the kernel sends the death signal when the *thread* that
+//! forked the child ends, not the process.
+
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+use crate::machine::{ConsoleSetup, Machine};
+use crate::spec::{ConsoleSink, VmSpec};
+use crate::InstanceError;
+
+/// The environment variable a [`ProcessBackend`] program finds its [`VmSpec`] in, as JSON.
+pub const SPEC_ENV: &str = "DVS_VM_SPEC";
+
+/// Starts machines.
+pub trait VmBackend: Send + Sync {
+    /// A short description for status output (`qemu (qemu-system-x86_64)`).
+    fn describe(&self) -> String;
+    /// Starts the machine of `spec`. With `spec.control` set, the control socket is listening
+    /// before the machine starts.
+    fn start(&self, spec: &VmSpec) -> Result<Machine, InstanceError>;
+}
+
+/// Runs a host program as the machine: for test doubles (a spoofing, flooding or garbage-sending
+/// peer), never for "a VOS".
+///
+/// The program gets the [`VmSpec`] as JSON in [`SPEC_ENV`]; its stdout and stderr are the console;
+/// it connects to `spec.control` and writes COBS-framed `ControlRecord`s like a guest; it speaks
+/// Ethernet frames on the NIC sockets (e.g. through [`crate::port::StreamPort`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessBackend {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments (a role double's role and knobs).
+    pub args: Vec<String>,
+}
+
+impl ProcessBackend {
+    /// A backend running `program` without arguments.
+    pub fn new(program: impl Into<PathBuf>) -> ProcessBackend {
+        ProcessBackend {
+            program: program.into(),
+            args: Vec::new(),
+        }
+    }
+
+    /// The same backend with `args` as the program's arguments.
+    pub fn with_args(
+        mut self,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> ProcessBackend {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+impl VmBackend for ProcessBackend {
+    fn describe(&self) -> String {
+        format!("process ({})", self.program.display())
+    }
+
+    fn start(&self, spec: &VmSpec) -> Result<Machine, InstanceError> {
+        let json = serde_json::to_string(spec).map_err(|e| InstanceError::SpecJson {
+            name: spec.name.clone(),
+            error: e.to_string(),
+        })?;
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args).env(SPEC_ENV, json);
+        spawn_machine(cmd, spec, "")
+    }
+}
+
+/// Puts the child in its own process group and asks the kernel to SIGKILL it when its parent
+/// thread ends.
+fn guard(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // functions (prctl, getppid, setpgid, _exit).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() == 1 {
+                libc::_exit(1); // the parent is already gone
+            }
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Forks `cmd` from the process-long spawner thread (see the module doc).
+fn spawn_from_spawner(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        let spawned = std::thread::Builder::new()
+            .name("dvs-spawner".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("dvs-instance: cannot start the spawner thread: {e}");
+        }
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    let sent = tx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((cmd, reply_tx));
+    if sent.is_err() {
+        return Err(std::io::Error::other("the spawner thread is gone"));
+    }
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+}
+
+/// Starts `cmd` as the machine of `spec`: binds the control socket first, wires the console,
+/// guards the child, and hands it to a [`Machine`]. `stderr_prefix` marks captured stderr lines.
+pub(crate) fn spawn_machine(
+    mut cmd: Command,
+    spec: &VmSpec,
+    stderr_prefix: &'static str,
+) -> Result<Machine, InstanceError> {
+    let listener = match &spec.control {
+        Some(path) => {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(InstanceError::Control {
+                        path: path.clone(),
+                        error: e,
+                    })
+                }
+            }
+            let l = UnixListener::bind(path).map_err(|e| InstanceError::Control {
+                path: path.clone(),
+                error: e,
+            })?;
+            Some((l, path.clone()))
+        }
+        None => None,
+    };
+    cmd.stdin(Stdio::null());
+    let console = match &spec.console {
+        ConsoleSink::File(path) => {
+            let open = || {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+            };
+            let err = |e| InstanceError::Console {
+                path: path.clone(),
+                error: e,
+            };
+            let f = open().map_err(err)?;
+            cmd.stdout(f.try_clone().map_err(err)?).stderr(f);
+            ConsoleSetup::File(path.clone())
+        }
+        ConsoleSink::Capture => {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            ConsoleSetup::Capture { stderr_prefix }
+        }
+    };
+    guard(&mut cmd);
+    let program = PathBuf::from(cmd.get_program());
+    let child = spawn_from_spawner(cmd).map_err(|e| InstanceError::Spawn {
+        name: spec.name.clone(),
+        program,
+        error: e,
+    })?;
+    Ok(Machine::adopt(child, console, listener))
+}

@@ -1,0 +1,282 @@
+//! QEMU: the only place in the tree that knows QEMU's command-line flags.
+
+use std::path::PathBuf;
+
+use crate::backend::{spawn_machine, VmBackend};
+use crate::machine::Machine;
+use crate::spec::{mac_string, Accel, ConsoleSink, MachineType, NicBackend, VmSpec};
+use crate::InstanceError;
+
+/// The I/O port of the control channel's UART (COM2; the human console is COM1 at 0x3f8).
+pub const CONTROL_IOBASE: u16 = 0x2f8;
+
+/// The QEMU arguments that start `spec` (everything after the binary's name).
+///
+/// - machine: `-M microvm,acpi=off`, or `-M q35 -bios qboot.rom`;
+/// - accelerator: `-accel kvm -cpu host,-arch-capabilities` (nested KVM refuses to set that MSR)
+///   or `-accel tcg`;
+/// - `-m <MiB>M -smp 1 -nodefaults -no-user-config -display none -no-reboot`, the
+///   `isa-debug-exit` device at 0xf4 (the guest's exit code), `-kernel`, `-append`;
+/// - the human console on COM1: `-serial chardev:con` on an appending file chardev, or
+///   `-serial stdio` when captured;
+/// - the control channel on a second UART at 0x2f8 (IRQ 3), a unix socket chardev QEMU connects
+///   to (`server=off`);
+/// - one `-netdev` and one `-device virtio-net-device` (microvm) or `virtio-net-pci` (q35) per NIC,
+///   ids `n0`, `n1`, ...
+pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |words: &[&str]| a.extend(words.iter().map(|w| w.to_string()));
+    match spec.machine {
+        MachineType::Microvm => push(&["-M", "microvm,acpi=off"]),
+        MachineType::Q35 => push(&["-M", "q35", "-bios", "qboot.rom"]),
+    }
+    match spec.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
+        Accel::Tcg => push(&["-accel", "tcg"]),
+    }
+    a.extend([
+        "-m".into(),
+        format!("{}M", spec.memory_mib),
+        "-smp".into(),
+        "1".into(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-device".into(),
+        "isa-debug-exit,iobase=0xf4,iosize=4".into(),
+        "-kernel".into(),
+        spec.kernel_path.display().to_string(),
+        "-append".into(),
+        spec.cmdline(),
+    ]);
+    match &spec.console {
+        ConsoleSink::File(path) => a.extend([
+            "-chardev".into(),
+            format!("file,id=con,path={},append=on", path.display()),
+            "-serial".into(),
+            "chardev:con".into(),
+        ]),
+        ConsoleSink::Capture => a.extend(["-serial".into(), "stdio".into()]),
+    }
+    if let Some(ctl) = &spec.control {
+        a.extend([
+            "-chardev".into(),
+            format!("socket,id=ctl,path={},server=off", ctl.display()),
+            "-device".into(),
+            format!("isa-serial,chardev=ctl,iobase={CONTROL_IOBASE:#x},irq=3"),
+        ]);
+    }
+    let dev = match spec.machine {
+        MachineType::Microvm => "virtio-net-device",
+        MachineType::Q35 => "virtio-net-pci",
+    };
+    for (i, nic) in spec.nics.iter().enumerate() {
+        let netdev = match &nic.backend {
+            NicBackend::Stream { path } => format!(
+                "stream,id=n{i},server=off,addr.type=unix,addr.path={}",
+                path.display()
+            ),
+            NicBackend::Dgram { local, remote } => format!(
+                "dgram,id=n{i},local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                local.display(),
+                remote.display()
+            ),
+            NicBackend::User { forwards } => {
+                let mut s = format!("user,id=n{i}");
+                for f in forwards {
+                    s.push_str(&format!(
+                        ",hostfwd={}:127.0.0.1:{}-:{}",
+                        f.proto.name(),
+                        f.host,
+                        f.guest
+                    ));
+                }
+                s
+            }
+        };
+        a.extend([
+            "-netdev".into(),
+            netdev,
+            "-device".into(),
+            format!("{dev},netdev=n{i},mac={}", mac_string(&nic.mac)),
+        ]);
+    }
+    a
+}
+
+/// Starts machines as QEMU processes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QemuBackend {
+    /// The QEMU binary (`qemu-system-x86_64`, looked up in `PATH` when it has no slash).
+    pub binary: PathBuf,
+}
+
+impl QemuBackend {
+    /// A backend running `binary`.
+    pub fn new(binary: impl Into<PathBuf>) -> QemuBackend {
+        QemuBackend {
+            binary: binary.into(),
+        }
+    }
+}
+
+impl Default for QemuBackend {
+    /// `qemu-system-x86_64` from `PATH`.
+    fn default() -> QemuBackend {
+        QemuBackend::new("qemu-system-x86_64")
+    }
+}
+
+impl VmBackend for QemuBackend {
+    fn describe(&self) -> String {
+        format!("qemu ({})", self.binary.display())
+    }
+
+    fn start(&self, spec: &VmSpec) -> Result<Machine, InstanceError> {
+        let mut cmd = std::process::Command::new(&self.binary);
+        cmd.args(qemu_args(spec));
+        spawn_machine(cmd, spec, "qemu: ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Forward, Kernel, Nic, Proto};
+
+    fn base(machine: MachineType, accel: Accel) -> VmSpec {
+        let mut s = VmSpec::new("t", "/img/vos.elf".into(), Kernel::Raw("a=1 b".into()));
+        s.machine = machine;
+        s.accel = accel;
+        s
+    }
+
+    fn words(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn microvm_kvm_with_every_nic_kind_and_control() {
+        let mut s = base(MachineType::Microvm, Accel::Kvm);
+        s.memory_mib = 32;
+        s.console = ConsoleSink::File("/d/web.log".into());
+        s.control = Some("/run/web-ctl.sock".into());
+        s.nics = vec![
+            Nic {
+                backend: NicBackend::Stream {
+                    path: "/run/web.sock".into(),
+                },
+                mac: [2, 0x64, 1, 0, 0, 1],
+            },
+            Nic {
+                backend: NicBackend::Dgram {
+                    local: "/run/vm.sock".into(),
+                    remote: "/run/p.sock".into(),
+                },
+                mac: [2, 0x64, 1, 0, 0, 2],
+            },
+            Nic {
+                backend: NicBackend::User {
+                    forwards: vec![
+                        Forward {
+                            proto: Proto::Tcp,
+                            host: 8080,
+                            guest: 80,
+                        },
+                        Forward {
+                            proto: Proto::Udp,
+                            host: 8080,
+                            guest: 7,
+                        },
+                    ],
+                },
+                mac: [0x52, 0x54, 0, 0x12, 0x34, 0x12],
+            },
+        ];
+        let mut want = words(
+            "-M microvm,acpi=off -accel kvm -cpu host,-arch-capabilities -m 32M -smp 1 -nodefaults \
+             -no-user-config -display none -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=4 \
+             -kernel /img/vos.elf -append",
+        );
+        want.push("a=1 b".into());
+        want.extend(words(
+            "-chardev file,id=con,path=/d/web.log,append=on -serial chardev:con \
+             -chardev socket,id=ctl,path=/run/web-ctl.sock,server=off \
+             -device isa-serial,chardev=ctl,iobase=0x2f8,irq=3 \
+             -netdev stream,id=n0,server=off,addr.type=unix,addr.path=/run/web.sock \
+             -device virtio-net-device,netdev=n0,mac=02:64:01:00:00:01 \
+             -netdev dgram,id=n1,local.type=unix,local.path=/run/vm.sock,remote.type=unix,remote.path=/run/p.sock \
+             -device virtio-net-device,netdev=n1,mac=02:64:01:00:00:02 \
+             -netdev user,id=n2,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:8080-:7 \
+             -device virtio-net-device,netdev=n2,mac=52:54:00:12:34:12",
+        ));
+        assert_eq!(qemu_args(&s), want);
+    }
+
+    #[test]
+    fn q35_tcg_captured_without_control() {
+        let mut s = base(MachineType::Q35, Accel::Tcg);
+        s.nics = vec![Nic {
+            backend: NicBackend::User { forwards: vec![] },
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x10],
+        }];
+        let mut want = words(
+            "-M q35 -bios qboot.rom -accel tcg -m 16M -smp 1 -nodefaults -no-user-config \
+             -display none -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=4 \
+             -kernel /img/vos.elf -append",
+        );
+        want.push("a=1 b".into());
+        want.extend(words(
+            "-serial stdio -netdev user,id=n0 -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:10",
+        ));
+        assert_eq!(qemu_args(&s), want);
+    }
+
+    #[test]
+    fn q35_kvm_with_stream_dgram_and_control() {
+        let mut s = base(MachineType::Q35, Accel::Kvm);
+        s.control = Some("/c".into());
+        s.nics = vec![
+            Nic {
+                backend: NicBackend::Dgram {
+                    local: "/g".into(),
+                    remote: "/h".into(),
+                },
+                mac: [2, 0, 0, 0, 0, 1],
+            },
+            Nic {
+                backend: NicBackend::Stream { path: "/s".into() },
+                mac: [2, 0, 0, 0, 0, 2],
+            },
+        ];
+        let mut want = words(
+            "-M q35 -bios qboot.rom -accel kvm -cpu host,-arch-capabilities -m 16M -smp 1 \
+             -nodefaults -no-user-config -display none -no-reboot \
+             -device isa-debug-exit,iobase=0xf4,iosize=4 -kernel /img/vos.elf -append",
+        );
+        want.push("a=1 b".into());
+        want.extend(words(
+            "-serial stdio -chardev socket,id=ctl,path=/c,server=off \
+             -device isa-serial,chardev=ctl,iobase=0x2f8,irq=3 \
+             -netdev dgram,id=n0,local.type=unix,local.path=/g,remote.type=unix,remote.path=/h \
+             -device virtio-net-pci,netdev=n0,mac=02:00:00:00:00:01 \
+             -netdev stream,id=n1,server=off,addr.type=unix,addr.path=/s \
+             -device virtio-net-pci,netdev=n1,mac=02:00:00:00:00:02",
+        ));
+        assert_eq!(qemu_args(&s), want);
+    }
+
+    #[test]
+    fn a_boot_config_is_one_word() {
+        let mut cfg = dvs_vos_abi::BootConfig::new(1, 2);
+        cfg.endpoints = vec![5];
+        let mut s = base(MachineType::Microvm, Accel::Tcg);
+        s.kernel = Kernel::Config(cfg.clone());
+        let a = qemu_args(&s);
+        let i = a.iter().position(|w| w == "-append").unwrap();
+        assert_eq!(a[i + 1], cfg.to_cmdline_word());
+        assert!(!a[i + 1].contains(' '));
+    }
+}

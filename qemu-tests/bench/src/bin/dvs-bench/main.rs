@@ -1,0 +1,271 @@
+//! `dvs-bench`: the helpers the bench scripts call.
+//!   dvs-bench wait --node ADDR NAME ready|sendrecs|vcopy|local-sendrec [--timeout S]
+//!       waits on the node's typed instance view (`guest.ready`, `guest.reports`, long-polling with
+//!       `wait_after`) and prints the figure as `key=value` words; fails on a Failed report, a fatal
+//!       record or a dead instance, saying which.
+//!   dvs-bench settle --node ADDR [--ep DC:EP]...
+//!       waits until the node's peer links are all up and the endpoints are in its directory
+//!   dvs-bench put PART KEY=VALUE...      writes figures to target/bench/PART.json
+//!   dvs-bench summary                    merges target/bench/*.json into target/bench/summary.json
+//!   dvs-bench density [--max N]          the density benchmark (own daemon on 127.0.0.1:7170)
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use dvs_bench::{out_dir, Figures};
+use dvs_vos_abi::Report;
+
+mod density;
+mod view;
+
+/// Benchmark helpers of scripts/bench-*.sh.
+#[derive(Parser, Debug)]
+#[command(name = "dvs-bench")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Wait for an instance's Ready record or a report; print it as key=value words.
+    Wait {
+        /// The node's API (host:port).
+        #[arg(long, env = "DVS_NODE", default_value = "127.0.0.1:7070")]
+        node: String,
+        /// Instance name.
+        name: String,
+        /// What to wait for.
+        what: What,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Wait until the node's peer links are up and the endpoints are in its directory.
+    Settle {
+        /// The node's API (host:port).
+        #[arg(long, env = "DVS_NODE", default_value = "127.0.0.1:7070")]
+        node: String,
+        /// Endpoints to wait for, as DC:EP (repeatable).
+        #[arg(long)]
+        ep: Vec<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Write figures (KEY=VALUE; numbers stay numbers) to target/bench/PART.json.
+    Put {
+        /// The part (file name without .json).
+        part: String,
+        /// The figures.
+        figures: Vec<String>,
+    },
+    /// Merge target/bench/*.json into target/bench/summary.json.
+    Summary,
+    /// The density benchmark: idle VOS instances on one node until --max or < 1 GiB free.
+    Density {
+        /// Most instances to boot.
+        #[arg(long, env = "DENSITY_MAX", default_value_t = 200)]
+        max: usize,
+    },
+}
+
+/// What `wait` waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum What {
+    /// The Ready record.
+    Ready,
+    /// A Sendrecs report: n, median_ns, p99_ns, ops_per_s.
+    Sendrecs,
+    /// A Vcopy report: bytes, push_us, pull_us, push_mb_s, pull_mb_s.
+    Vcopy,
+    /// A LocalSendrec report: calls, ns_per_call.
+    LocalSendrec,
+}
+
+/// The `key=value` words of a report `what` takes.
+fn pick(what: What, r: &Report) -> Option<String> {
+    match (what, r) {
+        (
+            What::Sendrecs,
+            Report::Sendrecs {
+                n,
+                median_ns,
+                p99_ns,
+                ops_per_s,
+            },
+        ) => Some(format!(
+            "n={n} median_ns={median_ns} p99_ns={p99_ns} ops_per_s={ops_per_s}"
+        )),
+        (
+            What::Vcopy,
+            Report::Vcopy {
+                bytes,
+                push_us,
+                pull_us,
+            },
+        ) => Some(format!(
+            "bytes={bytes} push_us={push_us} pull_us={pull_us} push_mb_s={} pull_mb_s={}",
+            bytes / (*push_us).max(1),
+            bytes / (*pull_us).max(1)
+        )),
+        (What::LocalSendrec, Report::LocalSendrec { calls, ns_per_call }) => {
+            Some(format!("calls={calls} ns_per_call={ns_per_call}"))
+        }
+        _ => None,
+    }
+}
+
+fn wait(node: &str, name: &str, what: What, timeout: Duration) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = dvs_hypervisor::client::NodeClient::new(node);
+    let line = rt.block_on(view::wait_for(&client, name, timeout, |v| {
+        if what == What::Ready {
+            return v
+                .guest
+                .ready
+                .as_ref()
+                .map(|r| format!("ready init_us={} tsc_mhz={}", r.init_us, r.tsc_mhz));
+        }
+        v.guest.reports.iter().find_map(|r| pick(what, r))
+    }))?;
+    println!("{line}");
+    Ok(())
+}
+
+fn settle(node: &str, eps: &[String], timeout: Duration) -> anyhow::Result<()> {
+    let mut want = Vec::new();
+    for e in eps {
+        let parsed = e
+            .split_once(':')
+            .and_then(|(d, p)| Some((d.parse::<u16>().ok()?, p.parse::<u32>().ok()?)));
+        want.push(parsed.with_context(|| format!("--ep '{e}': not DC:EP"))?);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = dvs_hypervisor::client::NodeClient::new(node);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let missing: anyhow::Result<String> = rt.block_on(async {
+            let status = client.status().await?;
+            let down: Vec<u16> = status
+                .peers
+                .iter()
+                .filter(|(_, up)| !**up)
+                .map(|(id, _)| *id)
+                .collect();
+            let dir = client.directory().await?;
+            let absent: Vec<String> = want
+                .iter()
+                .filter(|(d, e)| !dir.iter().any(|p| p.dc == *d && p.ep == *e))
+                .map(|(d, e)| format!("{d}:{e}"))
+                .collect();
+            Ok(match (down.is_empty(), absent.is_empty()) {
+                (true, true) => String::new(),
+                _ => format!("peers down {down:?}, endpoints not in the directory {absent:?}"),
+            })
+        });
+        let missing = match missing {
+            Ok(m) => m,
+            Err(e) => format!("{e:#}"),
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("node {node} not settled after {timeout:?}: {missing}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn put(part: &str, words: &[String]) -> anyhow::Result<()> {
+    let mut f = Figures::new();
+    for w in words {
+        let (k, v) = w
+            .split_once('=')
+            .with_context(|| format!("'{w}' is not KEY=VALUE"))?;
+        let value = if let Ok(n) = v.parse::<u64>() {
+            serde_json::json!(n)
+        } else if let Some(n) = v.parse::<f64>().ok().filter(|n| n.is_finite()) {
+            serde_json::json!(n)
+        } else {
+            serde_json::Value::String(v.into())
+        };
+        f.set(k, value);
+    }
+    f.write(part)
+        .with_context(|| format!("writing {}/{part}.json", out_dir().display()))?;
+    Ok(())
+}
+
+/// Merges every part into `summary.json`:
+/// `{ "generated_unix": .., "host": { "cores": .., "accel": .. }, "parts": { PART: {..} } }`.
+fn summary() -> anyhow::Result<()> {
+    let dir = out_dir();
+    let mut parts = BTreeMap::new();
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    for e in entries {
+        let path = e?.path();
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if path.extension().and_then(|s| s.to_str()) != Some("json") || stem == "summary" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        parts.insert(stem.to_string(), v);
+    }
+    if parts.is_empty() {
+        bail!("no benchmark parts in {}", dir.display());
+    }
+    let generated = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let accel = dvs_instance::Accel::detect().name();
+    let out = serde_json::json!({
+        "generated_unix": generated,
+        "host": { "cores": cores, "accel": accel },
+        "parts": parts,
+    });
+    let path = dir.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&out)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "summary: {} ({} parts: {})",
+        path.display(),
+        parts.len(),
+        parts.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Wait {
+            node,
+            name,
+            what,
+            timeout,
+        } => {
+            let t0 = Instant::now();
+            wait(&node, &name, what, Duration::from_secs(timeout))
+                .with_context(|| format!("waiting {:?} for {name}'s {what:?}", t0.elapsed()))
+        }
+        Cmd::Settle { node, ep, timeout } => settle(&node, &ep, Duration::from_secs(timeout)),
+        Cmd::Put { part, figures } => put(&part, &figures),
+        Cmd::Summary => summary(),
+        Cmd::Density { max } => density::run(max),
+    }
+}

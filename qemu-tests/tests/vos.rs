@@ -687,8 +687,8 @@ fn bad_command_line_sends_fatal_and_exits_bad_config() {
     for raw in [
         "dc=1 ep=10 svc=echo".to_string(),
         "dvs.cfg=zz".to_string(),
-        "dvs.cfg=02".to_string(),
-        "dvs.cfg=01ff".to_string(),
+        "dvs.cfg=07".to_string(),
+        "dvs.cfg=02ff".to_string(),
         format!("{good} {good}"),
     ] {
         let says = match BootConfig::from_cmdline(&raw) {

@@ -279,7 +279,7 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<VmSpec>(&json).unwrap(), s);
         assert!(json.contains("\"accel\":\"tcg\""), "{json}");
-        assert!(s.cmdline().starts_with("dvs.cfg=01"));
+        assert!(s.cmdline().starts_with("dvs.cfg=02"));
     }
 
     #[test]

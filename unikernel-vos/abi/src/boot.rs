@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub const CMDLINE_KEY: &str = "dvs.cfg";
 
 /// Version of the encoding; the first byte of the encoded value. A guest refuses any other.
-pub const BOOT_CONFIG_VERSION: u8 = 1;
+pub const BOOT_CONFIG_VERSION: u8 = 2;
 
 /// Largest vcopy buffer a configuration may ask for (the guest's RAM bounds it further).
 pub const MAX_BUFFER: u32 = 1 << 30;
@@ -30,15 +30,21 @@ pub enum Service {
     IpcBench,
     /// UDP echo on port 7.
     UdpEcho,
+    /// Block server over the instance's virtio-blk device, on `storage.disk`.
+    Disk,
+    /// File server on `storage.fs`, storing its blocks on the disk server at `storage.disk`.
+    Fs,
 }
 
 impl Service {
     /// Every service.
-    pub const ALL: [Service; 4] = [
+    pub const ALL: [Service; 6] = [
         Service::Http,
         Service::Echo,
         Service::IpcBench,
         Service::UdpEcho,
+        Service::Disk,
+        Service::Fs,
     ];
 
     /// The name users write (`http`, `echo`, `ipc-bench`, `udp-echo`).
@@ -48,6 +54,8 @@ impl Service {
             Service::Echo => "echo",
             Service::IpcBench => "ipc-bench",
             Service::UdpEcho => "udp-echo",
+            Service::Disk => "disk",
+            Service::Fs => "fs",
         }
     }
 
@@ -66,7 +74,10 @@ impl Service {
 
     /// True for services that speak M3-IPC (and so need endpoints).
     pub const fn needs_endpoint(self) -> bool {
-        matches!(self, Service::Echo | Service::IpcBench)
+        matches!(
+            self,
+            Service::Echo | Service::IpcBench | Service::Disk | Service::Fs
+        )
     }
 }
 
@@ -158,6 +169,16 @@ impl Default for BenchConfig {
     }
 }
 
+/// Where the storage servers listen. In an instance that runs the service, its endpoint (one of
+/// `endpoints`); elsewhere, the endpoint its clients call (`disk_ep=`, `fs_ep=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageConfig {
+    /// The disk server's endpoint.
+    pub disk: Option<u32>,
+    /// The file server's endpoint.
+    pub fs: Option<u32>,
+}
+
 /// Everything a VOS instance is told at boot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootConfig {
@@ -183,6 +204,8 @@ pub struct BootConfig {
     pub stats_interval_s: u32,
     /// How long the loop keeps polling after the last work before it halts (`spin_us=`).
     pub spin_us: u32,
+    /// Where the disk and file servers listen.
+    pub storage: StorageConfig,
 }
 
 /// The `key=value` settings a user may add (`dvs run --arg`), with what they set.
@@ -199,6 +222,14 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("local_n", "iterations of the in-guest local sendrec loop"),
     ("stats", "seconds between counter records"),
     ("spin_us", "microseconds of polling before the loop halts"),
+    (
+        "disk_ep",
+        "endpoint of the disk server (served here with service disk)",
+    ),
+    (
+        "fs_ep",
+        "endpoint of the file server (served here with service fs)",
+    ),
 ];
 
 /// Why a configuration is refused.
@@ -311,6 +342,7 @@ impl BootConfig {
             local_sendrecs: 0,
             stats_interval_s: 0,
             spin_us: 300,
+            storage: StorageConfig::default(),
         }
     }
 
@@ -340,6 +372,8 @@ impl BootConfig {
             "local_n" => self.local_sendrecs = num("local_n", v)?,
             "stats" => self.stats_interval_s = num("stats", v)?,
             "spin_us" => self.spin_us = num("spin_us", v)?,
+            "disk_ep" => self.storage.disk = Some(num("disk_ep", v)?),
+            "fs_ep" => self.storage.fs = Some(num("fs_ep", v)?),
             _ => return Err(ConfigError::UnknownKey(k.into())),
         }
         Ok(())
@@ -376,6 +410,36 @@ impl BootConfig {
         {
             return Err(ConfigError::Inconsistent(
                 "services http and udp-echo need an IP address (ip, or a published port)",
+            ));
+        }
+        for (service, ep, key) in [
+            (Service::Disk, self.storage.disk, "disk_ep"),
+            (Service::Fs, self.storage.fs, "fs_ep"),
+        ] {
+            if !self.runs(service) {
+                continue;
+            }
+            match ep {
+                Some(ep) if self.endpoints.contains(&ep) => {}
+                Some(_) => {
+                    return Err(ConfigError::Inconsistent(match key {
+                        "disk_ep" => {
+                            "service disk: disk_ep must be one of the instance's endpoints"
+                        }
+                        _ => "service fs: fs_ep must be one of the instance's endpoints",
+                    }))
+                }
+                None => {
+                    return Err(ConfigError::Inconsistent(match key {
+                        "disk_ep" => "service disk needs disk_ep=<one of its endpoints>",
+                        _ => "service fs needs fs_ep=<one of its endpoints>",
+                    }))
+                }
+            }
+        }
+        if self.runs(Service::Fs) && self.storage.disk.is_none() {
+            return Err(ConfigError::Inconsistent(
+                "service fs needs disk_ep=<the disk server's endpoint>",
             ));
         }
         for (key, v) in [("buf", self.echo_buffer), ("vcopy", self.bench.vcopy)] {
@@ -509,11 +573,11 @@ mod tests {
             Err(ConfigError::BadEncoding)
         );
         assert_eq!(
-            BootConfig::from_cmdline("dvs.cfg=02"),
-            Err(ConfigError::Version(2))
+            BootConfig::from_cmdline("dvs.cfg=07"),
+            Err(ConfigError::Version(7))
         );
         assert_eq!(
-            BootConfig::from_cmdline("dvs.cfg=01ff"),
+            BootConfig::from_cmdline("dvs.cfg=02ff"),
             Err(ConfigError::Decode)
         );
         let mut long = w.clone();
@@ -559,6 +623,29 @@ mod tests {
         assert_eq!(c.bench.sendrecs, 16);
         let mut no_ip = BootConfig::new(1, 1);
         assert!(no_ip.apply("gw=10.0.0.1").is_err());
+    }
+
+    #[test]
+    fn storage_endpoints_are_checked() {
+        let mut c = BootConfig::new(1, 1);
+        c.endpoints = vec![30, 31];
+        c.services = vec![Service::Disk];
+        assert!(c.validate().is_err(), "disk without disk_ep");
+        c.apply("disk_ep=32").unwrap();
+        assert!(c.validate().is_err(), "disk_ep not ours");
+        c.apply("disk_ep=30").unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        c.services.push(Service::Fs);
+        assert!(c.validate().is_err(), "fs without fs_ep");
+        c.apply("fs_ep=31").unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        let mut remote = BootConfig::new(1, 1);
+        remote.endpoints = vec![40];
+        remote.services = vec![Service::Fs];
+        remote.apply("fs_ep=40").unwrap();
+        assert!(remote.validate().is_err(), "fs needs a disk server");
+        remote.apply("disk_ep=30").unwrap();
+        assert_eq!(remote.validate(), Ok(()));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use m3ipc_core::NodeId;
@@ -16,6 +16,7 @@ use crate::client::{ApiErrorBody, ImageCheck, MigrateRequest, MigrateResult, Nod
 use crate::images::{ImageError, Manifest};
 use crate::instances::{InstanceError, Manager, RunRequest};
 use crate::migrate::MigrateError;
+use crate::volumes::{VolumeError, VolumeView};
 
 /// Shared state of the API handlers.
 pub struct Api {
@@ -52,8 +53,28 @@ impl From<InstanceError> for ApiError {
             InstanceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             InstanceError::Image(ImageError::NotFound(_)) => (StatusCode::NOT_FOUND, "image"),
             InstanceError::Image(_) => (StatusCode::BAD_REQUEST, "image"),
+            InstanceError::Volume(v) => volume_status(v),
             InstanceError::Other(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
+        ApiError(status, code, e.to_string())
+    }
+}
+
+/// The status and code of a volume error: 400 `invalid`, 404 `not_found`, 409 `volume_attached` /
+/// `volume_size`, 500 `volume_io`.
+fn volume_status(e: &VolumeError) -> (StatusCode, &'static str) {
+    match e {
+        VolumeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        VolumeError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        VolumeError::Attached { .. } => (StatusCode::CONFLICT, "volume_attached"),
+        VolumeError::Size { .. } => (StatusCode::CONFLICT, "volume_size"),
+        VolumeError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "volume_io"),
+    }
+}
+
+impl From<VolumeError> for ApiError {
+    fn from(e: VolumeError) -> ApiError {
+        let (status, code) = volume_status(&e);
         ApiError(status, code, e.to_string())
     }
 }
@@ -92,6 +113,11 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/instances/{name}", get(instance).delete(stop))
         .route("/v1/instances/{name}/logs", get(logs))
         .route("/v1/instances/{name}/migrate", post(migrate))
+        .route(
+            "/v1/volumes",
+            get(|s: S| async move { Json(s.mgr.volumes().list()) }),
+        )
+        .route("/v1/volumes/{dc}/{name}", delete(remove_volume))
         .layer(DefaultBodyLimit::max(512 << 20))
         .with_state(api)
 }
@@ -191,6 +217,18 @@ async fn logs(
     Ok(Json(
         serde_json::json!({ "log": s.mgr.logs(&name, q.tail)? }),
     ))
+}
+
+/// `DELETE /v1/volumes/{dc}/{name}`: removes a detached volume (its data goes); 409 while attached.
+async fn remove_volume(State(s): S, Path((dc, name)): Path<(String, String)>) -> Res<VolumeView> {
+    let dc: u16 = dc.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("DC '{}': expected a DC number", dc.escape_debug()),
+        )
+    })?;
+    Ok(Json(s.mgr.volumes().remove(dc, &name)?))
 }
 
 /// Moves an instance to another node (see `migrate.rs`).

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::images::{Image, Manifest};
 use crate::instances::{InstanceView, RunRequest};
+use crate::volumes::VolumeView;
 
 /// `GET /v1/node`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,7 +59,8 @@ pub struct MigrateResult {
 pub struct ApiErrorBody {
     /// What went wrong, for people.
     pub error: String,
-    /// A stable code: not_found, endpoint_taken, name_taken, dc, image, invalid, unreachable, handover, internal.
+    /// A stable code: not_found, endpoint_taken, name_taken, dc, image, invalid, unreachable, handover,
+    /// volume_attached, volume_size, volume_io, internal.
     pub code: String,
 }
 
@@ -305,6 +307,17 @@ impl NodeClient {
         Ok(v["log"].as_str().unwrap_or_default().to_string())
     }
 
+    /// `GET /v1/volumes`.
+    pub async fn volumes(&self) -> Result<Vec<VolumeView>, ClientError> {
+        self.get("/v1/volumes").await
+    }
+
+    /// `DELETE /v1/volumes/{dc}/{name}`: the volume as it was.
+    pub async fn remove_volume(&self, dc: u16, name: &str) -> Result<VolumeView, ClientError> {
+        let url = format!("{}/v1/volumes/{dc}/{}", self.base, percent(name));
+        self.answer(self.http.delete(url).send().await).await
+    }
+
     /// `POST /v1/instances/{name}/migrate`.
     pub async fn migrate(&self, name: &str, to: u16) -> Result<MigrateResult, ClientError> {
         let r = self
@@ -324,6 +337,17 @@ pub struct ImageCheck {
     pub image: Image,
     /// True if the stored kernel re-hashes to its sha256.
     pub verified: bool,
+}
+
+/// `s` with every byte but `[A-Za-z0-9-_.~]` percent-encoded, as one URL path segment (so a name the node
+/// will refuse, `../x`, reaches it as it is instead of changing the path).
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Turns a client error into an `anyhow` error naming the operation.

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use dvs_proxy::ClusterMap;
 use serde::{Deserialize, Serialize};
 
+use crate::volumes::ByteSize;
+
 /// Which VM backend boots instances.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,6 +72,9 @@ pub struct NodeConfig {
     pub process_program: Option<PathBuf>,
     /// Overrides the API listen address of the cluster file (e.g. 0.0.0.0:7070).
     pub api_listen: Option<std::net::SocketAddr>,
+    /// The largest volume an instance may ask for (`"16G"`, the default; K, M, G, T suffixes).
+    #[serde(default = "default_max_volume")]
+    pub max_volume: ByteSize,
 }
 
 impl NodeConfig {
@@ -77,6 +82,13 @@ impl NodeConfig {
     pub fn check(&self) -> anyhow::Result<()> {
         if self.backend == BackendKind::Process && self.process_program.is_none() {
             anyhow::bail!("backend = \"process\" needs process_program = \"<path>\"");
+        }
+        if self.max_volume.0 < crate::volumes::MIN_VOLUME {
+            anyhow::bail!(
+                "max_volume = \"{}\": at least {} (the smallest volume)",
+                self.max_volume,
+                ByteSize(crate::volumes::MIN_VOLUME)
+            );
         }
         Ok(())
     }
@@ -90,6 +102,10 @@ impl NodeConfig {
             Accel::Tcg => dvs_instance::Accel::Tcg,
         }
     }
+}
+
+fn default_max_volume() -> ByteSize {
+    ByteSize(crate::volumes::DEFAULT_MAX_VOLUME)
 }
 
 fn default_qemu() -> PathBuf {

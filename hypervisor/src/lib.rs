@@ -1,6 +1,6 @@
 //! # dvs-hypervisor — the node daemon and the `dvs` CLI
 //!
-//! The daemon (`dvs node`) keeps an image store, boots instances through dvs-instance's backends, runs the node's proxy
+//! The daemon (`dvs node`) keeps an image store and the node's volumes, boots instances through dvs-instance's backends, runs the node's proxy
 //! and answers an HTTP/JSON API; the CLI talks to that API. See hypervisor/README.md.
 #![warn(missing_docs)]
 
@@ -13,3 +13,4 @@ pub mod images;
 pub mod instances;
 pub mod manifest;
 pub mod migrate;
+pub mod volumes;

@@ -11,6 +11,7 @@ use crate::config::BackendKind;
 use crate::images::Manifest as ImageManifest;
 use crate::instances::Publish;
 use crate::instances::{InstanceSpec, RestartPolicy};
+use crate::volumes::{valid_volume_name, ByteSize, VolumeRequest};
 
 /// The manifest file.
 #[derive(Clone, Debug, Deserialize)]
@@ -82,6 +83,10 @@ pub struct InstanceEntry {
     /// Arguments of the process program (with `backend = "process"`).
     #[serde(default)]
     pub process_args: Vec<String>,
+    /// Volumes on its node, `[{ name = "data", size = "64M" }]`: created on first use, kept until
+    /// `dvs volume rm`; they stay on `node` (an instance with volumes is not moved to another node).
+    #[serde(default)]
+    pub volumes: Vec<VolumeRequest>,
 }
 
 /// A loaded image: bytes and manifest with its sha256.
@@ -137,6 +142,24 @@ impl DcManifest {
             if names.insert(i.name.clone(), ()).is_some() {
                 bail!("{}: instance '{}' is listed twice", path.display(), i.name);
             }
+            for v in &i.volumes {
+                if !valid_volume_name(&v.name) {
+                    bail!(
+                        "{}: instance '{}': volume name '{}': use 1-63 of a-z, 0-9 and -, starting with a letter or digit",
+                        path.display(),
+                        i.name,
+                        v.name.escape_debug()
+                    );
+                }
+                ByteSize::parse(&v.size).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: instance '{}': volume '{}': {e}",
+                        path.display(),
+                        i.name,
+                        v.name
+                    )
+                })?;
+            }
         }
         Ok(m)
     }
@@ -170,6 +193,7 @@ impl DcManifest {
             restart: entry.restart,
             backend: entry.backend,
             process_args: entry.process_args.clone(),
+            volumes: entry.volumes.clone(),
         })
     }
 }
@@ -192,6 +216,7 @@ endpoints = [10]
 services = ["http", "echo"]
 publish = ["8080:80"]
 restart = "on-failure"
+volumes = [{ name = "data", size = "64M" }]
 "#;
 
     #[test]
@@ -209,6 +234,13 @@ restart = "on-failure"
             }]
         );
         assert_eq!(spec.restart, RestartPolicy::OnFailure);
+        assert_eq!(
+            spec.volumes,
+            vec![VolumeRequest {
+                name: "data".into(),
+                size: "64M".into()
+            }]
+        );
     }
 
     #[test]
@@ -220,5 +252,13 @@ restart = "on-failure"
         assert!(DcManifest::parse(&typo, Path::new("m.toml")).is_err());
         let m = DcManifest::parse(&TEXT.replace("8080:80", "8080"), Path::new("m.toml")).unwrap();
         assert!(m.spec(&m.instances[0], 1, &BTreeMap::new()).is_err());
+        for (from, to, want) in [
+            ("\"data\"", "\"../data\"", "volume name '../data'"),
+            ("\"64M\"", "\"64 MB\"", "volume 'data': size '64 MB'"),
+            ("size = ", "bytes = ", "unknown field `bytes`"),
+        ] {
+            let e = DcManifest::parse(&TEXT.replace(from, to), Path::new("m.toml")).unwrap_err();
+            assert!(format!("{e:#}").contains(want), "{e:#}");
+        }
     }
 }

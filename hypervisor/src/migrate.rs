@@ -60,6 +60,14 @@ pub async fn migrate_out(
     let view = mgr
         .view(name)
         .ok_or_else(|| InstanceError::NotFound(name.into()))?;
+    if !view.spec.volumes.is_empty() {
+        // Booting it elsewhere would give it new, empty volumes there: refuse rather than lose its data.
+        return Err(MigrateError::Invalid(format!(
+            "instance '{name}' has volumes ({}) on node {me}: a volume cannot follow an instance to another \
+             node yet, so it stays here (moving it would leave its data behind)",
+            crate::instances::volume_names(&view.spec)
+        )));
+    }
     if to == me {
         return Err(MigrateError::Invalid(format!(
             "instance '{name}' is already on node {me}"

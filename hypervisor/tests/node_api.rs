@@ -6,7 +6,7 @@
 //! (a Fatal record, then exit 1). They are role doubles for the daemon's API, not stand-ins for the VOS:
 //! the VOS itself is tested under QEMU in qemu-tests.
 
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use dvs_hypervisor::client::{ClientError, NodeClient};
 use dvs_hypervisor::config::{Accel, BackendKind, NetdevKind, NodeConfig};
 use dvs_hypervisor::images::{sha256_hex, Manifest};
 use dvs_hypervisor::instances::{InstanceSpec, InstanceView, RestartPolicy, RunRequest, State};
+use dvs_hypervisor::volumes::{ByteSize, VolumeRequest, VolumeView};
 use dvs_instance::port::{EnginePort, StreamPort};
 use dvs_instance::{NicBackend, VmSpec, SPEC_ENV};
 use dvs_proxy::{ClusterMap, DcInfo, NodeInfo};
@@ -120,6 +121,31 @@ fn machine_double() {
             }));
             std::thread::sleep(Duration::from_secs(600));
         }
+        "disk" => {
+            // The node attached the instance's volumes as drives: count this boot in the first byte of the
+            // first one (what a guest's write looks like to the host).
+            let drive = spec.drives.first().expect("DVS_VM_SPEC lists a drive");
+            assert!(!drive.read_only);
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&drive.path)
+                .unwrap();
+            let mut b = [0u8; 1];
+            f.read_exact(&mut b).unwrap();
+            b[0] += 1;
+            f.seek(SeekFrom::Start(0)).unwrap();
+            f.write_all(&b).unwrap();
+            f.sync_all().unwrap();
+            println!(
+                "double: disk: boot {} written to {}",
+                b[0],
+                drive.path.display()
+            );
+            std::io::stdout().flush().unwrap();
+            send(ready);
+            std::thread::sleep(Duration::from_secs(600));
+        }
         "fatal" => {
             send(ControlRecord::Fatal {
                 reason: "bind endpoint 40: Busy".into(),
@@ -172,16 +198,13 @@ async fn wait(
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_node_with_role_doubles() {
-    let dir = std::env::temp_dir().join(format!("dvs-node-api-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let api = format!("127.0.0.1:{}", free_port());
-    let cluster = ClusterMap {
+/// A cluster of one node (API and proxy on free ports) with DC 1 "one" on it and DC 2 on no node.
+fn one_node_cluster() -> ClusterMap {
+    ClusterMap {
         nodes: vec![NodeInfo {
             id: 1,
             proxy: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            api: api.parse().unwrap(),
+            api: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         }],
         dcs: vec![
             DcInfo {
@@ -195,29 +218,93 @@ async fn one_node_with_role_doubles() {
                 nodes: vec![],
             },
         ],
-    };
-    let cfg = NodeConfig {
+    }
+}
+
+/// Node 1 with the process backend, this binary as its machines, its state in `dir`.
+fn node_config(dir: &std::path::Path) -> NodeConfig {
+    NodeConfig {
         node: 1,
         cluster: dir.join("cluster.toml"),
-        data_dir: dir.clone(),
+        data_dir: dir.to_path_buf(),
         backend: BackendKind::Process,
         netdev: NetdevKind::Stream,
         accel: Accel::Auto,
         qemu: "qemu-system-x86_64".into(),
         process_program: Some(std::env::current_exe().unwrap()),
         api_listen: None,
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let node = tokio::spawn(dvs_hypervisor::daemon::serve(cfg, cluster, async move {
-        let _ = stop_rx.await;
-    }));
-    let c = NodeClient::new(&api);
-    for _ in 0..100 {
-        if c.status().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        max_volume: ByteSize(256 << 20),
     }
+}
+
+/// A node daemon running in this process.
+struct TestNode {
+    c: NodeClient,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestNode {
+    /// Starts the daemon and waits until its API answers. A restart in the same process may find the last
+    /// daemon's peer listener not closed yet (the proxy's tasks are aborted, not joined): it tries again then.
+    async fn start(cfg: NodeConfig, cluster: ClusterMap) -> TestNode {
+        let c = NodeClient::new(&cluster.nodes[0].api.to_string());
+        'attempt: for _ in 0..40 {
+            let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(dvs_hypervisor::daemon::serve(
+                cfg.clone(),
+                cluster.clone(),
+                async move {
+                    let _ = stop_rx.await;
+                },
+            ));
+            for _ in 0..200 {
+                if c.status().await.is_ok() {
+                    return TestNode { c, stop, task };
+                }
+                if task.is_finished() {
+                    match task.await {
+                        Ok(Err(e)) if format!("{e:#}").contains("Address already in use") => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue 'attempt;
+                        }
+                        r => panic!("the node did not start: {r:?}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the node's API at {} does not answer", c.url());
+        }
+        panic!("the node's ports stayed in use");
+    }
+
+    /// Shuts the daemon down (its machines die, its instances stay recorded).
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Pushes the image `vos` (bytes the role doubles ignore).
+async fn push_vos(c: &NodeClient) -> String {
+    let kernel = b"not a kernel: role doubles ignore it".to_vec();
+    let m = Manifest {
+        name: "vos".into(),
+        version: "1".into(),
+        sha256: sha256_hex(&kernel),
+        memory: 16,
+        services: vec![],
+    };
+    c.push_image(&m, kernel.into()).await.unwrap();
+    m.sha256
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_with_role_doubles() {
+    let dir = std::env::temp_dir().join(format!("dvs-node-api-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let node = TestNode::start(node_config(&dir), one_node_cluster()).await;
+    let c = node.c.clone();
     let status = c.status().await.unwrap();
     assert!(status.backend.starts_with("process ("), "{status:?}");
 
@@ -410,13 +497,322 @@ async fn one_node_with_role_doubles() {
         .filter_map(|v| v.pid)
         .collect();
     assert_eq!(pids.len(), 3, "caller, liar and echo-2 run");
-    let _ = stop_tx.send(());
-    node.await.unwrap().unwrap();
+    node.shutdown().await;
     for pid in pids {
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "machine {pid} outlived the daemon"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn with_volumes(name: &str, ep: u32, vols: &[(&str, &str)]) -> InstanceSpec {
+    let mut s = spec(name, 1, &[ep], &["echo"], &[]);
+    s.volumes = vols
+        .iter()
+        .map(|(n, sz)| VolumeRequest {
+            name: n.to_string(),
+            size: sz.to_string(),
+        })
+        .collect();
+    s
+}
+
+fn first_byte(path: &std::path::Path) -> u8 {
+    let mut b = [0u8; 1];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    b[0]
+}
+
+async fn volume(c: &NodeClient, name: &str) -> Option<VolumeView> {
+    c.volumes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|v| v.dc == 1 && v.name == name)
+}
+
+/// A request the HTTP client would normalise (`%2e%2e` is `..` to a URL parser), sent as it is: the status.
+async fn raw_status(api: &str, method: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(api).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Volumes: created sparse on first use, attached as the machine's drive, kept through an instance restart,
+/// a daemon restart and the instance's deletion, held by one instance at a time, removed only on request,
+/// and every bad name, size or path refused with a 400 that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_outlive_their_instances() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::env::temp_dir().join(format!("dvs-node-volumes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster = one_node_cluster();
+    let api = cluster.nodes[0].api.to_string();
+    let node = TestNode::start(node_config(&dir), cluster.clone()).await;
+    let c = node.c.clone();
+    push_vos(&c).await;
+
+    // Created on first use: a sparse 64 MiB file under the data dir, attached as the machine's drive.
+    let mut s = with_volumes("disk-a", 60, &[("data", "64M")]);
+    s.restart = RestartPolicy::OnFailure;
+    c.run(&run(s.clone())).await.unwrap();
+    let v = wait(&c, "disk-a", "running", |v| v.state == State::Running).await;
+    let img = dir.join("volumes/dc-1/data.img");
+    let meta = std::fs::metadata(&img).unwrap();
+    assert_eq!(meta.len(), 64 << 20);
+    assert!(
+        meta.blocks() * 512 <= 64 << 10,
+        "sparse: {} blocks of 512 bytes allocated",
+        meta.blocks()
+    );
+    assert_eq!(first_byte(&img), 1, "the machine wrote its first boot");
+    assert!(c
+        .logs("disk-a", None)
+        .await
+        .unwrap()
+        .contains(&format!("boot 1 written to {}", img.display())));
+    let listed = volume(&c, "data").await.unwrap();
+    assert_eq!(listed.size, 64 << 20);
+    assert_eq!(listed.attached.as_deref(), Some("disk-a"));
+    assert!(
+        listed.allocated > 0 && listed.allocated <= 64 << 10,
+        "{listed:?}"
+    );
+    assert_eq!(listed.path, img);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("volumes/dc-1/data.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["attached"], "disk-a");
+    assert_eq!(record["size"], 64 << 20);
+    let inode = meta.ino();
+
+    // The machine dies; the restart policy boots it again on the same file.
+    unsafe { libc::kill(v.pid.unwrap() as i32, libc::SIGKILL) };
+    wait(&c, "disk-a", "a second boot, running", |v| {
+        v.boots >= 2 && v.state == State::Running
+    })
+    .await;
+    assert_eq!(first_byte(&img), 2);
+    assert_eq!(
+        std::fs::metadata(&img).unwrap().ino(),
+        inode,
+        "the same file"
+    );
+
+    // One instance at a time: a second one asking for it, or removing it now, is a 409 naming the holder.
+    for size in ["64M", "128M"] {
+        let e = c
+            .run(&run(with_volumes("disk-b", 61, &[("data", size)])))
+            .await
+            .unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(code(e), "volume_attached", "{msg}");
+        assert!(msg.contains("attached to instance 'disk-a'"), "{msg}");
+    }
+    assert_eq!(code(c.instance("disk-b").await.unwrap_err()), "not_found");
+    let e = c.remove_volume(1, "data").await.unwrap_err();
+    let msg = e.to_string();
+    assert_eq!(code(e), "volume_attached", "{msg}");
+    assert!(img.exists());
+
+    // A volume cannot follow a migration yet: refused, saying so.
+    let e = c.migrate("disk-a", 2).await.unwrap_err();
+    let msg = e.to_string();
+    assert_eq!(code(e), "invalid", "{msg}");
+    assert!(
+        msg.contains("has volumes (data)") && msg.contains("cannot follow"),
+        "{msg}"
+    );
+
+    // Bad names and sizes are refused before anything boots, naming the value.
+    for (vols, want) in [
+        (vec![("../etc", "1M")], "volume name '../etc'"),
+        (vec![("a/b", "1M")], "volume name 'a/b'"),
+        (vec![("..", "1M")], "volume name '..'"),
+        (vec![(".", "1M")], "volume name '.'"),
+        (vec![("%2e%2e", "1M")], "volume name '%2e%2e'"),
+        (vec![("/etc/passwd", "1M")], "volume name '/etc/passwd'"),
+        (vec![("", "1M")], "volume name ''"),
+        (vec![("Data", "1M")], "volume name 'Data'"),
+        (vec![("x\u{0}y", "1M")], "volume name 'x\\0y'"),
+        (vec![("big", "64MB")], "size '64MB'"),
+        (vec![("big", "1.5G")], "size '1.5G'"),
+        (vec![("big", "-1M")], "size '-1M'"),
+        (vec![("big", "")], "size ''"),
+        (vec![("big", "0")], "at least 1M"),
+        (vec![("big", "1K")], "at least 1M"),
+        (vec![("big", "1048577")], "multiple of 512"),
+        (vec![("big", "257M")], "above this node's max_volume 256M"),
+        (vec![("big", "99999999999T")], "too large"),
+        (vec![("a", "1M"), ("a", "1M")], "asked for twice"),
+    ] {
+        let e = c
+            .run(&run(with_volumes("bad", 62, &vols)))
+            .await
+            .unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(code(e), "invalid", "{vols:?}: {msg}");
+        assert!(msg.contains(want), "{vols:?}: {msg}");
+    }
+    // A VOS that runs the disk service needs a volume.
+    let mut s = spec("nodisk", 1, &[63], &["disk"], &["disk_ep=63"]);
+    s.backend = Some(BackendKind::Qemu);
+    s.process_args.clear();
+    let e = c.run(&run(s)).await.unwrap_err().to_string();
+    assert!(
+        e.contains("runs the disk service but asks for no volume"),
+        "{e}"
+    );
+    // Removal takes the name from the path, checked the same way.
+    // (`..` itself a URL parser would resolve before sending: it is sent raw below.)
+    for name in ["../../etc/passwd", "a/b", "x.img", "%2e%2e"] {
+        let e = c.remove_volume(1, name).await.unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(code(e), "invalid", "{name}: {msg}");
+        assert!(msg.contains("volume name"), "{msg}");
+    }
+    for path in [
+        "/v1/volumes/1/%2e%2e",
+        "/v1/volumes/1/..%2f..%2fetc%2fpasswd",
+        "/v1/volumes/1/%2fetc%2fpasswd",
+        "/v1/volumes/one/data",
+        "/v1/volumes/-1/data",
+    ] {
+        assert_eq!(raw_status(&api, "DELETE", path).await, 400, "DELETE {path}");
+    }
+    assert_eq!(
+        code(c.remove_volume(1, "nope").await.unwrap_err()),
+        "not_found"
+    );
+    // Nothing of all that reached the file system.
+    let mut files: Vec<String> = std::fs::read_dir(dir.join("volumes/dc-1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["data.img", "data.json"]);
+    assert_eq!(
+        std::fs::read_dir(dir.join("volumes")).unwrap().count(),
+        1,
+        "only dc-1"
+    );
+
+    // The daemon restarts: the restored instance gets its volume again.
+    let pid = c.instance("disk-a").await.unwrap().pid.unwrap();
+    node.shutdown().await;
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let node = TestNode::start(node_config(&dir), cluster.clone()).await;
+    let c = node.c.clone();
+    wait(&c, "disk-a", "running after the daemon restart", |v| {
+        v.state == State::Running
+    })
+    .await;
+    assert_eq!(first_byte(&img), 3);
+    assert_eq!(
+        volume(&c, "data").await.unwrap().attached.as_deref(),
+        Some("disk-a")
+    );
+
+    // Deleting the instance detaches the volume; its data stays, and another instance may take it.
+    c.stop("disk-a").await.unwrap();
+    let listed = volume(&c, "data").await.unwrap();
+    assert_eq!(listed.attached, None);
+    assert_eq!(first_byte(&img), 3);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("volumes/dc-1/data.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["attached"], serde_json::Value::Null);
+    c.run(&run(with_volumes("disk-b", 61, &[("data", "64M")])))
+        .await
+        .unwrap();
+    wait(&c, "disk-b", "running", |v| v.state == State::Running).await;
+    assert_eq!(first_byte(&img), 4);
+    c.stop("disk-b").await.unwrap();
+
+    // It is never resized: another size is a 409 that says what it is.
+    let e = c
+        .run(&run(with_volumes("disk-c", 64, &[("data", "128M")])))
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert_eq!(code(e), "volume_size", "{msg}");
+    assert!(
+        msg.contains("exists with 64M, the spec asks for 128M"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 << 20);
+
+    // `dvs apply` with volumes: created, then unchanged; another size is refused before the running
+    // instance is stopped; `dvs volume rm` of an attached volume exits with "conflict".
+    let manifest = dir.join("dc.toml");
+    let write_manifest = |size: &str| {
+        let args: Vec<String> = DOUBLE_ARGS.iter().map(|a| format!("{a:?}")).collect();
+        let text = format!(
+            "[dc]\nid = 1\n[[instance]]\nname = \"disk-m\"\nimage = \"vos\"\nnode = 1\nendpoints = [65]\n\
+             backend = \"process\"\nprocess_args = [{}]\nvolumes = [{{ name = \"mdata\", size = \"{size}\" }}]\n",
+            args.join(", ")
+        );
+        std::fs::write(&manifest, text).unwrap();
+    };
+    let dvs = |args: &[&str]| {
+        let mut all = vec!["dvs", "--node", api.as_str()];
+        all.extend_from_slice(args);
+        dvs_hypervisor::cli::main(<dvs_hypervisor::cli::Cli as clap::Parser>::parse_from(all))
+    };
+    let m = manifest.to_str().unwrap();
+    write_manifest("8M");
+    dvs(&["apply", m]).await.unwrap();
+    let v = wait(&c, "disk-m", "running", |v| v.state == State::Running).await;
+    dvs(&["apply", m]).await.unwrap();
+    assert_eq!(c.instance("disk-m").await.unwrap().pid, v.pid, "unchanged");
+    write_manifest("16M");
+    let e = format!("{:#}", dvs(&["apply", m]).await.unwrap_err());
+    assert!(
+        e.contains("volume 'mdata' exists on node 1 with 8M, the manifest asks for 16M"),
+        "{e}"
+    );
+    let still = c.instance("disk-m").await.unwrap();
+    assert_eq!(
+        (still.state, still.pid),
+        (State::Running, v.pid),
+        "nothing was stopped"
+    );
+    let e = dvs(&["volume", "rm", "--dc", "one", "mdata"])
+        .await
+        .unwrap_err();
+    assert_eq!(dvs_hypervisor::cli::exit_code(&e), 5, "{e:#}");
+    dvs(&["stop", "disk-m"]).await.unwrap();
+    dvs(&["volume", "rm", "--dc", "one", "mdata"])
+        .await
+        .unwrap();
+    let e = dvs(&["volume", "rm", "--dc", "one", "mdata"])
+        .await
+        .unwrap_err();
+    assert_eq!(dvs_hypervisor::cli::exit_code(&e), 4, "{e:#}");
+
+    // Removed on request: file and record go.
+    let gone = c.remove_volume(1, "data").await.unwrap();
+    assert_eq!(gone.size, 64 << 20);
+    assert!(!img.exists() && !dir.join("volumes/dc-1/data.json").exists());
+    assert!(c.volumes().await.unwrap().is_empty());
+    assert_eq!(
+        code(c.remove_volume(1, "data").await.unwrap_err()),
+        "not_found"
+    );
+
+    node.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

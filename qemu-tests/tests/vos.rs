@@ -27,6 +27,14 @@ const DC: u16 = 1;
 const GUEST_EP: u32 = 10;
 const HOST_EP: u32 = 500;
 
+/// The disk server's tests (`services=[disk]` over a virtio-blk drive).
+#[path = "vos/disk.rs"]
+mod disk;
+
+/// The file server's tests (`services=[disk, fs]`, and fs calling a disk server elsewhere).
+#[path = "vos/fs.rs"]
+mod fs;
+
 /// QEMU's exit status when the guest ends with `ExitCode::BadConfig` (2): isa-debug-exit turns
 /// value `v` into `2v + 1`.
 const EXIT_BAD_CONFIG: i32 = 5;
@@ -1092,5 +1100,664 @@ fn send_and_notify_reach_the_echo_task() {
     assert!(
         c.echo_received == 12 || (c.echo_received == 11 && c.notify_received == 1),
         "received: {c:?}"
+    );
+}
+
+// ---- The web server through the publish NIC (QEMU user networking). ----
+
+/// A web guest (http only) whose publish NIC forwards host `port` to guest port 80, with
+/// `settings` (`http_*=`); waits for its Ready record.
+fn boot_web(dir: &TempDir, a: Accel, port: u16, settings: &[&str]) -> Machine {
+    let mut cfg = config(&[], &[Service::Http], settings);
+    cfg.publish = ip("10.0.2.15/24", Some([10, 0, 2, 2]));
+    let mut spec = vos(dir, "web", MachineType::Microvm, a, Kernel::Config(cfg));
+    spec.nics.push(Nic {
+        backend: NicBackend::User {
+            forwards: vec![Forward {
+                proto: Proto::Tcp,
+                host: port,
+                guest: 80,
+            }],
+        },
+        mac: nic_mac(0),
+    });
+    let mut vm = start(&spec);
+    ready(&mut vm, a);
+    vm
+}
+
+/// A parsed HTTP response.
+struct Resp {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    /// The value of header field `name` (case-insensitive), if present.
+    fn field(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Decodes a chunked body.
+fn unchunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let nl = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("chunk size line without CRLF")?;
+        let size = std::str::from_utf8(&b[..nl]).map_err(|e| e.to_string())?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or(""), 16)
+            .map_err(|e| format!("chunk size '{size}': {e}"))?;
+        b = &b[nl + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if b.len() < size + 2 {
+            return Err(format!("chunk of {size} bytes cut off"));
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+/// Parses one response from `raw` (its body delimited by Content-Length, chunked, or the end;
+/// none after a HEAD request, `raw` starting with a response to HEAD).
+fn parse_resp(raw: &[u8]) -> Result<Resp, String> {
+    parse_resp_to(raw, false)
+}
+
+fn parse_resp_to(raw: &[u8], head_request: bool) -> Result<Resp, String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no response head in {:?}", String::from_utf8_lossy(raw)))?;
+    let head = String::from_utf8(raw[..end].to_vec()).map_err(|e| e.to_string())?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in '{head}'"))?;
+    let mut r = Resp {
+        status,
+        head,
+        body: Vec::new(),
+    };
+    let rest = &raw[end + 4..];
+    r.body = if head_request {
+        rest.to_vec()
+    } else if r.field("transfer-encoding") == Some("chunked") {
+        unchunk(rest)?
+    } else if let Some(n) = r.field("content-length") {
+        let n: usize = n
+            .parse()
+            .map_err(|e| format!("Content-Length '{n}': {e}"))?;
+        rest.get(..n)
+            .ok_or_else(|| format!("body cut off: {} of {n} bytes", rest.len()))?
+            .to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(r)
+}
+
+/// Sends `req` (the client closes nothing; the request should say `Connection: close`), reads
+/// to the end and parses the response.
+fn exchange(port: u16, req: &[u8], t: Duration) -> Result<Resp, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(t)).map_err(|e| e.to_string())?;
+    // A server that refuses early may close before all is written; the response still counts.
+    let _ = s.write_all(req);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    parse_resp_to(&out, req.starts_with(b"HEAD "))
+}
+
+/// Reads from `s` until `n` bytes or the end; what was read.
+fn read_some(s: &mut TcpStream, t: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(t)).expect("set a read timeout");
+    let mut out = Vec::new();
+    let mut b = [0u8; 4096];
+    while let Ok(n) = s.read(&mut b) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[..n]);
+    }
+    out
+}
+
+/// Whether the server closed `s` within `t` (EOF or reset, with nothing or a response read).
+fn closed_within(s: &mut TcpStream, t: Duration) -> bool {
+    s.set_read_timeout(Some(t)).expect("set a read timeout");
+    let mut b = [0u8; 4096];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+fn connect(port: u16) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", port)).expect("connect to the published port")
+}
+
+/// Idle and half-finished clients do not stop the server: a GET answers within a second while
+/// 16 idle connections are open; a body that never comes is answered 408 after `http_body_ms`,
+/// a head that never ends after `http_head_ms`; idle connections are closed after `http_idle_ms`.
+#[test]
+fn http_idle_and_slow_clients_time_out() {
+    let _g = exclusive();
+    let a = accel();
+    let port = free_port();
+    let dir = TempDir::new().expect("scratch dir");
+    let mut vm = boot_web(
+        &dir,
+        a,
+        port,
+        &[
+            "http_idle_ms=3000",
+            "http_head_ms=1000",
+            "http_body_ms=1000",
+        ],
+    );
+    let t = secs(a, 5);
+    // A client that asks for 64 KiB and reads none of it holds only its own slot.
+    let mut stalled = connect(port);
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\n\r\nGET /big HTTP/1.1\r\n\r\nGET /big HTTP/1.1\r\n\r\n")
+        .expect("write three GETs");
+    std::thread::sleep(Duration::from_millis(200));
+    // 16 idle connections, each accepted by the guest (a first GET on it answers).
+    let mut idle: Vec<TcpStream> = Vec::new();
+    for i in 0..16 {
+        let mut s = connect(port);
+        if i % 4 == 0 {
+            s.write_all(b"GET /hello.txt HTTP/1.1\r\n\r\n")
+                .expect("write a GET");
+            let got = read_some(&mut s, Duration::from_millis(300));
+            assert!(
+                String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200 OK"),
+                "keep-alive GET on idle connection {i}: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+        idle.push(s);
+    }
+    // QEMU's user networking listens with a backlog of 1: a connect right behind another one
+    // may wait for the host's SYN retransmission (1 s) before the guest sees anything. Let it
+    // take in the idle ones first; the GET is timed from its connect.
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let r = exchange(
+        port,
+        b"GET /hello.txt HTTP/1.1\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .unwrap_or_else(|e| panic!("GET with 16 idle connections open: {e}"));
+    let took = t0.elapsed();
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (200, &b"hello from dvs\n"[..]),
+        "{}",
+        r.head
+    );
+    assert!(
+        took < secs(a, 1),
+        "GET with 16 idle connections took {took:?}"
+    );
+    // Content-Length: 100 and 10 bytes: 408 after ~1 s (body_ms), then closed.
+    let mut s = connect(port);
+    let t0 = Instant::now();
+    s.write_all(b"PUT /slow.txt HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789")
+        .expect("write a short body");
+    let got = read_some(&mut s, secs(a, 4));
+    let took = t0.elapsed();
+    let r = parse_resp(&got).unwrap_or_else(|e| panic!("408 response: {e}"));
+    assert_eq!(r.status, 408, "body that never comes: {}", r.head);
+    assert_eq!(r.field("connection"), Some("close"), "{}", r.head);
+    assert!(
+        took >= Duration::from_millis(900) && took < secs(a, 3),
+        "408 after {took:?} (http_body_ms=1000)"
+    );
+    // The cut-off upload left nothing behind.
+    let r = exchange(
+        port,
+        b"GET /slow.txt HTTP/1.1\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.status, 404,
+        "a timed-out upload must not be stored: {}",
+        r.head
+    );
+    // A head that never ends: 408 after ~1 s (head_ms).
+    let mut s = connect(port);
+    s.write_all(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n")
+        .expect("write half a head");
+    let got = read_some(&mut s, secs(a, 4));
+    let r = parse_resp(&got).unwrap_or_else(|e| panic!("408 response: {e}"));
+    assert_eq!(r.status, 408, "head that never ends: {}", r.head);
+    // The idle connections are closed by the idle timeout (3 s).
+    let t0 = Instant::now();
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, secs(a, 6)),
+            "idle connection {i} still open {:?} after the test's start of waiting",
+            t0.elapsed()
+        );
+    }
+    assert!(
+        closed_within(&mut stalled, secs(a, 6)),
+        "the client that reads nothing should be reset after http_idle_ms"
+    );
+    wait_counters(&mut vm, secs(a, 5), "with http_timeouts >= 19", |c| {
+        c.http_timeouts >= 19
+    });
+}
+
+/// With every slot taken, a new client is still accepted: the oldest idle connection is closed
+/// for it; with every slot inside a request, the newcomer is answered 503.
+#[test]
+fn http_full_slots_make_room_or_answer_503() {
+    let _g = exclusive();
+    let a = accel();
+    let port = free_port();
+    let dir = TempDir::new().expect("scratch dir");
+    let mut vm = boot_web(&dir, a, port, &["http_slots=4", "http_head_ms=4000"]);
+    let t = secs(a, 5);
+    // 8 idle connections on 4 slots: each is served as it comes, the older ones make room.
+    let mut idle = Vec::new();
+    for i in 0..8 {
+        let mut s = connect(port);
+        s.write_all(b"GET /hello.txt HTTP/1.1\r\n\r\n")
+            .expect("write a GET");
+        let got = read_some(&mut s, Duration::from_millis(300));
+        assert!(
+            String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200 OK"),
+            "GET on connection {i} with the slots full: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        idle.push(s);
+    }
+    let r = exchange(
+        port,
+        b"GET /hello.txt HTTP/1.1\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .unwrap_or_else(|e| panic!("GET with 8 idle connections on 4 slots: {e}"));
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(
+        closed_within(&mut idle[0], secs(a, 1)),
+        "the oldest idle connection should have been closed to make room"
+    );
+    let c = wait_counters(&mut vm, secs(a, 5), "with http_evicted >= 4", |c| {
+        c.http_evicted >= 4
+    });
+    assert_eq!(c.http_busy, 0, "{c:?}");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    // 4 clients inside a request (half a head each), then a fifth: 503.
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        let mut s = connect(port);
+        s.write_all(b"GET /hello.txt HTTP/1.1\r\n")
+            .expect("write half a head");
+        busy.push(s);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = exchange(
+        port,
+        b"GET /hello.txt HTTP/1.1\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .unwrap_or_else(|e| panic!("GET with every slot busy: {e}"));
+    assert_eq!(r.status, 503, "{}", r.head);
+    assert_eq!(r.field("retry-after"), Some("1"), "{}", r.head);
+    // The busy ones finish normally.
+    for (i, s) in busy.iter_mut().enumerate() {
+        s.write_all(b"Connection: close\r\n\r\n")
+            .expect("finish the head");
+        let r = parse_resp(&read_some(s, t)).unwrap_or_else(|e| panic!("busy client {i}: {e}"));
+        assert_eq!(r.status, 200, "busy client {i}: {}", r.head);
+    }
+    wait_counters(&mut vm, secs(a, 5), "with http_busy >= 1", |c| {
+        c.http_busy >= 1
+    });
+}
+
+/// Malformed, oversized and traversing requests are refused with the right status.
+#[test]
+fn http_refuses_bad_requests() {
+    let _g = exclusive();
+    let a = accel();
+    let port = free_port();
+    let dir = TempDir::new().expect("scratch dir");
+    let mut vm = boot_web(&dir, a, port, &[]);
+    let t = secs(a, 5);
+    let mut big = b"GET /hello.txt HTTP/1.1\r\nX-Big: ".to_vec();
+    big.resize(big.len() + 64 * 1024, b'a');
+    big.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    let r = exchange(port, &big, t).unwrap_or_else(|e| panic!("64 KiB header: {e}"));
+    assert_eq!(r.status, 431, "64 KiB header: {}", r.head);
+    let cases: &[(&str, u16)] = &[
+        ("garbage\r\n\r\n", 400),
+        ("GET  /hello.txt HTTP/1.1\r\n\r\n", 400),
+        ("GET /hello.txt\r\n\r\n", 400),
+        ("GET /hello.txt HTTP/1.1 x\r\n\r\n", 400),
+        ("GET /hello.txt HTTX/1.1\r\n\r\n", 400),
+        ("GET /hello.txt HTTP/2.0\r\n\r\n", 505),
+        ("GET /../etc/passwd HTTP/1.1\r\n\r\n", 400),
+        ("GET /%2e%2e/x HTTP/1.1\r\n\r\n", 400),
+        ("GET /a/%2E%2E/hello.txt HTTP/1.1\r\n\r\n", 400),
+        ("GET /a%2fb HTTP/1.1\r\n\r\n", 400),
+        ("GET /a%5cb HTTP/1.1\r\n\r\n", 400),
+        ("GET /a//b HTTP/1.1\r\n\r\n", 400),
+        ("GET /%zz HTTP/1.1\r\n\r\n", 400),
+        ("GET http://10.0.2.15/hello.txt HTTP/1.1\r\n\r\n", 400),
+        ("GET //etc/passwd HTTP/1.1\r\n\r\n", 400),
+        ("GET * HTTP/1.1\r\n\r\n", 400),
+        ("GET /hello.txt HTTP/1.1\r\nNo colon here\r\n\r\n", 400),
+        ("GET /hello.txt HTTP/1.1\r\nX: a\r\n folded\r\n\r\n", 400),
+        (
+            "PUT /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        ("PUT /x HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", 400),
+        ("PUT /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (
+            "PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            400,
+        ),
+        ("PUT /x HTTP/1.1\r\n\r\n", 411),
+        ("POST /hello.txt HTTP/1.1\r\n\r\n", 405),
+        ("BREW /pot HTTP/1.1\r\n\r\n", 501),
+        ("GET /hello.txt HTTP/1.1\r\nExpect: tea\r\n\r\n", 417),
+        ("GET /nope.txt HTTP/1.1\r\nConnection: close\r\n\r\n", 404),
+    ];
+    for (req, want) in cases {
+        let r = exchange(port, req.as_bytes(), t).unwrap_or_else(|e| panic!("{req:?}: {e}"));
+        assert_eq!(r.status, *want, "{req:?} answered: {}", r.head);
+        if *want == 405 {
+            assert_eq!(
+                r.field("allow"),
+                Some("GET, HEAD, PUT, DELETE"),
+                "{}",
+                r.head
+            );
+        }
+    }
+    // After all that, a normal client is served.
+    let r = exchange(port, b"GET /hello.txt HTTP/1.0\r\n\r\n", t).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (200, &b"hello from dvs\n"[..]),
+        "{}",
+        r.head
+    );
+    wait_counters(&mut vm, secs(a, 5), "with http_bad >= 20", |c| {
+        c.http_bad >= 20
+    });
+}
+
+/// PUT (Content-Length, chunked, with 100-continue), GET byte-exact, Range, HEAD, the listing,
+/// DELETE, and the size limits.
+#[test]
+fn http_put_get_range_delete_and_listing() {
+    let _g = exclusive();
+    let a = accel();
+    let port = free_port();
+    let dir = TempDir::new().expect("scratch dir");
+    let _vm = boot_web(&dir, a, port, &[]);
+    let t = secs(a, 10);
+    let data: Vec<u8> = (0..200 * 1024u32)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
+    let mut req = format!(
+        "PUT /data.bin HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        data.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&data);
+    let r = exchange(port, &req, t).unwrap_or_else(|e| panic!("PUT 200 KiB: {e}"));
+    assert_eq!(r.status, 201, "PUT 200 KiB: {}", r.head);
+    let r = exchange(
+        port,
+        b"GET /data.bin HTTP/1.1\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .unwrap_or_else(|e| panic!("GET 200 KiB: {e}"));
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(
+        r.body == data,
+        "GET /data.bin differs: {} bytes back",
+        r.body.len()
+    );
+    // Chunked, in odd-sized chunks, with an extension and a trailer, after 100-continue.
+    let chunked: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let mut s = connect(port);
+    s.write_all(
+        b"PUT /dir/chunked.txt HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+    )
+    .expect("write the head");
+    let cont = read_some(&mut s, Duration::from_millis(500));
+    assert!(
+        cont.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"),
+        "100 Continue: {:?}",
+        String::from_utf8_lossy(&cont)
+    );
+    let mut off = 0;
+    let mut n = 1;
+    while off < chunked.len() {
+        let len = n.min(chunked.len() - off);
+        s.write_all(format!("{len:x};ext=1\r\n").as_bytes())
+            .expect("write a chunk size");
+        s.write_all(&chunked[off..off + len])
+            .expect("write a chunk");
+        s.write_all(b"\r\n").expect("write a chunk end");
+        off += len;
+        n = n * 3 + 17;
+    }
+    s.write_all(b"0\r\nX-Trailer: yes\r\n\r\n")
+        .expect("write the last chunk");
+    let r = parse_resp(&read_some(&mut s, t)).unwrap_or_else(|e| panic!("chunked PUT: {e}"));
+    assert_eq!(r.status, 201, "chunked PUT: {}", r.head);
+    let r = exchange(
+        port,
+        b"GET /dir/chunked.txt HTTP/1.1\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(
+        r.body == chunked,
+        "chunked file differs: {} bytes back",
+        r.body.len()
+    );
+    // Range, suffix range, open range, unsatisfiable range, HEAD.
+    for (range, a0, b0) in [
+        ("bytes=1000-1999", 1000usize, 1999usize),
+        ("bytes=-100", data.len() - 100, data.len() - 1),
+        ("bytes=204000-", 204000, data.len() - 1),
+        ("bytes=0-999999999", 0, data.len() - 1),
+    ] {
+        let req = format!("GET /data.bin HTTP/1.1\r\nRange: {range}\r\nConnection: close\r\n\r\n");
+        let r = exchange(port, req.as_bytes(), t).unwrap_or_else(|e| panic!("{range}: {e}"));
+        assert_eq!(r.status, 206, "{range}: {}", r.head);
+        let want = format!("bytes {a0}-{b0}/{}", data.len());
+        assert_eq!(
+            r.field("content-range"),
+            Some(want.as_str()),
+            "{range}: {}",
+            r.head
+        );
+        assert!(
+            r.body == data[a0..=b0],
+            "{range}: wrong slice ({} bytes)",
+            r.body.len()
+        );
+    }
+    let r = exchange(
+        port,
+        b"GET /data.bin HTTP/1.1\r\nRange: bytes=999999-\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 416, "{}", r.head);
+    assert_eq!(
+        r.field("content-range"),
+        Some("bytes */204800"),
+        "{}",
+        r.head
+    );
+    let r = exchange(
+        port,
+        b"HEAD /data.bin HTTP/1.1\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (r.status, r.field("content-length"), r.body.len()),
+        (200, Some("204800"), 0),
+        "{}",
+        r.head
+    );
+    // Replacing answers 200; the listing shows the files.
+    let r = exchange(
+        port,
+        b"PUT /hello.txt HTTP/1.1\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n",
+        t,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "replacing PUT: {}", r.head);
+    for req in [
+        &b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+        &b"GET / HTTP/1.0\r\n\r\n"[..],
+    ] {
+        let r = exchange(port, req, t).unwrap_or_else(|e| panic!("listing: {e}"));
+        let html = String::from_utf8_lossy(&r.body);
+        assert_eq!(r.status, 200, "{}", r.head);
+        for f in [
+            "/data.bin\">/data.bin</a> 204800",
+            "/dir/chunked.txt",
+            "/hello.txt\">/hello.txt</a> 6",
+            "/big",
+        ] {
+            assert!(html.contains(f), "listing lacks {f}: {html}");
+        }
+    }
+    let r = exchange(port, b"GET /dir/ HTTP/1.1\r\nConnection: close\r\n\r\n", t)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let html = String::from_utf8_lossy(&r.body);
+    assert!(
+        html.contains("/dir/chunked.txt") && !html.contains("/data.bin"),
+        "{html}"
+    );
+    // DELETE, then 404, then 404 again for the DELETE.
+    let r = exchange(
+        port,
+        b"DELETE /data.bin HTTP/1.1\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 204, "DELETE: {}", r.head);
+    for req in [
+        &b"GET /data.bin HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+        &b"DELETE /data.bin HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+    ] {
+        let r = exchange(port, req, t).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status, 404, "after DELETE: {}", r.head);
+    }
+    let r = exchange(port, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", t)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("/data.bin"),
+        "listing after DELETE"
+    );
+    // Over 1 MiB: 413 up front (Content-Length) and mid-stream (chunked); nothing stored.
+    let r = exchange(
+        port,
+        b"PUT /huge HTTP/1.1\r\nContent-Length: 2000000\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 413, "{}", r.head);
+    let mut req =
+        b"PUT /huge HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..40 {
+        req.extend_from_slice(b"8000\r\n");
+        req.extend_from_slice(&[b'x'; 0x8000]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let r = exchange(port, &req, t).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 413, "{}", r.head);
+    let r = exchange(port, b"GET /huge HTTP/1.1\r\nConnection: close\r\n\r\n", t)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.status, 404,
+        "a refused upload must not be stored: {}",
+        r.head
+    );
+    // A full store answers 507; DELETE gives the space back (failed uploads keep none of it).
+    let big: Vec<u8> = vec![b'f'; 1000 * 1024];
+    let put = |name: &str| {
+        let mut req = format!(
+            "PUT /{name} HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            big.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&big);
+        exchange(port, &req, t)
+            .unwrap_or_else(|e| panic!("PUT /{name}: {e}"))
+            .status
+    };
+    let mut stored = 0;
+    while put(&format!("fill{stored}")) == 201 {
+        stored += 1;
+        assert!(
+            stored < 12,
+            "an 8 MiB store took {stored} files of 1000 KiB"
+        );
+    }
+    assert!(stored >= 6, "only {stored} files of 1000 KiB fit");
+    assert_eq!(put("fill-again"), 507, "a second refusal");
+    for i in 0..stored {
+        let req = format!("DELETE /fill{i} HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let r = exchange(port, req.as_bytes(), t).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status, 204, "DELETE /fill{i}: {}", r.head);
+    }
+    for i in 0..stored {
+        assert_eq!(put(&format!("refill{i}")), 201, "refill {i} of {stored}");
+    }
+    for i in 0..stored {
+        let req = format!("DELETE /refill{i} HTTP/1.1\r\nConnection: close\r\n\r\n");
+        exchange(port, req.as_bytes(), t).unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Keep-alive with pipelining: PUT then GET on one connection.
+    let mut s = connect(port);
+    s.write_all(b"PUT /k.txt HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /k.txt HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .expect("write two requests");
+    let out = read_some(&mut s, t);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 201")
+            && text.contains("HTTP/1.1 200 OK")
+            && text.ends_with("abc"),
+        "pipelined PUT + GET: {text}"
     );
 }

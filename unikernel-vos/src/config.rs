@@ -45,8 +45,9 @@ pub fn incarnation(cfg: &BootConfig) -> u32 {
 pub struct Roles {
     /// The ipc-bench client: the first endpoint, when the instance runs `ipc-bench`.
     pub client: Option<u32>,
-    /// The echo servers: the other endpoints (all of them without `ipc-bench`); empty when the
-    /// instance does not run `echo`.
+    /// The echo servers: the other endpoints (all of them without `ipc-bench`) except the
+    /// storage servers' (`storage.disk`, `storage.fs`); empty when the instance does not run
+    /// `echo`.
     pub echo: Vec<u32>,
 }
 
@@ -59,7 +60,11 @@ pub fn roles(cfg: &BootConfig) -> Roles {
     Roles {
         client,
         echo: if cfg.runs(Service::Echo) {
-            rest.to_vec()
+            let storage = [cfg.storage.disk, cfg.storage.fs];
+            rest.iter()
+                .copied()
+                .filter(|e| !storage.contains(&Some(*e)))
+                .collect()
         } else {
             Vec::new()
         },

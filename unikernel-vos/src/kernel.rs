@@ -5,11 +5,14 @@ use crate::arch::control;
 use crate::arch::time::{self, Calibration};
 use crate::arch::{apic, interrupts};
 use crate::config::{BootConfig, Service};
+use crate::drivers::blk::Disk;
 use crate::executor::Executor;
 use crate::ipc::{Ipc, IpcRef};
 use crate::net::{Net, NetRef};
 use crate::println;
+use crate::services::disk::DiskStats;
 use crate::services::echo::EchoStats;
+use crate::services::fs::FsStats;
 use crate::services::http::HttpStats;
 use alloc::format;
 use alloc::rc::Rc;
@@ -30,6 +33,10 @@ pub struct Stats {
     pub echo: Rc<EchoStats>,
     /// The HTTP server's.
     pub http: Rc<RefCell<HttpStats>>,
+    /// The disk server's.
+    pub disk: Rc<DiskStats>,
+    /// The file server's.
+    pub fs: Rc<FsStats>,
     /// Longest gap between two busy turns of the loop, µs (a sign of the host descheduling us).
     pub loop_gap_max_us: u64,
 }
@@ -44,6 +51,8 @@ pub struct Kernel {
     pub exec: Executor,
     /// The services' counters.
     pub stats: Stats,
+    /// The virtio-blk devices not yet given to a service (the disk server takes the first).
+    pub disks: Vec<Disk>,
     /// How long the loop polls after the last work before it halts, µs.
     spin_us: u64,
     /// Least time between two counter reports, µs.
@@ -60,6 +69,7 @@ impl Kernel {
             ipc: Rc::new(RefCell::new(ipc)),
             exec: Executor::default(),
             stats: Stats::default(),
+            disks: Vec::new(),
             spin_us: cfg.spin_us as u64,
             stats_every_us: cfg.stats_interval_s.max(1) as u64 * 1_000_000,
             boot_records: Vec::new(),
@@ -136,9 +146,18 @@ impl Kernel {
             bad_ethernet: ipc.bad_ethernet,
             http_requests: http.requests,
             http_bad: http.bad,
+            http_timeouts: http.timeouts,
+            http_evicted: http.evicted,
+            http_busy: http.busy,
             tsc_khz: time::tsc_hz() / 1000,
             clock_back: time::backwards_steps(),
             loop_gap_max_us: self.stats.loop_gap_max_us,
+            disk_reads: self.stats.disk.reads.get(),
+            disk_writes: self.stats.disk.writes.get(),
+            disk_flushes: self.stats.disk.flushes.get(),
+            disk_errors: self.stats.disk.errors.get(),
+            fs_requests: self.stats.fs.requests.get(),
+            fs_errors: self.stats.fs.errors.get(),
             ..Counters::default()
         };
         for p in &net.ports {
@@ -263,7 +282,7 @@ fn mac(m: &[u8; 6]) -> String {
 /// The console form of the counters.
 fn stats_line(c: &Counters) -> String {
     format!(
-        "dvs: stats echo_received={} echo_replied={} notify_received={} frames_in={} frames_out={} bad_frames={} wrong_dc={} spoofed={} not_here={} stale={} duplicates={} retransmits={} bad_ethernet={} http_requests={} http_bad={} nic_rx={} nic_tx={} nic_rx_errors={} nic_tx_full={} nic_kicks={} tsc_khz={} clock_back={} loop_gap_max_us={}",
+        "dvs: stats echo_received={} echo_replied={} notify_received={} frames_in={} frames_out={} bad_frames={} wrong_dc={} spoofed={} not_here={} stale={} duplicates={} retransmits={} bad_ethernet={} http_requests={} http_bad={} http_timeouts={} http_evicted={} http_busy={} nic_rx={} nic_tx={} nic_rx_errors={} nic_tx_full={} nic_kicks={} tsc_khz={} clock_back={} loop_gap_max_us={} disk_reads={} disk_writes={} disk_flushes={} disk_errors={} fs_requests={} fs_errors={}",
         c.echo_received,
         c.echo_replied,
         c.notify_received,
@@ -279,6 +298,9 @@ fn stats_line(c: &Counters) -> String {
         c.bad_ethernet,
         c.http_requests,
         c.http_bad,
+        c.http_timeouts,
+        c.http_evicted,
+        c.http_busy,
         c.nic_rx,
         c.nic_tx,
         c.nic_rx_errors,
@@ -286,7 +308,13 @@ fn stats_line(c: &Counters) -> String {
         c.nic_kicks,
         c.tsc_khz,
         c.clock_back,
-        c.loop_gap_max_us
+        c.loop_gap_max_us,
+        c.disk_reads,
+        c.disk_writes,
+        c.disk_flushes,
+        c.disk_errors,
+        c.fs_requests,
+        c.fs_errors
     )
 }
 

@@ -27,7 +27,7 @@ extern "C" fn vos_entry(start_info: u32) -> ! {
     let boot = arch::init(start_info);
     // The host's configuration (a bad one ends the boot here).
     let config::Boot { cfg, mmio } = config::load(boot.cmdline);
-    // Interrupt controllers and NICs; the clock is calibrated meanwhile.
+    // Interrupt controllers, NICs and disks; the clock is calibrated meanwhile.
     let devices = drivers::init(&mmio);
     // One port per NIC, with its address.
     let net = net::Net::new(devices.nics, &cfg, time::rdtsc(), time::now_us());
@@ -38,6 +38,7 @@ extern "C" fn vos_entry(start_info: u32) -> ! {
         ipc::local_bench::report(cfg.dc, cfg.local_sendrecs);
     }
     let mut kernel = kernel::Kernel::new(&cfg, net, ipc);
+    kernel.disks = devices.disks;
     services::start(&mut kernel, &cfg);
     kernel.ready(&cfg, &devices.clock);
     kernel.run()

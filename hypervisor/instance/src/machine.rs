@@ -89,6 +89,9 @@ pub enum ReadyError {
 }
 
 /// One thing that happened to a machine, in order: records first, the exit last.
+// A record (Counters above all) is a few hundred bytes and an exit a few words; events are a
+// handful per second, moved once each: boxing the record would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MachineEvent {
     /// A record (or a frame that did not decode) from the control channel.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::backend::{spawn_machine, VmBackend};
 use crate::machine::Machine;
-use crate::spec::{mac_string, Accel, ConsoleSink, MachineType, NicBackend, VmSpec};
+use crate::spec::{mac_string, Accel, ConsoleSink, Drive, MachineType, NicBackend, VmSpec};
 use crate::InstanceError;
 
 /// The I/O port of the control channel's UART (COM2; the human console is COM1 at 0x3f8).
@@ -22,7 +22,9 @@ pub const CONTROL_IOBASE: u16 = 0x2f8;
 /// - the control channel on a second UART at 0x2f8 (IRQ 3), a unix socket chardev QEMU connects
 ///   to (`server=off`);
 /// - one `-netdev` and one `-device virtio-net-device` (microvm) or `virtio-net-pci` (q35) per NIC,
-///   ids `n0`, `n1`, ...
+///   ids `n0`, `n1`, ...;
+/// - after the NICs, one `-drive` (raw, `if=none`, see [`drive_arg`]) and one
+///   `-device virtio-blk-device` (microvm) or `virtio-blk-pci` (q35) per drive, ids `blk0`, `blk1`, ...
 pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |words: &[&str]| a.extend(words.iter().map(|w| w.to_string()));
@@ -103,7 +105,45 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
             format!("{dev},netdev=n{i},mac={}", mac_string(&nic.mac)),
         ]);
     }
+    let blk = match spec.machine {
+        MachineType::Microvm => "virtio-blk-device",
+        MachineType::Q35 => "virtio-blk-pci",
+    };
+    for (i, d) in spec.drives.iter().enumerate() {
+        a.extend([
+            "-drive".into(),
+            drive_arg(i, d),
+            "-device".into(),
+            format!("{blk},drive=blk{i}"),
+        ]);
+    }
     a
+}
+
+/// The `-drive` value of drive `i`:
+/// `file=<path>,format=raw,if=none,id=blk<i>,cache=writeback,discard=unmap,werror=report,rerror=report`
+/// and `,readonly=on` for a read-only drive. A comma in the path is doubled (QEMU's escape).
+///
+/// - `format=raw`: never probe the format (a guest could otherwise write a qcow2 header into its
+///   raw image and have the next boot open some other host file as its backing file).
+/// - `cache=writeback`: the host page cache holds writes, the guest is shown a volatile write
+///   cache (VIRTIO_BLK_F_FLUSH), and every guest flush becomes an `fdatasync` of the image. The fs
+///   server's crash safety rests on exactly that: what it wrote before a flush completed is on the
+///   host's disk. Not `cache=none` (O_DIRECT: refused by tmpfs, where state directories and tests
+///   may live, and it needs aligned I/O), not `unsafe` (drops flushes), not `directsync` (a sync
+///   per write, and the fs flushes where it needs to anyway).
+/// - `discard=unmap`: a guest discard punches a hole, so sparse images stay sparse.
+/// - `werror=report,rerror=report`: a host I/O error (ENOSPC above all) fails the request in the
+///   guest instead of pausing the VM (QEMU's default for ENOSPC), which would look like a hang.
+pub fn drive_arg(i: usize, d: &Drive) -> String {
+    let path = d.path.display().to_string().replace(',', ",,");
+    let mut s = format!(
+        "file={path},format=raw,if=none,id=blk{i},cache=writeback,discard=unmap,werror=report,rerror=report"
+    );
+    if d.read_only {
+        s.push_str(",readonly=on");
+    }
+    s
 }
 
 /// Starts machines as QEMU processes.
@@ -264,6 +304,61 @@ mod tests {
              -device virtio-net-pci,netdev=n0,mac=02:00:00:00:00:01 \
              -netdev stream,id=n1,server=off,addr.type=unix,addr.path=/s \
              -device virtio-net-pci,netdev=n1,mac=02:00:00:00:00:02",
+        ));
+        assert_eq!(qemu_args(&s), want);
+    }
+
+    #[test]
+    fn microvm_drives_follow_the_nics() {
+        let mut s = base(MachineType::Microvm, Accel::Tcg);
+        s.nics = vec![Nic {
+            backend: NicBackend::Stream { path: "/s".into() },
+            mac: [2, 0, 0, 0, 0, 1],
+        }];
+        s.drives = vec![
+            Drive {
+                path: "/v/data.img".into(),
+                read_only: false,
+            },
+            Drive {
+                path: "/v/a,b.img".into(),
+                read_only: true,
+            },
+        ];
+        let mut want = words(
+            "-M microvm,acpi=off -accel tcg -m 16M -smp 1 -nodefaults -no-user-config \
+             -display none -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=4 \
+             -kernel /img/vos.elf -append",
+        );
+        want.push("a=1 b".into());
+        want.extend(words(
+            "-serial stdio -netdev stream,id=n0,server=off,addr.type=unix,addr.path=/s \
+             -device virtio-net-device,netdev=n0,mac=02:00:00:00:00:01 \
+             -drive file=/v/data.img,format=raw,if=none,id=blk0,cache=writeback,discard=unmap,werror=report,rerror=report \
+             -device virtio-blk-device,drive=blk0 \
+             -drive file=/v/a,,b.img,format=raw,if=none,id=blk1,cache=writeback,discard=unmap,werror=report,rerror=report,readonly=on \
+             -device virtio-blk-device,drive=blk1",
+        ));
+        assert_eq!(qemu_args(&s), want);
+    }
+
+    #[test]
+    fn q35_drives_are_pci() {
+        let mut s = base(MachineType::Q35, Accel::Kvm);
+        s.drives = vec![Drive {
+            path: "/v/d.img".into(),
+            read_only: false,
+        }];
+        let mut want = words(
+            "-M q35 -bios qboot.rom -accel kvm -cpu host,-arch-capabilities -m 16M -smp 1 \
+             -nodefaults -no-user-config -display none -no-reboot \
+             -device isa-debug-exit,iobase=0xf4,iosize=4 -kernel /img/vos.elf -append",
+        );
+        want.push("a=1 b".into());
+        want.extend(words(
+            "-serial stdio \
+             -drive file=/v/d.img,format=raw,if=none,id=blk0,cache=writeback,discard=unmap,werror=report,rerror=report \
+             -device virtio-blk-pci,drive=blk0",
         ));
         assert_eq!(qemu_args(&s), want);
     }

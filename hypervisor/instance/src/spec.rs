@@ -160,6 +160,16 @@ pub enum ConsoleSink {
     Capture,
 }
 
+/// A block device of a machine: a raw disk image on the host, attached as a virtio-blk device
+/// (the VOS `disk` server serves the first one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drive {
+    /// The raw image file on the host (must exist; its size is the disk's size).
+    pub path: PathBuf,
+    /// The guest may only read it (QEMU opens the file read-only; writes fail in the guest).
+    pub read_only: bool,
+}
+
 /// Everything needed to start one machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
@@ -182,11 +192,14 @@ pub struct VmSpec {
     /// The control channel: a unix socket path the host listens on (before the machine starts)
     /// and the machine connects to; None: no control channel (and so no readiness).
     pub control: Option<PathBuf>,
+    /// Block devices in order (`blk0`, `blk1`, ...); absent in JSON: none.
+    #[serde(default)]
+    pub drives: Vec<Drive>,
 }
 
 impl VmSpec {
     /// A microvm spec booting `kernel_path` with `kernel`: the detected accelerator, 16 MiB, no
-    /// NIC, console captured, no control channel.
+    /// NIC, console captured, no control channel, no drive.
     pub fn new(name: &str, kernel_path: PathBuf, kernel: Kernel) -> VmSpec {
         VmSpec {
             name: name.into(),
@@ -198,6 +211,7 @@ impl VmSpec {
             nics: Vec::new(),
             console: ConsoleSink::Capture,
             control: None,
+            drives: Vec::new(),
         }
     }
 
@@ -276,10 +290,22 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 1],
         });
         s.control = Some("/tmp/c.sock".into());
+        s.drives.push(Drive {
+            path: "/v/data.img".into(),
+            read_only: true,
+        });
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<VmSpec>(&json).unwrap(), s);
         assert!(json.contains("\"accel\":\"tcg\""), "{json}");
         assert!(s.cmdline().starts_with("dvs.cfg=02"));
+    }
+
+    #[test]
+    fn a_spec_without_drives_in_json_has_none() {
+        let s = VmSpec::new("x", "/k.elf".into(), Kernel::Raw("a".into()));
+        let mut v = serde_json::to_value(&s).unwrap();
+        v.as_object_mut().unwrap().remove("drives");
+        assert_eq!(serde_json::from_value::<VmSpec>(v).unwrap(), s);
     }
 
     #[test]

@@ -7,10 +7,11 @@ use anyhow::{anyhow, bail, Context};
 use super::cluster::all_instances;
 use super::images::upload;
 use super::{print_json, Ctx, RunArgs};
-use crate::client::ClientError;
+use crate::client::{ClientError, NodeClient};
 use crate::config::BackendKind;
 use crate::instances::{InstanceSpec, RestartPolicy, RunRequest, State};
 use crate::manifest::{load_image, DcManifest};
+use crate::volumes::ByteSize;
 
 pub(super) async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
     let cluster = ctx.cluster().await?;
@@ -45,6 +46,7 @@ pub(super) async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         restart,
         backend: (a.process || !a.process_arg.is_empty()).then_some(BackendKind::Process),
         process_args: a.process_arg,
+        volumes: a.volume,
     };
     let c = match a.on {
         Some(id) => ctx.client_of(id).await?,
@@ -63,6 +65,43 @@ pub(super) async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         "started {} on node {} in DC {} (endpoints {:?})",
         v.spec.name, v.node, v.spec.dc, v.spec.endpoints
     );
+    Ok(())
+}
+
+/// Refuses, before anything is stopped, volumes that node `node` holds with another size or for another
+/// instance (the node would refuse them too, but only after the old instance was stopped).
+async fn check_volumes(c: &NodeClient, spec: &InstanceSpec, node: u16) -> anyhow::Result<()> {
+    let have = c
+        .volumes()
+        .await
+        .with_context(|| format!("listing the volumes of node {node}"))?;
+    for want in &spec.volumes {
+        let Some(v) = have.iter().find(|v| v.dc == spec.dc && v.name == want.name) else {
+            continue;
+        };
+        let size = ByteSize::parse(&want.size)
+            .map_err(|e| anyhow!("instance '{}': volume '{}': {e}", spec.name, want.name))?;
+        if size.0 != v.size {
+            bail!(
+                "instance '{}': volume '{}' exists on node {node} with {}, the manifest asks for {}: volumes are \
+                 not resized (ask for {}, or `dvs volume rm --dc {} {}` to start over without its data)",
+                spec.name,
+                want.name,
+                ByteSize(v.size),
+                want.size,
+                ByteSize(v.size),
+                spec.dc,
+                want.name
+            );
+        }
+        if let Some(other) = v.attached.as_ref().filter(|a| **a != spec.name) {
+            bail!(
+                "instance '{}': volume '{}' on node {node} is attached to instance '{other}'",
+                spec.name,
+                want.name
+            );
+        }
+    }
     Ok(())
 }
 
@@ -111,6 +150,23 @@ pub(super) async fn apply(ctx: &Ctx, file: &std::path::Path, prune: bool) -> any
                 println!("unchanged {} (node {})", spec.name, cur.node);
                 continue;
             }
+            if cur.node != entry.node && !cur.spec.volumes.is_empty() {
+                bail!(
+                    "instance '{}' runs on node {} with volumes ({}); the manifest puts it on node {}, but a volume \
+                     cannot follow an instance to another node yet: keep node = {} (its volumes stay there until \
+                     `dvs volume rm`)",
+                    spec.name,
+                    cur.node,
+                    crate::instances::volume_names(&cur.spec),
+                    entry.node,
+                    cur.node
+                );
+            }
+        }
+        if !spec.volumes.is_empty() {
+            check_volumes(c, &spec, entry.node).await?;
+        }
+        if let Some(cur) = found {
             if let Some(old) = nodes.get(&cur.node) {
                 old.stop(&spec.name)
                     .await

@@ -4,6 +4,7 @@
 mod cluster;
 mod deploy;
 mod images;
+mod volumes;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use dvs_proxy::ClusterMap;
 use crate::client::{ClientError, NodeClient};
 use crate::instances::InstanceView;
 use crate::instances::Publish;
+use crate::volumes::VolumeRequest;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -24,11 +26,14 @@ Examples:
   dvs ps                                              instances on every node
   dvs migrate web --to 2                              move an instance; calls to it keep working
   dvs apply examples/web-dc.toml                      deploy a DC manifest (idempotent)
+  dvs run vos --dc web --ep 10,11 --svc disk,fs,http --arg disk_ep=11 --arg fs_ep=10 --volume data:64M
+                                                      an instance with a 64 MiB volume (kept until `dvs volume rm`)
+  dvs volume ls                                       volumes on every node: size, space used, attached to
   dvs run vos --dc web --name liar --process --process-arg console-liar
                                                       a test double as the machine (node's process_program)
 
-Exit codes: 0 ok, 1 failed, 2 usage, 3 node unreachable, 4 not found (image, instance, DC),
-5 conflict (endpoint or name taken).";
+Exit codes: 0 ok, 1 failed, 2 usage, 3 node unreachable, 4 not found (image, instance, DC, volume),
+5 conflict (endpoint or name taken, volume attached or of another size).";
 
 /// dvs: distributed containers (DCs) of unikernel VMs whose IPC spans nodes.
 ///
@@ -73,7 +78,7 @@ enum Cmd {
         cmd: DcCmd,
     },
     /// Boot an instance of IMAGE in a DC.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List instances on every node of the cluster.
     Ps,
     /// Print an instance's console log.
@@ -87,12 +92,18 @@ enum Cmd {
         #[arg(long, short)]
         follow: bool,
     },
-    /// Stop an instance (and forget it).
+    /// Volumes (disk images kept by a node for its instances): list, remove.
+    Volume {
+        #[command(subcommand)]
+        cmd: VolumeCmd,
+    },
+    /// Stop an instance (and forget it; its volumes stay, detached).
     Stop {
         /// Instance name.
         name: String,
     },
-    /// Move an instance (and its endpoints) to another node; calls to it keep working.
+    /// Move an instance (and its endpoints) to another node; calls to it keep working. Refused for an
+    /// instance with volumes: a volume cannot follow it to another node yet.
     Migrate {
         /// Instance name.
         name: String,
@@ -139,6 +150,27 @@ enum ImageCmd {
     },
     /// List images on the node.
     Ls,
+}
+
+#[derive(Subcommand, Debug)]
+enum VolumeCmd {
+    /// List the volumes of every node: node, DC, name, size, space it takes on the node's disk (images are
+    /// sparse) and the instance it is attached to (`-`: none).
+    Ls,
+    /// Remove a volume and its data for good. Refused while an instance holds it (`dvs stop` that
+    /// instance first).
+    #[command(after_help = "Example:
+  dvs volume rm --dc web data          remove volume 'data' of DC web (on the one node that has it)")]
+    Rm {
+        /// The volume's DC (number or name).
+        #[arg(long)]
+        dc: String,
+        /// The volume's name.
+        name: String,
+        /// The node holding it (default: the one node of the cluster that has a volume of that name in DC).
+        #[arg(long, value_name = "NODE")]
+        on: Option<u16>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,6 +222,12 @@ struct RunArgs {
     /// implies --process.
     #[arg(long = "process-arg", allow_hyphen_values = true)]
     process_arg: Vec<String>,
+    /// A volume NAME:SIZE (e.g. data:64M; K, M, G, T suffixes), repeatable: a disk image of the DC on this
+    /// node, created on first use and kept (through restarts, `dvs stop` and daemon restarts) until `dvs volume
+    /// rm`; attached as a virtio-blk drive, in order. It serves one instance at a time, does not follow a
+    /// migration and is never resized (asking for another size is refused).
+    #[arg(long = "volume", value_name = "NAME:SIZE")]
+    volume: Vec<VolumeRequest>,
 }
 
 impl Cli {
@@ -211,9 +249,9 @@ pub mod exit {
     pub const FAILED: i32 = 1;
     /// A node could not be reached.
     pub const UNREACHABLE: i32 = 3;
-    /// An image, instance or DC was not found.
+    /// An image, instance, DC or volume was not found.
     pub const NOT_FOUND: i32 = 4;
-    /// A conflict: endpoint or name taken.
+    /// A conflict: endpoint or name taken, volume attached or of another size.
     pub const CONFLICT: i32 = 5;
 }
 
@@ -225,7 +263,9 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
                 ClientError::Unreachable { .. } => exit::UNREACHABLE,
                 ClientError::Api { code, .. } => match code.as_str() {
                     "not_found" | "image" | "dc" => exit::NOT_FOUND,
-                    "endpoint_taken" | "name_taken" => exit::CONFLICT,
+                    "endpoint_taken" | "name_taken" | "volume_attached" | "volume_size" => {
+                        exit::CONFLICT
+                    }
                     "unreachable" => exit::UNREACHABLE,
                     _ => exit::FAILED,
                 },
@@ -323,8 +363,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         } => images::push(&ctx, &file, manifest.as_deref(), all).await,
         Cmd::Image { cmd: ImageCmd::Ls } => images::image_ls(&ctx).await,
         Cmd::Dc { cmd: DcCmd::Ls } => cluster::dc_ls(&ctx).await,
-        Cmd::Run(args) => deploy::run(&ctx, args).await,
+        Cmd::Run(args) => deploy::run(&ctx, *args).await,
         Cmd::Ps => cluster::ps(&ctx).await,
+        Cmd::Volume { cmd: VolumeCmd::Ls } => volumes::ls(&ctx).await,
+        Cmd::Volume {
+            cmd: VolumeCmd::Rm { dc, name, on },
+        } => volumes::rm(&ctx, &dc, &name, on).await,
         Cmd::Logs { name, tail, follow } => {
             let (c, _) = ctx.find(&name).await?;
             let log = c.logs(&name, tail).await?;

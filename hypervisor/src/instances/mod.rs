@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{BackendKind, NetdevKind, NodeConfig};
 use crate::images::ImageStore;
+use crate::volumes::VolumeStore;
 pub use spec::{
     boot_config, GuestView, InstanceError, InstanceSpec, InstanceView, Publish, RestartPolicy,
     RunRequest, State, PUBLISH_GW, PUBLISH_IP, REPORTS_KEPT,
@@ -64,6 +65,7 @@ pub struct Manager {
     cfg: NodeConfig,
     proxy: Proxy,
     images: ImageStore,
+    volumes: VolumeStore,
     qemu: QemuBackend,
     accel: dvs_instance::Accel,
     run_dir: PathBuf,
@@ -94,10 +96,12 @@ impl Manager {
         let run_dir = std::env::temp_dir().join(format!("dvs-{}-{}", cfg.node, &tag[..8]));
         std::fs::create_dir_all(&run_dir)?;
         cfg.check()?;
+        let volumes = VolumeStore::open(&cfg.data_dir, cfg.max_volume)?;
         Ok(Arc::new(Manager {
             node: cfg.node,
             proxy,
             images,
+            volumes,
             qemu: QemuBackend::new(cfg.qemu.clone()),
             accel: cfg.accel(),
             run_dir,
@@ -159,12 +163,21 @@ impl Manager {
         &self.proxy
     }
 
-    /// Boots every instance recorded on disk (after a daemon restart).
+    /// The node's volumes.
+    pub fn volumes(&self) -> &VolumeStore {
+        &self.volumes
+    }
+
+    /// Boots every instance recorded on disk (after a daemon restart); they claim their volumes again.
     pub fn restore(self: &Arc<Self>) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries.flatten().collect(),
+            Err(e) => {
+                tracing::warn!("restoring instances from {}: {e}", self.dir.display());
+                Vec::new()
+            }
         };
-        for e in entries.flatten() {
+        for e in entries {
             let path = e.path();
             if path.extension().and_then(|x| x.to_str()) != Some("json") {
                 continue;
@@ -184,6 +197,8 @@ impl Manager {
                 None => tracing::warn!("skipping unreadable instance record {}", path.display()),
             }
         }
+        // Volumes whose instance did not come back are free now: say so in their records.
+        self.volumes.reconcile();
     }
 
     fn console_path(&self, name: &str) -> PathBuf {
@@ -216,6 +231,20 @@ impl Manager {
         self.backend_for(&spec)?;
         let is_vos = spec.backend.unwrap_or(self.cfg.backend) == BackendKind::Qemu;
         boot_config(&spec, 1, is_vos)?;
+        self.volumes.check(&spec.volumes)?;
+        if !spec.volumes.is_empty() && req.takeover_gen.is_some() {
+            return Err(InstanceError::Invalid(format!(
+                "instance '{}' has volumes ({}): a volume cannot follow an instance to another node yet",
+                spec.name,
+                volume_names(&spec)
+            )));
+        }
+        if is_vos && spec.services.iter().any(|s| s == "disk") && spec.volumes.is_empty() {
+            return Err(InstanceError::Invalid(format!(
+                "instance '{}' runs the disk service but asks for no volume (add `volumes = [{{ name = \"data\", size = \"64M\" }}]` or `--volume data:64M`)",
+                spec.name
+            )));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for &ep in &spec.endpoints {
             if ep == 0 || !Endpoint(ep).is_addressable() || !seen.insert(ep) {
@@ -248,11 +277,19 @@ impl Manager {
                 }
             }
         }
+        // Claimed under the instances' lock: two instances asking for one volume cannot both get it.
+        self.volumes.claim(spec.dc, &spec.name, &spec.volumes)?;
         let record = self.dir.join(format!("{}.json", spec.name));
-        let json =
-            serde_json::to_vec_pretty(&spec).map_err(|e| InstanceError::Other(e.to_string()))?;
-        std::fs::write(&record, json)
-            .map_err(|e| InstanceError::Other(format!("{}: {e}", record.display())))?;
+        let written = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| InstanceError::Other(e.to_string()))
+            .and_then(|json| {
+                std::fs::write(&record, json)
+                    .map_err(|e| InstanceError::Other(format!("{}: {e}", record.display())))
+            });
+        if let Err(e) = written {
+            self.volumes.release(spec.dc, &spec.name);
+            return Err(e);
+        }
         let (stop_tx, stop_rx) = mpsc::channel(1);
         let inst = Instance {
             mac: mac_for(spec.dc, &spec.name),
@@ -381,7 +418,10 @@ impl Manager {
             }
         }
         let mut inner = lock(&self.inner);
-        inner.remove(name);
+        if let Some(i) = inner.remove(name) {
+            // Its volumes stay, detached: another instance (or this one again) may take them.
+            self.volumes.release(i.spec.dc, name);
+        }
         self.next_rev();
         Ok(())
     }
@@ -496,6 +536,15 @@ impl Manager {
             nics,
             console: ConsoleSink::File(self.console_path(name)),
             control: Some(self.run_dir.join(format!("{name}-ctl.sock"))),
+            // Paths made by the volume store from the DC and the names `run` checked.
+            drives: s
+                .volumes
+                .iter()
+                .map(|v| dvs_instance::Drive {
+                    path: self.volumes.image_of(s.dc, &v.name),
+                    read_only: false,
+                })
+                .collect(),
         };
         let port = PortSpec {
             name: name.into(),
@@ -524,4 +573,13 @@ impl Manager {
             i.rev = self.next_rev();
         }
     }
+}
+
+/// `data, logs`: the names of `spec`'s volumes.
+pub(crate) fn volume_names(spec: &InstanceSpec) -> String {
+    spec.volumes
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

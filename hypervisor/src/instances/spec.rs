@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::BackendKind;
 use crate::images::ImageError;
+use crate::volumes::{VolumeError, VolumeRequest};
 
 /// A host port forwarded to a guest TCP port through the publish NIC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +91,10 @@ pub struct InstanceSpec {
     /// Arguments of the process program (a role double's role and knobs); only with the process backend.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub process_args: Vec<String>,
+    /// Volumes of its DC on this node, attached as virtio-blk drives in this order (created on first use,
+    /// kept until `dvs volume rm`; see `crate::volumes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeRequest>,
 }
 
 impl InstanceSpec {
@@ -108,6 +113,7 @@ impl InstanceSpec {
             restart: RestartPolicy::Never,
             backend: None,
             process_args: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 }
@@ -225,6 +231,9 @@ pub enum InstanceError {
     /// Image problem.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// Volume problem (bad request, attached elsewhere, another size).
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -305,6 +314,7 @@ mod tests {
             restart: RestartPolicy::OnFailure,
             backend: None,
             process_args: vec![],
+            volumes: vec![],
         }
     }
 

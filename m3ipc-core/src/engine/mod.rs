@@ -254,6 +254,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Takes `ep`'s vcopy buffer back, leaving it none: peers' vcopies from or to it then fail
+    /// (`BufferOutOfRange`, or the transfer is cancelled or times out if it was running). `None`
+    /// if `ep` is not bound here. A server that lends its buffer for one request at a time uses this to keep
+    /// the memory between requests.
+    pub fn take_buffer(&mut self, ep: Endpoint) -> Option<Vec<u8>> {
+        self.locals
+            .get_mut(&ep)
+            .map(|l| core::mem::take(&mut l.buffer))
+    }
+
     /// `ep`'s vcopy buffer.
     pub fn buffer(&self, ep: Endpoint) -> Option<&[u8]> {
         self.locals.get(&ep).map(|l| l.buffer.as_slice())

@@ -614,6 +614,34 @@ fn vcopy_local_and_range_errors() {
 }
 
 #[test]
+fn a_taken_buffer_is_gone_for_peers() {
+    let mut p = Pair::new();
+    p.a.set_buffer(A, vec![1; 10]).unwrap();
+    p.b.set_buffer(B, pattern(10, 2)).unwrap();
+    assert_eq!(p.b.take_buffer(B), Some(pattern(10, 2)));
+    assert_eq!(p.b.buffer(B), Some(&[][..]));
+    assert_eq!(p.b.take_buffer(Endpoint(999)), None);
+    p.a.vcopy(
+        p.now,
+        A,
+        VcopyRequest {
+            src: A,
+            src_offset: 0,
+            dst: B,
+            dst_offset: 0,
+            len: 10,
+        },
+        T,
+    )
+    .unwrap();
+    p.pump();
+    assert_eq!(
+        events(&mut p.a),
+        vec![done(A, Err(ErrorCode::BufferOutOfRange))]
+    );
+}
+
+#[test]
 fn vcopy_detects_corruption_in_flight() {
     let mut p = Pair::new();
     p.a.set_buffer(A, pattern(5000, 3)).unwrap();

@@ -206,6 +206,36 @@ pub struct BootConfig {
     pub spin_us: u32,
     /// Where the disk and file servers listen.
     pub storage: StorageConfig,
+    /// The web server's limits and timeouts.
+    pub http: HttpConfig,
+}
+
+/// The web server's connection slots and timeouts (`http_slots=`, `http_idle_ms=`,
+/// `http_head_ms=`, `http_body_ms=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpConfig {
+    /// Connections served at once (1..=[`MAX_HTTP_SLOTS`]); a few spare listening sockets come on top.
+    pub slots: u32,
+    /// A keep-alive connection with no request byte for this long is closed, ms.
+    pub idle_ms: u32,
+    /// A request head not complete this long after its first byte is answered 408, ms.
+    pub head_ms: u32,
+    /// A request body that makes no progress for this long is answered 408, ms.
+    pub body_ms: u32,
+}
+
+/// Most web server connection slots a configuration may ask for.
+pub const MAX_HTTP_SLOTS: u32 = 1024;
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            slots: 64,
+            idle_ms: 10_000,
+            head_ms: 5_000,
+            body_ms: 5_000,
+        }
+    }
 }
 
 /// The `key=value` settings a user may add (`dvs run --arg`), with what they set.
@@ -229,6 +259,19 @@ pub const SETTINGS: &[(&str, &str)] = &[
     (
         "fs_ep",
         "endpoint of the file server (served here with service fs)",
+    ),
+    ("http_slots", "connections the web server serves at once"),
+    (
+        "http_idle_ms",
+        "ms a keep-alive connection may sit idle before it is closed",
+    ),
+    (
+        "http_head_ms",
+        "ms from a request's first byte to the end of its head (then 408)",
+    ),
+    (
+        "http_body_ms",
+        "ms a request body may make no progress (then 408)",
     ),
 ];
 
@@ -343,6 +386,7 @@ impl BootConfig {
             stats_interval_s: 0,
             spin_us: 300,
             storage: StorageConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 
@@ -374,6 +418,10 @@ impl BootConfig {
             "spin_us" => self.spin_us = num("spin_us", v)?,
             "disk_ep" => self.storage.disk = Some(num("disk_ep", v)?),
             "fs_ep" => self.storage.fs = Some(num("fs_ep", v)?),
+            "http_slots" => self.http.slots = num("http_slots", v)?,
+            "http_idle_ms" => self.http.idle_ms = num("http_idle_ms", v)?,
+            "http_head_ms" => self.http.head_ms = num("http_head_ms", v)?,
+            "http_body_ms" => self.http.body_ms = num("http_body_ms", v)?,
             _ => return Err(ConfigError::UnknownKey(k.into())),
         }
         Ok(())
@@ -441,6 +489,26 @@ impl BootConfig {
             return Err(ConfigError::Inconsistent(
                 "service fs needs disk_ep=<the disk server's endpoint>",
             ));
+        }
+        if self.http.slots == 0 || self.http.slots > MAX_HTTP_SLOTS {
+            return Err(ConfigError::BadValue {
+                key: "http_slots",
+                value: format!("{}", self.http.slots),
+                why: "not in 1..=1024",
+            });
+        }
+        for (key, v) in [
+            ("http_idle_ms", self.http.idle_ms),
+            ("http_head_ms", self.http.head_ms),
+            ("http_body_ms", self.http.body_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::BadValue {
+                    key,
+                    value: format!("{v}"),
+                    why: "a timeout of 0 ms would close every connection at once",
+                });
+            }
         }
         for (key, v) in [("buf", self.echo_buffer), ("vcopy", self.bench.vcopy)] {
             if v > MAX_BUFFER {
@@ -623,6 +691,32 @@ mod tests {
         assert_eq!(c.bench.sendrecs, 16);
         let mut no_ip = BootConfig::new(1, 1);
         assert!(no_ip.apply("gw=10.0.0.1").is_err());
+    }
+
+    #[test]
+    fn http_settings_are_checked() {
+        let mut c = web();
+        assert_eq!(c.http, HttpConfig::default());
+        c.apply("http_slots=4").unwrap();
+        c.apply("http_body_ms=700").unwrap();
+        assert_eq!((c.http.slots, c.http.body_ms), (4, 700));
+        let line = c.to_cmdline_word();
+        assert_eq!(BootConfig::from_cmdline(&line), Ok(c.clone()));
+        for bad in [
+            "http_slots=0",
+            "http_slots=1025",
+            "http_idle_ms=0",
+            "http_head_ms=0",
+        ] {
+            let mut d = c.clone();
+            d.apply(bad).unwrap();
+            assert!(
+                matches!(d.validate(), Err(ConfigError::BadValue { .. })),
+                "{bad}: {:?}",
+                d.validate()
+            );
+        }
+        assert!(c.apply("http_slots=x").is_err());
     }
 
     #[test]

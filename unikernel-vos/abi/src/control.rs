@@ -112,6 +112,25 @@ pub struct Counters {
     pub clock_back: u64,
     /// Longest gap between two busy loop turns, µs.
     pub loop_gap_max_us: u64,
+    /// HTTP connections closed by a timeout (idle keep-alive, request head, body progress, a
+    /// client that stops reading).
+    pub http_timeouts: u64,
+    /// Idle HTTP connections closed to make room for a new client (every slot was taken).
+    pub http_evicted: u64,
+    /// New HTTP clients answered 503 because every slot was busy with a request.
+    pub http_busy: u64,
+    /// `Read` requests the disk server carried out.
+    pub disk_reads: u64,
+    /// `Write` requests the disk server carried out.
+    pub disk_writes: u64,
+    /// `Flush` requests the disk server carried out.
+    pub disk_flushes: u64,
+    /// Disk requests answered with an error (malformed, out of range, vcopy or device failure).
+    pub disk_errors: u64,
+    /// Requests the fs server answered (errors included).
+    pub fs_requests: u64,
+    /// fs requests answered with an error, and messages the fs server dropped.
+    pub fs_errors: u64,
 }
 
 /// Which step of a benchmark failed.

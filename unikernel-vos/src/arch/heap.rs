@@ -25,3 +25,8 @@ pub fn init(start: u64, end: u64) {
 pub fn usable() -> bool {
     READY.load(Ordering::Relaxed) && !HEAP.is_locked()
 }
+
+/// Bytes of heap not allocated now.
+pub fn free() -> usize {
+    HEAP.lock().free()
+}

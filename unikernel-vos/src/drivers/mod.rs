@@ -1,7 +1,8 @@
-//! Device drivers: the virtio HAL, the transports (virtio-mmio on microvm, PCI on q35) and
-//! virtio-net, all through the `virtio-drivers` crate; and [`init`], which sets up the interrupt
-//! controllers and the NICs.
+//! Device drivers: the virtio HAL, the transports (virtio-mmio on microvm, PCI on q35),
+//! virtio-net and virtio-blk, all through the `virtio-drivers` crate; and [`init`], which sets up
+//! the interrupt controllers, the NICs and the disks.
 
+pub mod blk;
 pub mod hal;
 pub mod mmio_words;
 pub mod net;
@@ -12,6 +13,7 @@ use crate::arch::time::{self, Calibration};
 use crate::arch::{self, apic, ExitCode};
 use crate::println;
 use alloc::vec::Vec;
+use blk::Disk;
 use mmio_words::MmioDevice;
 use net::Nic;
 use transport::VosTransport;
@@ -21,6 +23,8 @@ use virtio_drivers::transport::{DeviceType, Transport};
 pub struct Devices {
     /// The NICs, in `-device` order (the first is the fabric NIC).
     pub nics: Vec<Nic>,
+    /// The virtio-blk devices, in `-device` order (the disk server serves the first).
+    pub disks: Vec<Disk>,
     /// The clock's calibration, measured while the devices were set up.
     pub clock: Calibration,
 }
@@ -31,34 +35,41 @@ pub struct Devices {
 pub fn init(mmio: &[MmioDevice]) -> Devices {
     apic::init();
     let calibration = time::Calibrator::start();
-    let nics = discover_nics(mmio);
+    let (nics, disks) = discover(mmio);
     let clock = calibration
         .finish(2000)
         .unwrap_or_else(|e| arch::fatal(ExitCode::Fault, format_args!("{e}")));
-    Devices { nics, clock }
+    Devices { nics, disks, clock }
 }
 
-/// Finds and initialises the virtio-net devices, in `-device` order: the virtio-mmio devices
-/// QEMU announced on the command line (microvm), else those on PCI bus 0 (q35). Their
-/// interrupts are routed to the IOAPIC; a device that fails is reported and skipped.
-pub fn discover_nics(mmio: &[MmioDevice]) -> Vec<Nic> {
+/// Finds and initialises the virtio-net and virtio-blk devices, each kind in `-device` order:
+/// the virtio-mmio devices QEMU announced on the command line (microvm), else those on PCI bus 0
+/// (q35). NIC interrupts are routed to the IOAPIC (disks are polled, their interrupts stay off);
+/// a device that fails is reported and skipped.
+pub fn discover(mmio: &[MmioDevice]) -> (Vec<Nic>, Vec<Disk>) {
+    let (mut nics, mut disks) = (Vec::new(), Vec::new());
     if !mmio.is_empty() {
-        return mmio.iter().filter_map(|&d| mmio_nic(d)).collect();
+        for &d in mmio {
+            mmio_device(d, &mut nics, &mut disks);
+        }
+        return (nics, disks);
     }
     if !pci::present() {
-        return Vec::new();
+        return (nics, disks);
     }
-    let mut nics = Vec::new();
     let mut root = virtio_drivers::transport::pci::bus::PciRoot::new(pci::PortCam);
     for dev in pci::scan(&mut root) {
-        if dev.kind != DeviceType::Network {
-            continue;
-        }
-        match transport::CachedPci::new(&mut root, dev.df)
-            .and_then(|t| Nic::new(VosTransport::pci(t)))
-        {
-            Ok(nic) => nics.push(nic),
-            Err(e) => println!("dvs: pci {}: {e}", dev.df),
+        let r = match dev.kind {
+            DeviceType::Network => transport::CachedPci::new(&mut root, dev.df)
+                .and_then(|t| Nic::new(VosTransport::pci(t)))
+                .map(|nic| nics.push(nic)),
+            DeviceType::Block => transport::CachedPci::new(&mut root, dev.df)
+                .and_then(|t| Disk::new(VosTransport::pci(t)))
+                .map(|disk| disks.push(disk)),
+            _ => continue,
+        };
+        if let Err(e) = r {
+            println!("dvs: pci {}: {e}", dev.df);
         }
     }
     if !nics.is_empty() {
@@ -67,24 +78,24 @@ pub fn discover_nics(mmio: &[MmioDevice]) -> Vec<Nic> {
             let _ = apic::route_irq(pin);
         }
     }
-    nics
+    (nics, disks)
 }
 
-fn mmio_nic(d: MmioDevice) -> Option<Nic> {
-    let t = VosTransport::mmio(d.base, d.size).ok()?;
-    if t.device_type() != DeviceType::Network {
-        return None;
-    }
-    match Nic::new(t) {
-        Ok(nic) => {
+fn mmio_device(d: MmioDevice, nics: &mut Vec<Nic>, disks: &mut Vec<Disk>) {
+    let Ok(t) = VosTransport::mmio(d.base, d.size) else {
+        return;
+    };
+    let r = match t.device_type() {
+        DeviceType::Network => Nic::new(t).map(|nic| {
             if apic::route_irq(d.irq).is_err() {
                 println!("dvs: virtio-mmio {:#x}: irq {} out of range", d.base, d.irq);
             }
-            Some(nic)
-        }
-        Err(e) => {
-            println!("dvs: virtio-mmio {:#x}: {e}", d.base);
-            None
-        }
+            nics.push(nic)
+        }),
+        DeviceType::Block => Disk::new(t).map(|disk| disks.push(disk)),
+        _ => return,
+    };
+    if let Err(e) = r {
+        println!("dvs: virtio-mmio {:#x}: {e}", d.base);
     }
 }

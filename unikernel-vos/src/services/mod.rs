@@ -1,7 +1,11 @@
 //! The VOS's services, chosen by the boot configuration's `services`, and [`start`], which
 //! spawns them on the kernel.
 
+pub mod blocking;
+pub mod disk;
+pub mod disk_client;
 pub mod echo;
+pub mod fs;
 pub mod http;
 pub mod ipc_bench;
 pub mod udp_echo;
@@ -11,14 +15,39 @@ use crate::config::{self, BootConfig, Service};
 use crate::kernel::Kernel;
 use m3ipc_core::Endpoint;
 
-/// Spawns the services `cfg` asks for, in this order: an echo server per echo endpoint, http,
-/// udp-echo (on the publish NIC if there is one), the ipc-bench client. Each one announces
-/// itself (`ServiceUp`). IP services without a NIC are fatal.
+/// Spawns the services `cfg` asks for, in this order: an echo server per echo endpoint, the disk
+/// server (on `storage.disk`, over the first virtio-blk device), the file server (on
+/// `storage.fs`, its blocks on the disk server at `storage.disk`), http, udp-echo (on the publish
+/// NIC if there is one), the ipc-bench client. Each one announces itself (`ServiceUp`). IP
+/// services without a NIC, and the disk server without a virtio-blk device, are fatal.
 pub fn start(k: &mut Kernel, cfg: &BootConfig) {
     let roles = config::roles(cfg);
     for &ep in &roles.echo {
         let task = echo::serve(k.ipc.clone(), Endpoint(ep), k.stats.echo.clone());
         k.spawn(Service::Echo, Some(ep), task);
+    }
+    if let (true, Some(ep)) = (cfg.runs(Service::Disk), cfg.storage.disk) {
+        if k.disks.is_empty() {
+            arch::fatal(
+                ExitCode::Fault,
+                format_args!(
+                    "service disk needs a virtio-blk device (-drive if=none,id=blk0,... -device virtio-blk-...,drive=blk0); this instance has none"
+                ),
+            );
+        }
+        let dev = k.disks.remove(0);
+        let task = disk::serve(k.ipc.clone(), Endpoint(ep), dev, k.stats.disk.clone());
+        k.spawn(Service::Disk, Some(ep), task);
+    }
+    if let (true, Some(ep), Some(disk)) = (cfg.runs(Service::Fs), cfg.storage.fs, cfg.storage.disk)
+    {
+        let task = fs::serve(
+            k.ipc.clone(),
+            Endpoint(ep),
+            Endpoint(disk),
+            k.stats.fs.clone(),
+        );
+        k.spawn(Service::Fs, Some(ep), task);
     }
     let nics = k.net.borrow().ports.len();
     if (cfg.runs(Service::Http) || cfg.runs(Service::UdpEcho)) && nics == 0 {
@@ -31,7 +60,7 @@ pub fn start(k: &mut Kernel, cfg: &BootConfig) {
     }
     let ip_nic = config::ip_services_nic(cfg, nics);
     if cfg.runs(Service::Http) {
-        let task = http::serve(k.net.clone(), ip_nic, k.stats.http.clone());
+        let task = http::serve(k.net.clone(), ip_nic, k.stats.http.clone(), cfg.http);
         k.spawn(Service::Http, None, task);
     }
     if cfg.runs(Service::UdpEcho) {

@@ -78,11 +78,12 @@ impl VmBackend for ProcessBackend {
     }
 }
 
-/// Puts the child in its own process group and asks the kernel to SIGKILL it when its parent
-/// thread ends.
-fn guard(cmd: &mut Command) {
+/// Asks the kernel to SIGKILL `cmd`'s child when the thread that spawned it ends
+/// (PR_SET_PDEATHSIG), and makes the child give up at once if that parent is already gone.
+/// For helpers that start long-lived children outside a backend (test fixtures' daemons).
+pub fn die_with_parent(cmd: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (prctl, getppid, setpgid, _exit).
+    // functions (prctl, getppid, _exit).
     unsafe {
         cmd.pre_exec(|| {
             if libc::prctl(
@@ -98,6 +99,18 @@ fn guard(cmd: &mut Command) {
             if libc::getppid() == 1 {
                 libc::_exit(1); // the parent is already gone
             }
+            Ok(())
+        });
+    }
+}
+
+/// Puts the child in its own process group and asks the kernel to SIGKILL it when its parent
+/// thread ends.
+fn guard(cmd: &mut Command) {
+    die_with_parent(cmd);
+    // SAFETY: runs in the forked child before exec; setpgid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
             if libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -24,7 +24,7 @@ pub mod spec;
 
 use std::path::PathBuf;
 
-pub use backend::{ProcessBackend, VmBackend, SPEC_ENV};
+pub use backend::{die_with_parent, ProcessBackend, VmBackend, SPEC_ENV};
 pub use machine::{Exit, ExitWatch, Machine, MachineEvent, ReadyError};
 pub use port::{DgramPort, EnginePort, FramePort, StreamPort};
 pub use qemu::{qemu_args, QemuBackend};

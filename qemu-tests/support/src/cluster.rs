@@ -12,7 +12,6 @@
 //! budget for the detected accelerator (TCG: 3x).
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -375,23 +374,9 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        // SAFETY: prctl is async-signal-safe; the daemon (`ip netns exec` execs it in place) dies with the
-        // test process even if the test is killed before its guards run.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // The daemon (`ip netns exec` execs it in place) dies with the test process even if the test is
+        // killed before its guards run.
+        dvs_instance::die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(io(format!(
             "starting node {n}'s daemon ({})",
             dvs.display()

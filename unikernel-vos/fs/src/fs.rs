@@ -180,6 +180,14 @@ impl Inode {
         }
     }
 
+    /// Bytes for a file, entries for a directory (counted now, not as last loaded).
+    fn reported_size(&self) -> u64 {
+        match self.kind {
+            Kind::Dir => self.entries.len() as u64,
+            _ => self.size,
+        }
+    }
+
     fn data_blocks(&self) -> u64 {
         self.extents.values().map(|&(_, l)| u64::from(l)).sum()
     }
@@ -1223,7 +1231,7 @@ impl<D: BlockDevice> FileSystem<D> {
                 self.inodes.get(c).map(|i| DirEntry {
                     name: name.clone(),
                     kind: i.kind,
-                    size: i.size,
+                    size: i.reported_size(),
                 })
             })
             .collect())
@@ -1232,7 +1240,7 @@ impl<D: BlockDevice> FileSystem<D> {
     fn stat_of(ino: u32, i: &Inode) -> Stat {
         Stat {
             kind: i.kind,
-            size: i.size,
+            size: i.reported_size(),
             blocks: i.data_blocks(),
             ino,
             serial: i.serial,

@@ -134,6 +134,9 @@ fn mkdir_readdir_stat() {
     assert_eq!(fs.mkdir("/a"), Err(Error::Exists));
     let fh = fs.open("/a/f", OpenFlags::CREATE).unwrap();
     fs.write_at(fh, 0, b"12345").unwrap();
+    // A directory's size is its entry count at once, not only after a remount.
+    assert_eq!(fs.stat("/a").unwrap().size, 2);
+    assert_eq!(fs.readdir("/").unwrap()[0].size, 2);
     fs.sync().unwrap();
     let fs = remount(fs);
     let list = fs.readdir("/a").unwrap();

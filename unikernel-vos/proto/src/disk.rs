@@ -39,9 +39,8 @@
 //! [`DiskError::Buffer`] with the M3-IPC code of the failed vcopy. `count == 0` is a valid
 //! request that moves nothing.
 
-use crate::{decode_value, encode_value, ProtoError};
 use core::fmt;
-use m3ipc_core::{ErrorCode, Message};
+use m3ipc_core::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 /// The `mtype` of a request to the disk server.
@@ -194,42 +193,16 @@ pub fn check_range(block: u64, count: u32, blocks: u64) -> Result<u64, DiskError
     }
 }
 
-impl DiskRequest {
-    /// This request as a message of type [`REQUEST`].
-    pub fn encode(&self) -> Message {
-        match encode_value(REQUEST, self) {
-            Ok(m) => m,
-            // Every request fits (at most 26 bytes; tested with the largest values).
-            Err(_) => unreachable!("a disk request fits the payload"),
-        }
-    }
+message_codec!(DiskRequest, REQUEST, "disk request");
 
-    /// The request in `m` (type [`REQUEST`], strict).
-    pub fn decode(m: &Message) -> Result<DiskRequest, ProtoError> {
-        decode_value(REQUEST, m)
-    }
-}
-
-impl DiskReply {
-    /// This reply as a message of type [`REPLY`].
-    pub fn encode(&self) -> Message {
-        match encode_value(REPLY, self) {
-            Ok(m) => m,
-            // Every reply fits (at most 28 bytes; tested with the largest values).
-            Err(_) => unreachable!("a disk reply fits the payload"),
-        }
-    }
-
-    /// The reply in `m` (type [`REPLY`], strict).
-    pub fn decode(m: &Message) -> Result<DiskReply, ProtoError> {
-        decode_value(REPLY, m)
-    }
-}
+message_codec!(DiskReply, REPLY, "disk reply");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ProtoError;
     use m3ipc_core::message::PAYLOAD_LEN;
+    use m3ipc_core::Message;
     use proptest::prelude::*;
 
     fn used(m: &Message) -> usize {

@@ -58,9 +58,9 @@
 //! or a durable request (`Rename`, `Unlink`, `Mkdir`) has been answered `Ok`. The server commits
 //! the whole tree atomically (see unikernel-vos/fs/README.md).
 
-use crate::{decode_value, encode_value, ProtoError};
+use crate::ProtoError;
 use core::fmt;
-use m3ipc_core::{ErrorCode, Message};
+use m3ipc_core::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 /// The `mtype` of a request to the fs server.
@@ -342,37 +342,9 @@ impl fmt::Display for FsError {
     }
 }
 
-impl FsRequest {
-    /// This request as a message of type [`REQUEST`].
-    pub fn encode(&self) -> Message {
-        match encode_value(REQUEST, self) {
-            Ok(m) => m,
-            // Every request fits (at most 36 bytes; tested with the largest values).
-            Err(_) => unreachable!("an fs request fits the payload"),
-        }
-    }
+message_codec!(FsRequest, REQUEST, "fs request");
 
-    /// The request in `m` (type [`REQUEST`], strict).
-    pub fn decode(m: &Message) -> Result<FsRequest, ProtoError> {
-        decode_value(REQUEST, m)
-    }
-}
-
-impl FsReply {
-    /// This reply as a message of type [`REPLY`].
-    pub fn encode(&self) -> Message {
-        match encode_value(REPLY, self) {
-            Ok(m) => m,
-            // Every reply fits (at most 26 bytes; tested with the largest values).
-            Err(_) => unreachable!("an fs reply fits the payload"),
-        }
-    }
-
-    /// The reply in `m` (type [`REPLY`], strict).
-    pub fn decode(m: &Message) -> Result<FsReply, ProtoError> {
-        decode_value(REPLY, m)
-    }
-}
+message_codec!(FsReply, REPLY, "fs reply");
 
 /// Why a path was refused by [`validate_path`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -514,6 +486,7 @@ mod tests {
     use super::*;
     use alloc::vec;
     use m3ipc_core::message::PAYLOAD_LEN;
+    use m3ipc_core::Message;
     use proptest::prelude::*;
 
     fn used(m: &Message) -> usize {

@@ -16,6 +16,28 @@
 
 extern crate alloc;
 
+/// Gives a protocol value `encode(&self) -> Message` and `decode(&Message) -> Result<Self, ProtoError>`
+/// for message type `$mtype`. Every value of these types fits the payload (each module tests its
+/// largest values), so `encode` cannot fail.
+macro_rules! message_codec {
+    ($ty:ident, $mtype:ident, $what:literal) => {
+        impl $ty {
+            #[doc = concat!("This ", $what, " as a message of type [`", stringify!($mtype), "`].")]
+            pub fn encode(&self) -> m3ipc_core::Message {
+                match $crate::encode_value($mtype, self) {
+                    Ok(m) => m,
+                    Err(_) => unreachable!(concat!("every ", $what, " fits the payload")),
+                }
+            }
+
+            #[doc = concat!("The ", $what, " in `m` (type [`", stringify!($mtype), "`], strict).")]
+            pub fn decode(m: &m3ipc_core::Message) -> Result<$ty, $crate::ProtoError> {
+                $crate::decode_value($mtype, m)
+            }
+        }
+    };
+}
+
 pub mod disk;
 pub mod fs;
 

@@ -14,6 +14,7 @@
 //! peers cannot read or write it. It is zeroed before it is lent for a write's pull, so a peer
 //! never sees an earlier request's data in it.
 
+use super::bump;
 use crate::arch::time;
 use crate::drivers::blk::{BlkError, Dir, Disk};
 use crate::executor;
@@ -45,10 +46,6 @@ pub struct DiskStats {
     pub errors: Cell<u64>,
 }
 
-fn bump(c: &Cell<u64>) {
-    c.set(c.get() + 1);
-}
-
 /// Serves `disk` on endpoint `ep` forever.
 pub async fn serve(
     ipc: IpcRef,
@@ -66,18 +63,7 @@ pub async fn serve(
         staging: Vec::new(),
     };
     loop {
-        let (msg, needs_reply) = match ipc::receive(&server.ipc, ep, Endpoint::ANY, None).await {
-            Ok(got) => got,
-            Err(_) => {
-                bump(&stats.errors);
-                executor::yield_now().await;
-                continue;
-            }
-        };
-        if msg.is_notify() || !needs_reply {
-            bump(&stats.errors);
-            continue;
-        }
+        let msg = super::next_request(&server.ipc, ep, &stats.errors).await;
         let reply = match DiskRequest::decode(&msg) {
             Ok(req) => {
                 let reply = server.handle(msg.source, req).await;

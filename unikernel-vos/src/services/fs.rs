@@ -26,11 +26,11 @@
 //! nothing to another client.
 
 use super::blocking::Blocking;
+use super::bump;
 use super::disk_client::{DiskClient, DiskDevice, Failure, Link, FS_BLOCK};
 use crate::arch::control;
 use crate::arch::time;
 use crate::config::Service;
-use crate::executor;
 use crate::ipc::{self, IpcRef};
 use crate::println;
 use alloc::boxed::Box;
@@ -67,10 +67,6 @@ pub struct FsStats {
     pub requests: Cell<u64>,
     /// Requests answered with an error, and messages dropped.
     pub errors: Cell<u64>,
-}
-
-fn bump(c: &Cell<u64>) {
-    c.set(c.get() + 1);
 }
 
 /// The state of the file system.
@@ -199,18 +195,7 @@ pub async fn serve(
     };
     s.try_mount().await;
     loop {
-        let (msg, needs_reply) = match ipc::receive(&s.ipc, ep, Endpoint::ANY, None).await {
-            Ok(got) => got,
-            Err(_) => {
-                bump(&stats.errors);
-                executor::yield_now().await;
-                continue;
-            }
-        };
-        if msg.is_notify() || !needs_reply {
-            bump(&stats.errors);
-            continue;
-        }
+        let msg = super::next_request(&s.ipc, ep, &stats.errors).await;
         let reply = match FsRequest::decode(&msg) {
             Ok(req) => s.handle(msg.source, req).await,
             Err(_) => FsReply::Error(FsError::Malformed),

@@ -12,8 +12,32 @@ pub mod udp_echo;
 
 use crate::arch::{self, ExitCode};
 use crate::config::{self, BootConfig, Service};
+use crate::executor;
+use crate::ipc::{self, IpcRef};
 use crate::kernel::Kernel;
-use m3ipc_core::Endpoint;
+use core::cell::Cell;
+use m3ipc_core::{Endpoint, Message};
+
+/// Adds one to a service counter.
+pub(crate) fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+/// The next request to server endpoint `ep` that waits for a reply (a sendrec). Receive errors,
+/// plain sends and notifications are counted in `dropped` and skipped: a request/reply server
+/// answers nothing else.
+pub(crate) async fn next_request(ipc: &IpcRef, ep: Endpoint, dropped: &Cell<u64>) -> Message {
+    loop {
+        match ipc::receive(ipc, ep, Endpoint::ANY, None).await {
+            Ok((msg, true)) if !msg.is_notify() => return msg,
+            Ok(_) => bump(dropped),
+            Err(_) => {
+                bump(dropped);
+                executor::yield_now().await;
+            }
+        }
+    }
+}
 
 /// Spawns the services `cfg` asks for, in this order: an echo server per echo endpoint, the disk
 /// server (on `storage.disk`, over the first virtio-blk device), the file server (on

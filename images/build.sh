@@ -22,8 +22,8 @@ cat > "$out/vos.manifest.json.tmp" <<JSON
   "boot": "pvh",
   "machines": ["microvm", "q35"],
   "default_memory_mib": 8,
-  "services": ["http", "echo", "ipc-bench"],
-  "cmdline_example": "dc=1 ep=10 svc=echo,http pub_ip=10.0.2.15/24 pub_gw=10.0.2.2"
+  "services": ["http", "echo", "udp-echo", "ipc-bench", "disk", "fs"],
+  "boot_config": "one kernel word dvs.cfg=<hex of a postcard dvs_vos_abi::BootConfig>, built by the node daemon"
 }
 JSON
 mv "$out/vos.manifest.json.tmp" "$out/vos.manifest.json"

@@ -35,6 +35,10 @@ mod disk;
 #[path = "vos/fs.rs"]
 mod fs;
 
+/// The web server on the file server (`services=[http, disk, fs]`), and with the file server away.
+#[path = "vos/web.rs"]
+mod web;
+
 /// QEMU's exit status when the guest ends with `ExitCode::BadConfig` (2): isa-debug-exit turns
 /// value `v` into `2v + 1`.
 const EXIT_BAD_CONFIG: i32 = 5;

@@ -49,6 +49,9 @@ pub struct Roles {
     /// storage servers' (`storage.disk`, `storage.fs`); empty when the instance does not run
     /// `echo`.
     pub echo: Vec<u32>,
+    /// The web server's endpoint, from which it calls the file server (`storage.fs`):
+    /// `BootConfig::http_endpoint`.
+    pub http: Option<u32>,
 }
 
 /// The endpoints' roles.
@@ -57,13 +60,16 @@ pub fn roles(cfg: &BootConfig) -> Roles {
         (true, Some((c, rest))) => (Some(*c), rest),
         _ => (None, &cfg.endpoints[..]),
     };
+    let storage = [cfg.storage.disk, cfg.storage.fs];
+    // The web server calls the file server from its own endpoint.
+    let http = cfg.http_endpoint();
     Roles {
         client,
+        http,
         echo: if cfg.runs(Service::Echo) {
-            let storage = [cfg.storage.disk, cfg.storage.fs];
             rest.iter()
                 .copied()
-                .filter(|e| !storage.contains(&Some(*e)))
+                .filter(|e| !storage.contains(&Some(*e)) && Some(*e) != http)
                 .collect()
         } else {
             Vec::new()

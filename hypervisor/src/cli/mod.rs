@@ -26,7 +26,7 @@ Examples:
   dvs ps                                              instances on every node
   dvs migrate web --to 2                              move an instance; calls to it keep working
   dvs apply examples/web-dc.toml                      deploy a DC manifest (idempotent)
-  dvs run vos --dc web --ep 10,11 --svc disk,fs,http --arg disk_ep=11 --arg fs_ep=10 --volume data:64M
+  dvs run vos --dc web --ep 10,11,12 --svc disk,fs,http --arg disk_ep=11 --arg fs_ep=10 --volume data:64M
                                                       an instance with a 64 MiB volume (kept until `dvs volume rm`)
   dvs volume ls                                       volumes on every node: size, space used, attached to
   dvs run vos --dc web --name liar --process --process-arg console-liar

@@ -485,6 +485,11 @@ impl BootConfig {
                 }
             }
         }
+        if self.runs(Service::Http) && self.storage.fs.is_some() && self.http_endpoint().is_none() {
+            return Err(ConfigError::Inconsistent(
+                "service http with fs_ep= needs an endpoint of its own to call the file server from (one that is not disk_ep, fs_ep or the ipc-bench client's)",
+            ));
+        }
         if self.runs(Service::Fs) && self.storage.disk.is_none() {
             return Err(ConfigError::Inconsistent(
                 "service fs needs disk_ep=<the disk server's endpoint>",
@@ -525,6 +530,23 @@ impl BootConfig {
     /// Whether the instance serves `s`.
     pub fn runs(&self, s: Service) -> bool {
         self.services.contains(&s)
+    }
+
+    /// The endpoint the web server calls the file server (`storage.fs`) from, keeping its files
+    /// there: with service http and `fs_ep=` set, the first of `endpoints` that is not the
+    /// ipc-bench client's (the first, with ipc-bench), `disk_ep` or `fs_ep`. `None` otherwise
+    /// (files in RAM).
+    pub fn http_endpoint(&self) -> Option<u32> {
+        if !self.runs(Service::Http) {
+            return None;
+        }
+        let fs = self.storage.fs?;
+        let skip = usize::from(self.runs(Service::IpcBench));
+        self.endpoints
+            .iter()
+            .skip(skip)
+            .copied()
+            .find(|&e| e != fs && Some(e) != self.storage.disk)
     }
 
     /// The encoded value: version byte, then postcard.
@@ -740,6 +762,40 @@ mod tests {
         assert!(remote.validate().is_err(), "fs needs a disk server");
         remote.apply("disk_ep=30").unwrap();
         assert_eq!(remote.validate(), Ok(()));
+    }
+
+    #[test]
+    fn http_on_fs_needs_its_own_endpoint() {
+        let mut c = BootConfig::new(1, 1);
+        c.endpoints = vec![30, 31];
+        c.services = vec![Service::Http, Service::Disk, Service::Fs];
+        c.fabric = Some(IpConfig {
+            cidr: Cidr::parse("10.1.0.2/24").unwrap(),
+            gateway: None,
+        });
+        c.apply("disk_ep=30").unwrap();
+        c.apply("fs_ep=31").unwrap();
+        assert_eq!(c.http_endpoint(), None);
+        assert!(
+            c.validate().is_err(),
+            "http on fs without an endpoint of its own"
+        );
+        c.endpoints.push(32);
+        assert_eq!(c.http_endpoint(), Some(32));
+        assert_eq!(c.validate(), Ok(()));
+        // Elsewhere: fs served by another instance, http calls it from its only endpoint.
+        let mut web = BootConfig::new(1, 1);
+        web.endpoints = vec![40];
+        web.services = vec![Service::Http];
+        web.fabric = c.fabric;
+        web.apply("fs_ep=41").unwrap();
+        assert_eq!(web.http_endpoint(), Some(40));
+        assert_eq!(web.validate(), Ok(()));
+        // Without fs_ep the files stay in RAM and no endpoint is needed.
+        web.storage.fs = None;
+        web.endpoints.clear();
+        assert_eq!(web.http_endpoint(), None);
+        assert_eq!(web.validate(), Ok(()));
     }
 
     #[test]

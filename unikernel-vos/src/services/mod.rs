@@ -41,7 +41,8 @@ pub(crate) async fn next_request(ipc: &IpcRef, ep: Endpoint, dropped: &Cell<u64>
 
 /// Spawns the services `cfg` asks for, in this order: an echo server per echo endpoint, the disk
 /// server (on `storage.disk`, over the first virtio-blk device), the file server (on
-/// `storage.fs`, its blocks on the disk server at `storage.disk`), http, udp-echo (on the publish
+/// `storage.fs`, its blocks on the disk server at `storage.disk`), http (its files on the file
+/// server at `storage.fs` if set, called from `roles.http`; else in RAM), udp-echo (on the publish
 /// NIC if there is one), the ipc-bench client. Each one announces itself (`ServiceUp`). IP
 /// services without a NIC, and the disk server without a virtio-blk device, are fatal.
 pub fn start(k: &mut Kernel, cfg: &BootConfig) {
@@ -84,7 +85,27 @@ pub fn start(k: &mut Kernel, cfg: &BootConfig) {
     }
     let ip_nic = config::ip_services_nic(cfg, nics);
     if cfg.runs(Service::Http) {
-        let task = http::serve(k.net.clone(), ip_nic, k.stats.http.clone(), cfg.http);
+        let backing = match (cfg.storage.fs, roles.http) {
+            (Some(fs), Some(ep)) => Some(http::Backing {
+                ipc: k.ipc.clone(),
+                ep: Endpoint(ep),
+                fs: Endpoint(fs),
+            }),
+            (Some(fs), None) => arch::fatal(
+                ExitCode::BadConfig,
+                format_args!(
+                    "service http with fs_ep={fs} needs an endpoint of its own to call the file server from (one that is not disk_ep or fs_ep)"
+                ),
+            ),
+            (None, _) => None,
+        };
+        let task = http::serve(
+            k.net.clone(),
+            ip_nic,
+            k.stats.http.clone(),
+            cfg.http,
+            backing,
+        );
         k.spawn(Service::Http, None, task);
     }
     if cfg.runs(Service::UdpEcho) {

@@ -18,13 +18,16 @@
 //!
 //! One task polls every socket each turn and never waits on one: a slow client only holds its
 //! own slot. Bodies move between the socket buffers and the [`store::Store`] in pieces, never
-//! whole.
+//! whole. The store is the file server ([`fs_store::FsStore`], over M3-IPC from the web server's
+//! own endpoint) when the boot configuration names one (`fs_ep=`), else a [`RamStore`].
 
+pub mod fs_store;
 pub mod parse;
 pub mod store;
 
 use crate::arch::{heap, time};
 use crate::executor;
+use crate::ipc::IpcRef;
 use crate::net::Net;
 use crate::println;
 use alloc::format;
@@ -36,6 +39,8 @@ use core::cell::RefCell;
 use core::fmt::Write as _;
 use core::task::Poll;
 use dvs_vos_abi::boot::HttpConfig;
+use fs_store::FsStore;
+use m3ipc_core::Endpoint;
 use parse::{BodyLen, Chunked, Method, RangeSel, Refusal, Request, Status};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
@@ -254,12 +259,25 @@ fn test_data(len: usize) -> Vec<u8> {
     big
 }
 
+/// Where the web server keeps its files: on the file server at `fs`, called from `ep` (a
+/// [`FsStore`]), or in RAM (a [`RamStore`]).
+pub struct Backing {
+    /// The IPC engine.
+    pub ipc: IpcRef,
+    /// The web server's own endpoint.
+    pub ep: Endpoint,
+    /// The file server's endpoint.
+    pub fs: Endpoint,
+}
+
 /// Serves HTTP on port `port` of `net` until the kernel stops; ends only if that port is gone.
+/// Files go to the file server if `backing` says where it is, else to RAM.
 pub async fn serve(
     net: Rc<RefCell<Net>>,
     port: usize,
     stats: Rc<RefCell<HttpStats>>,
     cfg: HttpConfig,
+    backing: Option<Backing>,
 ) -> Result<(), &'static str> {
     // Memory: each socket has RX_BUF + TX_BUF; a head being read takes up to MAX_HEAD more.
     let per_socket = (RX_BUF + TX_BUF + parse::MAX_HEAD) as u64;
@@ -274,6 +292,33 @@ pub async fn serve(
             free / 1024
         );
     }
+    let limits = Limits {
+        idle_us: cfg.idle_ms as u64 * 1000,
+        head_us: cfg.head_ms as u64 * 1000,
+        body_us: cfg.body_ms as u64 * 1000,
+    };
+    let what = format!(
+        "port {PORT} slots={slots}+{SPARE} spare rx={RX_BUF} tx={TX_BUF} idle_ms={} head_ms={} body_ms={}",
+        cfg.idle_ms, cfg.head_ms, cfg.body_ms
+    );
+    if let Some(b) = backing {
+        match FsStore::new(b.ipc, b.ep, b.fs) {
+            Ok(store) => {
+                println!(
+                    "dvs: http: {what} store=fs (file server {} from endpoint {}) heap_free={}KiB",
+                    b.fs.0,
+                    b.ep.0,
+                    free / 1024
+                );
+                return run(net, port, stats, limits, slots, store).await;
+            }
+            Err(e) => println!(
+                "dvs: http: endpoint {} takes no buffer ({}); files stay in RAM",
+                b.ep.0,
+                e.as_str()
+            ),
+        }
+    }
     let sockets_bytes = (slots + SPARE) as u64 * per_socket;
     let store_total = MAX_STORE.min(free.saturating_sub(sockets_bytes + HEAP_RESERVE));
     let mut store = RamStore::new(MAX_FILE, store_total, MAX_FILES);
@@ -285,21 +330,25 @@ pub async fn serve(
             println!("dvs: http: cannot preload {path}: {e:?}");
         }
     }
-    let limits = Limits {
-        idle_us: cfg.idle_ms as u64 * 1000,
-        head_us: cfg.head_ms as u64 * 1000,
-        body_us: cfg.body_ms as u64 * 1000,
-    };
     println!(
-        "dvs: http: port {PORT} slots={slots}+{SPARE} spare rx={RX_BUF} tx={TX_BUF} idle_ms={} head_ms={} body_ms={} store={}KiB file={}KiB heap_free={}KiB",
-        cfg.idle_ms,
-        cfg.head_ms,
-        cfg.body_ms,
+        "dvs: http: {what} store={}KiB file={}KiB heap_free={}KiB",
         store_total / 1024,
         MAX_FILE / 1024,
         free / 1024
     );
-    let mut conns: Vec<Conn<RamStore>> = {
+    run(net, port, stats, limits, slots, store).await
+}
+
+/// The server's loop over `store`.
+async fn run<S: Store>(
+    net: Rc<RefCell<Net>>,
+    port: usize,
+    stats: Rc<RefCell<HttpStats>>,
+    limits: Limits,
+    slots: usize,
+    mut store: S,
+) -> Result<(), &'static str> {
+    let mut conns: Vec<Conn<S>> = {
         let mut n = net.borrow_mut();
         let Some(p) = n.ports.get_mut(port) else {
             return Err(NO_PORT);
@@ -560,7 +609,7 @@ fn drive<S: Store>(
                         refuse_and_close(c, s, store, now, r.status, r.why, &extra);
                         return;
                     }
-                    Some(Ok(req)) => start(c, s, req, now),
+                    Some(Ok(req)) => start(c, s, req, now, store.max_file()),
                 }
             }
             Phase::Body { .. } => {
@@ -662,7 +711,7 @@ fn parse_if_complete<S: Store>(c: &mut Conn<S>) -> Option<Result<Request, Refusa
 }
 
 /// Begins a parsed request: decides where its body goes, or acts at once.
-fn start<S: Store>(c: &mut Conn<S>, s: &mut tcp::Socket, req: Request, now: u64) {
+fn start<S: Store>(c: &mut Conn<S>, s: &mut tcp::Socket, req: Request, now: u64, max_file: u64) {
     c.since = now;
     let put = req.method == Method::Put;
     let body = match req.body {
@@ -693,10 +742,10 @@ fn start<S: Store>(c: &mut Conn<S>, s: &mut tcp::Socket, req: Request, now: u64)
         Sink::Discard { left: MAX_DISCARD }
     };
     if let (BodyReader::Length(n), Sink::Opening) = (&body, &sink) {
-        if *n > MAX_FILE {
+        if *n > max_file {
             c.phase = Phase::Act {
                 req,
-                sink: Sink::Failed(StoreError::FileTooLarge(MAX_FILE)),
+                sink: Sink::Failed(StoreError::FileTooLarge(max_file)),
             };
             return;
         }
@@ -725,7 +774,11 @@ fn read_body<S: Store>(
             BodyReader::Chunked(_) => None,
         };
         match store.poll_create(&req.path, len) {
-            Poll::Pending => return Ok(false),
+            Poll::Pending => {
+                // The store is working, not the client: its calls have their own timeouts.
+                c.since = now;
+                return Ok(false);
+            }
             Poll::Ready(Ok(w)) => *sink = Sink::Put(w),
             Poll::Ready(Err(e)) => *sink = Sink::Failed(e),
         }
@@ -745,6 +798,7 @@ fn read_body<S: Store>(
         return Ok(true);
     }
     let mut progressed = false;
+    let mut store_busy = false;
     let mut failed: Option<Refusal> = None;
     // Hands `data` to the sink: how much it took.
     let mut feed = |data: &[u8], sink: &mut Sink<S>, failed: &mut Option<Refusal>| -> usize {
@@ -761,7 +815,10 @@ fn read_body<S: Store>(
                 data.len()
             }
             Sink::Put(w) => match store.poll_write(w, data) {
-                Poll::Pending => 0,
+                Poll::Pending => {
+                    store_busy = true;
+                    0
+                }
                 Poll::Ready(Ok(n)) => n,
                 Poll::Ready(Err(e)) => {
                     // The partial file is dropped and its bytes given back.
@@ -828,6 +885,10 @@ fn read_body<S: Store>(
         c.since = now;
         executor::progress();
     }
+    if store_busy {
+        // The store is working, not the client: its calls have their own timeouts.
+        c.since = now;
+    }
     if let Some(r) = failed {
         return Err(r);
     }
@@ -869,6 +930,19 @@ fn store_refusal(e: StoreError) -> (Status, String) {
             Status::Unavailable,
             format!("503 Service Unavailable: {why}"),
         ),
+        StoreError::Fs(e) => {
+            let status = match e.http_status() {
+                404 => Status::NotFound,
+                507 => Status::InsufficientStorage,
+                413 => Status::TooLarge,
+                400 | 409 => Status::BadRequest,
+                _ => Status::Unavailable,
+            };
+            (
+                status,
+                format!("{}: the file server says: {e}", status.line()),
+            )
+        }
     }
 }
 

@@ -19,6 +19,8 @@ pub enum StoreError {
     Full(u64),
     /// The store cannot be reached or failed (the server answers 503).
     Unavailable(&'static str),
+    /// The file server refused (the status is `FsError::http_status`).
+    Fs(dvs_vos_proto::fs::FsError),
 }
 
 /// One file in a listing.
@@ -39,6 +41,8 @@ pub trait Store {
     type Reader;
     /// A file being written; invisible until committed.
     type Writer;
+    /// The largest file a PUT may store, bytes (a larger announced body is answered 413).
+    fn max_file(&self) -> u64;
     /// Opens `path` for reading from byte `offset`: the reader and the file's size.
     fn poll_open(&mut self, path: &str) -> Poll<Result<(Self::Reader, u64), StoreError>>;
     /// Moves the reader to byte `offset`.
@@ -219,6 +223,10 @@ impl RamStore {
 impl Store for RamStore {
     type Reader = RamReader;
     type Writer = RamWriter;
+
+    fn max_file(&self) -> u64 {
+        self.per_file
+    }
 
     fn poll_open(&mut self, path: &str) -> Poll<Result<(RamReader, u64), StoreError>> {
         Poll::Ready(match self.files.get(path) {

@@ -1,0 +1,288 @@
+//! The web server on the file server: the all-in-one VOS (`services=[http, disk, fs]` over a
+//! sparse virtio-blk drive) serving PUT / GET / Range / listing / DELETE through the publish NIC,
+//! its files surviving a reboot on the same image; and a web server whose file server is away
+//! answering 503 within the call timeout, never hanging.
+
+use super::*;
+use dvs_instance::Drive;
+use std::path::Path;
+
+const DISK_EP: u32 = 20;
+const FS_EP: u32 = 21;
+const WEB_EP: u32 = 22;
+const IMAGE_MIB: u64 = 64;
+const BIG: usize = 10 << 20;
+
+/// `len` bytes of a pattern seeded by `seed`.
+fn seeded(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn sparse_image(path: &Path, mib: u64) {
+    let f = std::fs::File::create(path)
+        .unwrap_or_else(|e| panic!("create image {}: {e}", path.display()));
+    f.set_len(mib << 20)
+        .unwrap_or_else(|e| panic!("size image {}: {e}", path.display()));
+}
+
+/// Boots a web guest on `endpoints` / `services` with `settings`, its publish NIC forwarding host
+/// `port` to guest port 80, `image` as its drive (if any), `mem` MiB of RAM.
+fn boot_fs_web(
+    dir: &TempDir,
+    a: Accel,
+    name: &str,
+    port: u16,
+    (endpoints, services, settings): (&[u32], &[Service], &[&str]),
+    image: Option<&Path>,
+    mem: u32,
+) -> Machine {
+    let mut cfg = config(endpoints, services, settings);
+    cfg.publish = ip("10.0.2.15/24", Some([10, 0, 2, 2]));
+    let mut spec = vos(dir, name, MachineType::Microvm, a, Kernel::Config(cfg));
+    spec.memory_mib = mem;
+    spec.nics.push(Nic {
+        backend: NicBackend::User {
+            forwards: vec![Forward {
+                proto: Proto::Tcp,
+                host: port,
+                guest: 80,
+            }],
+        },
+        mac: nic_mac(0),
+    });
+    if let Some(image) = image {
+        spec.drives.push(Drive {
+            path: image.to_path_buf(),
+            read_only: false,
+        });
+    }
+    let mut vm = start(&spec);
+    ready(&mut vm, a);
+    vm
+}
+
+fn all_in_one(dir: &TempDir, a: Accel, name: &str, port: u16, image: &Path) -> Machine {
+    boot_fs_web(
+        dir,
+        a,
+        name,
+        port,
+        (
+            &[DISK_EP, FS_EP, WEB_EP],
+            &[Service::Http, Service::Disk, Service::Fs],
+            &[&format!("disk_ep={DISK_EP}"), &format!("fs_ep={FS_EP}")],
+        ),
+        Some(image),
+        16,
+    )
+}
+
+/// [`exchange`], tried once more if the first attempt got no response at all within 2 s (QEMU's
+/// user networking, with its listen backlog of 1, now and then drops a connection made right
+/// behind another one; a server that hangs is not retried: that attempt lasts the full `t`).
+fn exchange_once_more(port: u16, req: &[u8], t: Duration) -> Result<Resp, String> {
+    let t0 = Instant::now();
+    match exchange(port, req, t) {
+        Err(e) if t0.elapsed() < Duration::from_secs(2) => {
+            eprintln!(
+                "web: no response in {:?} ({e}); trying once more",
+                t0.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            exchange(port, req, t)
+        }
+        r => r,
+    }
+}
+
+/// GET `path` (Connection: close) with `extra` header lines; the response.
+fn get(vm: &Machine, port: u16, path: &str, extra: &str, t: Duration) -> Resp {
+    let req = format!("GET {path} HTTP/1.1\r\n{extra}Connection: close\r\n\r\n");
+    exchange_once_more(port, req.as_bytes(), t)
+        .unwrap_or_else(|e| panic!("GET {path}: {e}\nconsole:\n{}", console(vm)))
+}
+
+fn mib_s(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64().max(1e-9)
+}
+
+/// PUT a 10 MiB file in a 16 MiB guest (streamed through the file server onto the drive), GET it
+/// back byte-exact, a Range GET, the listing; reboot on the same image: the file is still there,
+/// byte-exact; DELETE: 404 and gone from the listing.
+#[test]
+fn web_on_fs_put_get_reboot_delete() {
+    let _g = exclusive();
+    let a = accel();
+    let port = free_port();
+    let dir = TempDir::new().expect("scratch dir");
+    let image = dir.join("web.img");
+    sparse_image(&image, IMAGE_MIB);
+    let vm = all_in_one(&dir, a, "web-fs", port, &image);
+    let t = secs(a, 60);
+    let data = seeded(BIG, 0x5eed_0010);
+    let mut req = format!(
+        "PUT /files/big.bin HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        data.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&data);
+    let t0 = Instant::now();
+    let r = exchange(port, &req, t)
+        .unwrap_or_else(|e| panic!("PUT 10 MiB: {e}\nconsole:\n{}", console(&vm)));
+    let put = t0.elapsed();
+    assert_eq!(
+        r.status,
+        201,
+        "PUT 10 MiB: {}\nconsole:\n{}",
+        r.head,
+        console(&vm)
+    );
+    let t0 = Instant::now();
+    let r = get(&vm, port, "/files/big.bin", "", t);
+    let got = t0.elapsed();
+    assert_eq!(r.status, 200, "GET 10 MiB: {}", r.head);
+    assert_eq!(r.body.len(), data.len(), "GET 10 MiB: length");
+    assert!(r.body == data, "GET 10 MiB: the bytes differ");
+    eprintln!(
+        "web-on-fs: PUT 10 MiB {:.1} MiB/s ({put:?}), GET {:.1} MiB/s ({got:?})",
+        mib_s(BIG, put),
+        mib_s(BIG, got)
+    );
+    // A second PUT of the same path replaces it (200).
+    let small = seeded(5000, 7);
+    let mut req =
+        b"PUT /files/small.txt HTTP/1.1\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    req.extend_from_slice(&small);
+    let r = exchange_once_more(port, &req, t).unwrap_or_else(|e| panic!("PUT small: {e}"));
+    assert_eq!(r.status, 201, "PUT small: {}", r.head);
+    let r = exchange_once_more(port, &req, t).unwrap_or_else(|e| panic!("PUT small again: {e}"));
+    assert_eq!(r.status, 200, "PUT small again: {}", r.head);
+    // Range.
+    let (a0, b0) = (5_000_000usize, 5_999_999usize);
+    let r = get(
+        &vm,
+        port,
+        "/files/big.bin",
+        &format!("Range: bytes={a0}-{b0}\r\n"),
+        t,
+    );
+    assert_eq!(r.status, 206, "Range GET: {}", r.head);
+    assert_eq!(
+        r.field("content-range"),
+        Some(format!("bytes {a0}-{b0}/{BIG}").as_str()),
+        "{}",
+        r.head
+    );
+    assert!(r.body == data[a0..=b0], "Range GET: the bytes differ");
+    // Listings: the directory shows both files with their sizes; the root shows the directory
+    // and not the uploads' temporary directory.
+    let r = get(&vm, port, "/files/", "", t);
+    assert_eq!(r.status, 200, "listing: {}", r.head);
+    let list = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        list.contains("/files/big.bin</a> 10485760") && list.contains("/files/small.txt</a> 5000"),
+        "listing of /files/: {list}"
+    );
+    let r = get(&vm, port, "/", "", t);
+    let root = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        root.contains("/files/") && !root.contains(".dvs-put"),
+        "listing of /: {root}"
+    );
+    // Reboot on the same image.
+    drop(vm);
+    let vm = all_in_one(&dir, a, "web-fs2", port, &image);
+    let r = get(&vm, port, "/files/big.bin", "", t);
+    assert_eq!(
+        r.status,
+        200,
+        "GET after reboot: {}\nconsole:\n{}",
+        r.head,
+        console(&vm)
+    );
+    assert!(
+        r.body == data,
+        "GET after reboot: the bytes differ ({} bytes)",
+        r.body.len()
+    );
+    // DELETE.
+    let r = exchange_once_more(
+        port,
+        b"DELETE /files/big.bin HTTP/1.1\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .unwrap_or_else(|e| panic!("DELETE: {e}"));
+    assert_eq!(r.status, 204, "DELETE: {}", r.head);
+    let r = get(&vm, port, "/files/big.bin", "", t);
+    assert_eq!(r.status, 404, "GET after DELETE: {}", r.head);
+    let r = get(&vm, port, "/files/", "", t);
+    let list = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        !list.contains("big.bin") && list.contains("small.txt"),
+        "listing after DELETE: {list}"
+    );
+}
+
+/// A web server whose `fs_ep` is an endpoint nobody serves: GET and PUT answer 503 within the
+/// call timeout (8 s) plus slack, and the server still answers afterwards.
+#[test]
+fn web_with_fs_away_answers_503() {
+    let _g = exclusive();
+    let a = accel();
+    let port = free_port();
+    let dir = TempDir::new().expect("scratch dir");
+    let vm = boot_fs_web(
+        &dir,
+        a,
+        "web-nofs",
+        port,
+        (&[WEB_EP], &[Service::Http], &["fs_ep=23"]),
+        None,
+        32,
+    );
+    let limit = secs(a, 12);
+    for _ in 0..2 {
+        let t0 = Instant::now();
+        let r = get(&vm, port, "/x.txt", "", secs(a, 30));
+        let took = t0.elapsed();
+        assert_eq!(
+            r.status,
+            503,
+            "GET with fs away: {}\nconsole:\n{}",
+            r.head,
+            console(&vm)
+        );
+        assert!(
+            took < limit,
+            "GET with fs away took {took:?} (limit {limit:?})"
+        );
+    }
+    let t0 = Instant::now();
+    let r = exchange_once_more(
+        port,
+        b"PUT /y.txt HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        secs(a, 30),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "PUT with fs away: {e} after {:?}\nconsole:\n{}",
+            t0.elapsed(),
+            console(&vm)
+        )
+    });
+    assert_eq!(r.status, 503, "PUT with fs away: {}", r.head);
+    assert!(
+        t0.elapsed() < limit,
+        "PUT with fs away took {:?}",
+        t0.elapsed()
+    );
+}

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # make run: one dvs node on this machine (daemon in the background, data in .dvs/), the DC of
-# examples/web-dc.toml applied to it (a VOS with `http` and `echo`), and the URL of its web server.
+# examples/web-dc.toml applied to it (a VOS with http on fs on disk on a volume, and echo), a page
+# put on it the first time (examples/index.html), and the URL of its web server.
 # Safe to re-run: a running node is reused and `dvs apply` is idempotent. `make stop` tears it down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 API=127.0.0.1:7070
 URL=http://127.0.0.1:8080/
+PAGE=${URL}index.html
 export DVS_NODE=$API
 
 # True when the web server answers 200 (curl when installed, else bash's /dev/tcp).
@@ -45,11 +47,18 @@ done
 if ! http_ok; then
   echo "run: the web server does not answer yet; its console:"; "$DVS" logs web --tail 20; exit 1
 fi
+# The page lives on the volume: put it only when it is not there yet (a user's edits stay).
+if command -v curl >/dev/null; then
+  code=$(curl -s -o /dev/null -w '%{http_code}' -m 10 "$PAGE" || true)
+  if [ "$code" = 404 ]; then
+    curl -fsS -m 30 -T examples/index.html "$PAGE" >/dev/null && echo "run: put examples/index.html on the web server"
+  fi
+fi
 "$DVS" ps
 cat <<EOF
 
-dvs is running: one node, DC "web", instance "web" (VOS with http + echo).
-  web server:   $URL            (try: curl $URL)
+dvs is running: one node, DC "web", instance "web" (a VOS with http on fs on disk, on volume web-data; and echo).
+  web server:   $PAGE  (and the listing at $URL; PUT a file with: curl -T FILE ${URL}FILE)
   console:      target/release/dvs logs web
   node:         target/release/dvs node status
   stop it all:  make stop

@@ -69,10 +69,9 @@ pub const REQUEST: u32 = 0x6673_7201;
 pub const REPLY: u32 = 0x6673_7202;
 /// The most bytes one `Read` or `Write` moves.
 pub const MAX_IO: u32 = 256 * 1024;
-/// The longest path in bytes.
-pub const MAX_PATH: usize = 1024;
-/// The longest name (one path component) in bytes.
-pub const MAX_NAME: usize = 255;
+/// The path rules are the file system's own, written once in `dvs_fs::path`: the http server
+/// runs `validate_path` after percent-decoding, the fs server on every path it pulls from a client.
+pub use dvs_fs::path::{check as validate_path, PathError, MAX_NAME, MAX_PATH};
 /// Bytes of a listing entry before its name.
 pub const ENTRY_HEADER: usize = 10;
 
@@ -345,75 +344,6 @@ impl fmt::Display for FsError {
 message_codec!(FsRequest, REQUEST, "fs request");
 
 message_codec!(FsReply, REPLY, "fs reply");
-
-/// Why a path was refused by [`validate_path`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PathError {
-    /// Longer than [`MAX_PATH`].
-    TooLong {
-        /// Its length.
-        len: usize,
-    },
-    /// Not valid UTF-8.
-    NotUtf8,
-    /// Does not start with `/`.
-    NotAbsolute,
-    /// An empty component (`//`, or a trailing `/`).
-    EmptyComponent,
-    /// A `.` or `..` component.
-    DotComponent,
-    /// A component longer than [`MAX_NAME`].
-    NameTooLong {
-        /// Its length.
-        len: usize,
-    },
-    /// A NUL or other ASCII control byte at this offset.
-    BadByte {
-        /// Offset in the path.
-        at: usize,
-    },
-}
-
-impl fmt::Display for PathError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            PathError::TooLong { len } => write!(f, "path of {len} bytes; at most {MAX_PATH}"),
-            PathError::NotUtf8 => f.write_str("path is not UTF-8"),
-            PathError::NotAbsolute => f.write_str("path does not start with /"),
-            PathError::EmptyComponent => f.write_str("empty path component"),
-            PathError::DotComponent => f.write_str(". or .. in the path"),
-            PathError::NameTooLong { len } => write!(f, "name of {len} bytes; at most {MAX_NAME}"),
-            PathError::BadByte { at } => write!(f, "control byte at offset {at} of the path"),
-        }
-    }
-}
-
-/// Checks a path: absolute, `/` alone or `/name(/name)*`, each name 1..=[`MAX_NAME`] bytes and
-/// not `.` or `..`, no NUL or other ASCII control byte, at most [`MAX_PATH`] bytes, UTF-8. The
-/// same rules as the file system's own; the http server runs it after percent-decoding, the fs
-/// server on every path it pulls from a client.
-pub fn validate_path(bytes: &[u8]) -> Result<&str, PathError> {
-    if bytes.len() > MAX_PATH {
-        return Err(PathError::TooLong { len: bytes.len() });
-    }
-    if let Some(at) = bytes.iter().position(|&b| b < 0x20 || b == 0x7f) {
-        return Err(PathError::BadByte { at });
-    }
-    let s = core::str::from_utf8(bytes).map_err(|_| PathError::NotUtf8)?;
-    let rest = s.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
-    if rest.is_empty() {
-        return Ok(s);
-    }
-    for name in rest.split('/') {
-        match name {
-            "" => return Err(PathError::EmptyComponent),
-            "." | ".." => return Err(PathError::DotComponent),
-            n if n.len() > MAX_NAME => return Err(PathError::NameTooLong { len: n.len() }),
-            _ => {}
-        }
-    }
-    Ok(s)
-}
 
 /// Appends one listing entry at `out[at..]`; returns the offset after it, or `None` (and writes
 /// nothing) if it does not fit or the name is longer than [`MAX_NAME`].

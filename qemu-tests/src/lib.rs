@@ -99,6 +99,27 @@ impl Drop for TempDir {
     }
 }
 
+/// `len` bytes of test data that differ with `seed`, for byte-exact round trips.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i ^ seed).wrapping_mul(2654435761).to_le_bytes()[2])
+        .collect()
+}
+
+/// The first offset at which `a` and `b` differ, over their common length.
+pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+/// Creates a sparse raw disk image of `mib` MiB at `path` (panics with the path on failure).
+pub fn sparse_image(path: &Path, mib: u64) -> std::fs::File {
+    let f = std::fs::File::create(path)
+        .unwrap_or_else(|e| panic!("create image {}: {e}", path.display()));
+    f.set_len(mib << 20)
+        .unwrap_or_else(|e| panic!("size image {}: {e}", path.display()));
+    f
+}
+
 /// Internet checksum (RFC 1071) of `data`.
 pub fn inet_checksum(data: &[u8]) -> u16 {
     let mut sum = 0u32;

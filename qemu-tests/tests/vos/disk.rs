@@ -9,7 +9,7 @@ use dvs_vos_proto::disk::{
 };
 use m3ipc_core::ErrorCode;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const DISK_EP: u32 = 20;
 const CLIENT: Endpoint = Endpoint(HOST_EP);
@@ -25,23 +25,6 @@ struct DiskVm {
     vm: Machine,
     host: EnginePort<DgramPort>,
     image: PathBuf,
-}
-
-/// `len` bytes of a pattern seeded by `seed`.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i ^ seed).wrapping_mul(2654435761).to_le_bytes()[2])
-        .collect()
-}
-
-/// A sparse raw image of `mib` MiB at `path`, with `fill` written at byte `at`.
-fn sparse_image(path: &Path, mib: u64, at: u64, fill: &[u8]) {
-    let f = std::fs::File::create(path)
-        .unwrap_or_else(|e| panic!("create image {}: {e}", path.display()));
-    f.set_len(mib << 20)
-        .unwrap_or_else(|e| panic!("size image {}: {e}", path.display()));
-    f.write_all_at(fill, at)
-        .unwrap_or_else(|e| panic!("fill image {}: {e}", path.display()));
 }
 
 /// Boots the disk server on endpoint 20 over the image `image` (read-only if `ro`).
@@ -120,10 +103,6 @@ fn read(block: u64, count: u32, buf_offset: u64) -> DiskRequest {
     }
 }
 
-fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
-    a.iter().zip(b).position(|(x, y)| x != y)
-}
-
 /// Info, a seeded 64-block write, flush, byte-exact read-back, requests out of range, too large,
 /// beyond the client's buffer and malformed (each answered with an error, the guest serving
 /// on), a second client interleaving with the first (both queued and answered), the counters,
@@ -134,7 +113,7 @@ fn disk_server_reads_writes_flushes_and_refuses_bad_requests() {
     let a = accel();
     let dir = TempDir::new().expect("scratch dir");
     let image = dir.join("disk.img");
-    sparse_image(&image, IMAGE_MIB, 0, &[]);
+    sparse_image(&image, IMAGE_MIB);
     let mut d = boot_disk(&dir, a, MachineType::Microvm, image, false);
     let t = secs(a, 5);
 
@@ -347,7 +326,7 @@ fn disk_server_moves_4_mib_in_256_kib_requests() {
     let a = accel();
     let dir = TempDir::new().expect("scratch dir");
     let image = dir.join("disk.img");
-    sparse_image(&image, IMAGE_MIB, 0, &[]);
+    sparse_image(&image, IMAGE_MIB);
     let mut d = boot_disk(&dir, a, MachineType::Microvm, image, false);
     let t = secs(a, 10);
     let total = 4usize << 20;
@@ -397,7 +376,7 @@ fn disk_server_on_q35() {
     let a = accel();
     let dir = TempDir::new().expect("scratch dir");
     let image = dir.join("disk.img");
-    sparse_image(&image, IMAGE_MIB, 0, &[]);
+    sparse_image(&image, IMAGE_MIB);
     let mut d = boot_disk(&dir, a, MachineType::Q35, image, false);
     let t = secs(a, 5);
     assert_eq!(
@@ -424,7 +403,9 @@ fn disk_server_on_a_read_only_drive() {
     let dir = TempDir::new().expect("scratch dir");
     let image = dir.join("ro.img");
     let data = pattern(8 * BS, 99);
-    sparse_image(&image, 1, 5 * BS as u64, &data);
+    sparse_image(&image, 1)
+        .write_all_at(&data, 5 * BS as u64)
+        .unwrap_or_else(|e| panic!("fill image {}: {e}", image.display()));
     let mut d = boot_disk(&dir, a, MachineType::Microvm, image, true);
     let t = secs(a, 5);
     d.set_buffer(CLIENT, vec![0; 8 * BS]);

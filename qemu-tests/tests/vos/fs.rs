@@ -28,20 +28,6 @@ const DATA: u64 = 4096;
 const FILE_LEN: usize = 1 << 20;
 const BUF_LEN: usize = DATA as usize + FILE_LEN;
 
-/// `len` bytes of a pattern seeded by `seed`.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i ^ seed).wrapping_mul(2654435761).to_le_bytes()[1])
-        .collect()
-}
-
-fn sparse_image(path: &Path, mib: u64) {
-    let f = std::fs::File::create(path)
-        .unwrap_or_else(|e| panic!("create image {}: {e}", path.display()));
-    f.set_len(mib << 20)
-        .unwrap_or_else(|e| panic!("size image {}: {e}", path.display()));
-}
-
 /// A guest running the fs server (and the disk server, if it has a drive) and the host engine
 /// with two client endpoints.
 struct FsVm {
@@ -235,10 +221,6 @@ impl FsVm {
             other => panic!("readdir {dir}: {other:?}"),
         }
     }
-}
-
-fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
-    a.iter().zip(b).position(|(x, y)| x != y)
 }
 
 fn fs_config_disk(dir: &TempDir) -> PathBuf {

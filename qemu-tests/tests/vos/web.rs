@@ -13,26 +13,6 @@ const WEB_EP: u32 = 22;
 const IMAGE_MIB: u64 = 64;
 const BIG: usize = 10 << 20;
 
-/// `len` bytes of a pattern seeded by `seed`.
-fn seeded(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn sparse_image(path: &Path, mib: u64) {
-    let f = std::fs::File::create(path)
-        .unwrap_or_else(|e| panic!("create image {}: {e}", path.display()));
-    f.set_len(mib << 20)
-        .unwrap_or_else(|e| panic!("size image {}: {e}", path.display()));
-}
-
 /// Boots a web guest on `endpoints` / `services` with `settings`, its publish NIC forwarding host
 /// `port` to guest port 80, `image` as its drive (if any), `mem` MiB of RAM.
 fn boot_fs_web(
@@ -127,7 +107,7 @@ fn web_on_fs_put_get_reboot_delete() {
     sparse_image(&image, IMAGE_MIB);
     let vm = all_in_one(&dir, a, "web-fs", port, &image);
     let t = secs(a, 60);
-    let data = seeded(BIG, 0x5eed_0010);
+    let data = pattern(BIG, 0x5eed_0010);
     let mut req = format!(
         "PUT /files/big.bin HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         data.len()
@@ -157,7 +137,7 @@ fn web_on_fs_put_get_reboot_delete() {
         mib_s(BIG, got)
     );
     // A second PUT of the same path replaces it (200).
-    let small = seeded(5000, 7);
+    let small = pattern(5000, 7);
     let mut req =
         b"PUT /files/small.txt HTTP/1.1\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n"
             .to_vec();

@@ -297,7 +297,9 @@ impl Machine {
     }
 
     /// Runs `fut` to completion on a current-thread tokio runtime of this thread (made on first
-    /// use): for sync tests and tools. Must not be called from inside a tokio runtime.
+    /// use): for sync tests and tools. Must not be called from inside a tokio runtime. A future
+    /// that needs the runtime when it is made (`tokio::time::timeout(..)`) must be made inside it:
+    /// pass `async { tokio::time::timeout(..).await }`, not the `timeout(..)` itself.
     pub fn block_on<F: Future>(fut: F) -> F::Output {
         thread_local! {
             static RT: Option<tokio::runtime::Runtime> = tokio::runtime::Builder::new_current_thread()

@@ -49,7 +49,8 @@ cluster-test: images
 	$(CARGO) build -p dvs-hypervisor --bin dvs
 	DVS_CLUSTER_TEST=1 $(CARGO) test -p dvs-test-support --test cluster
 
-## bench: criterion benchmarks and the system benchmarks; prints tables
+## bench: criterion benchmarks and the system benchmarks (VOS, cluster, density, the web server against nginx,
+## which scripts/bench-http.sh installs from Debian when missing); prints tables, writes target/bench/summary.json
 bench: setup images
 	@bash scripts/bench.sh
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make bench`: the criterion benchmarks of m3ipc-core as one table, then the VOS, cluster and density
-# benchmarks of dvs-bench (scripts/bench-vos.sh, scripts/bench-cluster.sh, scripts/bench-density.sh). Every
+# `make bench`: the criterion benchmarks of m3ipc-core as one table, then the VOS, cluster, density and web server
+# (against nginx) benchmarks of dvs-bench (scripts/bench-vos.sh, -cluster.sh, -density.sh, -http.sh). Every
 # part writes its figures to target/bench/<part>.json; at the end `dvs-bench summary` merges them into
 # target/bench/summary.json.
 set -euo pipefail
@@ -20,7 +20,7 @@ echo "(aims: encode/decode tens of ns; local sendrec < 200 ns)"
 mapfile -t figs < <(echo "$rows" | awk -F'\t' 'NF == 2 { n=$1; gsub(/ /, "_", n); printf "%s.ns_per_op=%s\n", n, $2 }')
 "$BENCH" put m3ipc-core "${figs[@]}"
 
-for s in scripts/bench-vos.sh scripts/bench-cluster.sh scripts/bench-density.sh; do
+for s in scripts/bench-vos.sh scripts/bench-cluster.sh scripts/bench-density.sh scripts/bench-http.sh; do
   echo
   bash "$s"
 done

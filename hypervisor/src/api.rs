@@ -49,6 +49,7 @@ impl From<InstanceError> for ApiError {
             InstanceError::BootConfig { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             InstanceError::NameTaken(_) => (StatusCode::CONFLICT, "name_taken"),
             InstanceError::EndpointTaken { .. } => (StatusCode::CONFLICT, "endpoint_taken"),
+            InstanceError::PortTaken { .. } => (StatusCode::CONFLICT, "port_taken"),
             InstanceError::Dc(_) => (StatusCode::BAD_REQUEST, "dc"),
             InstanceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             InstanceError::Image(ImageError::NotFound(_)) => (StatusCode::NOT_FOUND, "image"),

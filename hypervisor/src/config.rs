@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use dvs_proxy::ClusterMap;
+use dvs_proxy::tls::{PeerTls, TlsFiles};
+use dvs_proxy::{ClusterMap, ProxyConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::volumes::ByteSize;
@@ -75,6 +76,11 @@ pub struct NodeConfig {
     /// The largest volume an instance may ask for (`"16G"`, the default; K, M, G, T suffixes).
     #[serde(default = "default_max_volume")]
     pub max_volume: ByteSize,
+    /// Mutual TLS on peer links: `tls = { ca = "pki/ca.pem", cert = "pki/n1.pem", key = "pki/n1.key" }`
+    /// (relative to node.toml; from `dvs cluster init` and `dvs node cert`). Without it peer links are plain TCP,
+    /// which only a one-node cluster should use.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
 }
 
 impl NodeConfig {
@@ -123,6 +129,7 @@ pub fn load(path: &Path) -> anyhow::Result<(NodeConfig, ClusterMap)> {
     cfg.cluster = base.join(&cfg.cluster);
     cfg.data_dir = base.join(&cfg.data_dir);
     cfg.process_program = cfg.process_program.map(|p| base.join(p));
+    cfg.tls = cfg.tls.map(|t| t.relative_to(base));
     cfg.check()?;
     let cluster = load_cluster(&cfg.cluster)?;
     if cluster.node(m3ipc_core::NodeId(cfg.node)).is_none() {
@@ -146,4 +153,28 @@ pub fn load_cluster(path: &Path) -> anyhow::Result<ClusterMap> {
         .validate()
         .with_context(|| format!("cluster file {}", path.display()))?;
     Ok(cluster)
+}
+
+/// The proxy's configuration for this node: its TLS credentials loaded and checked (they must chain to the
+/// cluster CA and name this node), or, without `tls`, plain TCP peer links and a warning when the cluster has
+/// other nodes.
+pub fn proxy_config(cfg: &NodeConfig, cluster: ClusterMap) -> anyhow::Result<ProxyConfig> {
+    use anyhow::Context;
+    let node = m3ipc_core::NodeId(cfg.node);
+    let others = cluster.nodes.iter().filter(|n| n.id != cfg.node).count();
+    let mut pcfg = ProxyConfig::new(node, cluster)?;
+    match &cfg.tls {
+        Some(files) => {
+            let tls = PeerTls::load(files, node)
+                .with_context(|| format!("peer-link TLS of node {}", cfg.node))?;
+            pcfg.tls = Some(std::sync::Arc::new(tls));
+        }
+        None if others > 0 => tracing::warn!(
+            "node {}: no `tls` in node.toml: peer links to the {others} other node(s) are plain TCP, and \
+             anyone who reaches the proxy port can claim to be a node (see `dvs cluster init`)",
+            cfg.node
+        ),
+        None => {}
+    }
+    Ok(pcfg)
 }

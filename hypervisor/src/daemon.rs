@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use dvs_proxy::placement::PlacementView;
-use dvs_proxy::{Directory, Proxy, ProxyConfig, StaticDirectory};
+use dvs_proxy::{Directory, Proxy, StaticDirectory};
 use m3ipc_core::NodeId;
 
 use crate::api::{router, Api};
@@ -37,7 +37,7 @@ pub async fn serve(
         .context("node not in the cluster file")?
         .clone();
     let images = ImageStore::open(&cfg.data_dir)?;
-    let proxy = Proxy::start(ProxyConfig::new(NodeId(cfg.node), cluster)?).await?;
+    let proxy = Proxy::start(config::proxy_config(&cfg, cluster)?).await?;
     let listen = cfg.api_listen.unwrap_or(me.api);
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -72,7 +72,7 @@ pub struct InstanceEntry {
     /// Extra command-line words.
     #[serde(default)]
     pub args: Vec<String>,
-    /// `HOST:GUEST` port forwards.
+    /// Published TCP ports, `[ADDR:]HOST:GUEST` (ADDR an IPv4 address, default 127.0.0.1).
     #[serde(default)]
     pub publish: Vec<String>,
     /// Restart policy.
@@ -214,7 +214,7 @@ image = "vos"
 node = 1
 endpoints = [10]
 services = ["http", "echo"]
-publish = ["8080:80"]
+publish = ["8080:80", "0.0.0.0:8081:81"]
 restart = "on-failure"
 volumes = [{ name = "data", size = "64M" }]
 "#;
@@ -228,10 +228,18 @@ volumes = [{ name = "data", size = "64M" }]
         assert_eq!(spec.image, "ab".repeat(32));
         assert_eq!(
             spec.publish,
-            vec![Publish {
-                host: 8080,
-                guest: 80
-            }]
+            vec![
+                Publish {
+                    addr: Publish::DEFAULT_ADDR,
+                    host: 8080,
+                    guest: 80
+                },
+                Publish {
+                    addr: std::net::Ipv4Addr::UNSPECIFIED,
+                    host: 8081,
+                    guest: 81
+                }
+            ]
         );
         assert_eq!(spec.restart, RestartPolicy::OnFailure);
         assert_eq!(
@@ -250,7 +258,11 @@ volumes = [{ name = "data", size = "64M" }]
         assert!(e.to_string().contains("listed twice"), "{e}");
         let typo = TEXT.replace("endpoints", "endpoint");
         assert!(DcManifest::parse(&typo, Path::new("m.toml")).is_err());
-        let m = DcManifest::parse(&TEXT.replace("8080:80", "8080"), Path::new("m.toml")).unwrap();
+        let m = DcManifest::parse(
+            &TEXT.replace("\"8080:80\"", "\"8080\""),
+            Path::new("m.toml"),
+        )
+        .unwrap();
         assert!(m.spec(&m.instances[0], 1, &BTreeMap::new()).is_err());
         for (from, to, want) in [
             ("\"data\"", "\"../data\"", "volume name '../data'"),

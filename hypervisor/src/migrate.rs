@@ -94,6 +94,14 @@ pub async fn migrate_out(
         .unwrap_or_default()
         .as_micros() as u64;
     let gen = now.max(view.gen + 1);
+    // 0. Let node `to` take the endpoints over with `gen`: no node accepts another node's binding of
+    //    endpoints this node holds without the holder's grant (a Handover to every node).
+    if let Some(port) = old_port {
+        proxy
+            .grant_move(port, NodeId(to), gen)
+            .await
+            .map_err(|e| MigrateError::Invalid(format!("migrating '{name}' to node {to}: {e}")))?;
+    }
 
     // 1. Boot it at the destination, taking over the endpoints with the newer binding.
     let remote = NodeClient::new(&target.api.to_string());

@@ -234,6 +234,7 @@ fn node_config(dir: &std::path::Path) -> NodeConfig {
         process_program: Some(std::env::current_exe().unwrap()),
         api_listen: None,
         max_volume: ByteSize(256 << 20),
+        tls: None,
     }
 }
 
@@ -813,6 +814,72 @@ async fn volumes_outlive_their_instances() {
         "not_found"
     );
 
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Published ports are listened on by the node from `run` (a port in use refuses the run with a 409 that
+/// names it), carried by its publish gateway (a client is accepted at once, even before the guest takes it),
+/// shown in the view's counters, and free again once the instance is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_ports_are_held_from_run_to_stop() {
+    use dvs_hypervisor::instances::Publish;
+    let dir = std::env::temp_dir().join(format!("dvs-node-publish-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let node = TestNode::start(node_config(&dir), one_node_cluster()).await;
+    let c = node.c.clone();
+    push_vos(&c).await;
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let mut s = spec("echo-busy", 1, &[30], &["echo"], &[]);
+    s.publish = vec![format!("{busy_port}:80").parse::<Publish>().unwrap()];
+    let e = c.run(&run(s)).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("HTTP 409")
+            && msg.contains(&format!("127.0.0.1:{busy_port}"))
+            && msg.contains("in use"),
+        "{msg}"
+    );
+    assert_eq!(code(e), "port_taken");
+    assert!(
+        c.instance("echo-busy").await.is_err(),
+        "nothing was created"
+    );
+
+    let (p1, p2) = (free_port(), free_port());
+    let mut s = spec("echo-pub", 1, &[31], &["echo"], &[]);
+    s.publish = vec![
+        format!("{p1}:80").parse().unwrap(),
+        format!("0.0.0.0:{p2}:80").parse().unwrap(),
+    ];
+    c.run(&run(s)).await.unwrap();
+    let v = wait(&c, "echo-pub", "running", |v| v.state == State::Running).await;
+    assert_eq!(
+        v.spec
+            .publish
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>(),
+        [format!("{p1}:80"), format!("0.0.0.0:{p2}:80")]
+    );
+    // Both addresses are listened on; the double never takes the publish link, so the clients wait there.
+    let _a = std::net::TcpStream::connect(("127.0.0.1", p1)).expect("the loopback port");
+    let _b = std::net::TcpStream::connect(("127.0.0.1", p2)).expect("the 0.0.0.0 port");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = c.instance("echo-pub").await.unwrap();
+        let pc = v.publish.expect("publish counters in the view");
+        if pc.accepted == 2 {
+            assert_eq!((pc.waiting, pc.connected), (2, 0), "{pc:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pc:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.stop("echo-pub").await.unwrap();
+    TcpListener::bind(("127.0.0.1", p1)).expect("the port is free after stop");
+    TcpListener::bind(("0.0.0.0", p2)).expect("the 0.0.0.0 port is free after stop");
     node.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,6 +17,9 @@ pub enum Drop {
     NoRoute,
     /// A frame went round between nodes too often.
     Loop,
+    /// A peer sent a frame as an endpoint (or a LAN source MAC) that is not its own: the M3-IPC source is not
+    /// placed on that peer (nor left it a moment ago), or the MAC belongs to a port of this node.
+    PeerSpoofed,
 }
 
 /// Drops by reason.
@@ -34,6 +37,9 @@ pub struct Drops {
     pub no_route: u64,
     /// Loop guard.
     pub loop_guard: u64,
+    /// From a peer, as a source that is not the peer's.
+    #[serde(default)]
+    pub peer_spoofed: u64,
 }
 
 impl Drops {
@@ -46,6 +52,7 @@ impl Drops {
             Drop::QueueFull => &mut self.queue_full,
             Drop::NoRoute => &mut self.no_route,
             Drop::Loop => &mut self.loop_guard,
+            Drop::PeerSpoofed => &mut self.peer_spoofed,
         };
         *c += 1;
     }
@@ -58,6 +65,7 @@ impl Drops {
             + self.queue_full
             + self.no_route
             + self.loop_guard
+            + self.peer_spoofed
     }
 }
 
@@ -71,6 +79,7 @@ impl std::fmt::Display for Drops {
             ("queue_full", self.queue_full),
             ("no_route", self.no_route),
             ("loop_guard", self.loop_guard),
+            ("peer_spoofed", self.peer_spoofed),
         ];
         let parts: Vec<String> = all
             .iter()
@@ -174,4 +183,44 @@ pub struct PeerCounters {
     pub connects: u64,
     /// Frames to or from the peer that were dropped.
     pub drops: Drops,
+    /// Directory messages from the peer that were refused (an endpoint the peer does not own, a handover from
+    /// a node that is not the owner).
+    #[serde(default)]
+    pub dir_refused: u64,
+}
+
+/// Peer links refused before they carried anything, by reason (the peer may not be a node at all, so these
+/// are not per peer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCounters {
+    /// The TLS handshake failed: no certificate, one of another CA, plain TCP where TLS is on (or TLS where it
+    /// is off), a bad or late handshake.
+    pub tls_refused: u64,
+    /// The certificate is of the cluster CA but names another node than the one dialled or the one the peer
+    /// claims in its Hello.
+    pub id_mismatch: u64,
+    /// The Hello was missing, late, of another protocol version, or from a node that should not connect here.
+    pub hello_refused: u64,
+}
+
+/// Why a peer link was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkRefusal {
+    /// See [`LinkCounters::tls_refused`].
+    Tls,
+    /// See [`LinkCounters::id_mismatch`].
+    IdMismatch,
+    /// See [`LinkCounters::hello_refused`].
+    Hello,
+}
+
+impl LinkCounters {
+    /// Counts one refusal.
+    pub fn add(&mut self, why: LinkRefusal) {
+        match why {
+            LinkRefusal::Tls => self.tls_refused += 1,
+            LinkRefusal::IdMismatch => self.id_mismatch += 1,
+            LinkRefusal::Hello => self.hello_refused += 1,
+        }
+    }
 }

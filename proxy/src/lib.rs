@@ -13,6 +13,7 @@ pub mod placement;
 pub mod port;
 mod runtime;
 pub mod switch;
+pub mod tls;
 
 pub use cluster::{ClusterMap, DcInfo, Directory, NodeInfo, StaticDirectory};
 pub use placement::{DirMsg, PortId};

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::placement::DirMsg;
 
 /// Version of this protocol, checked in Hello.
-pub const PROTOCOL: u16 = 1;
+pub const PROTOCOL: u16 = 2;
 /// The largest message a proxy accepts (directory snapshots are the big ones).
 pub const MAX_MESSAGE: usize = 4 << 20;
 

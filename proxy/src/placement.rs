@@ -51,6 +51,15 @@ pub enum DirMsg {
         /// The endpoint's new node, if it moved.
         moved_to: Option<u16>,
     },
+    /// The sender, which holds this endpoint, lets node `to` take it over with a binding of generation
+    /// `binding.gen` or newer (a migration's first step): without it, no node accepts another node's binding of
+    /// an endpoint that the sender holds.
+    Handover {
+        /// The endpoint and the generation the new place will bind it with.
+        binding: Binding,
+        /// The new place.
+        to: u16,
+    },
     /// The instance with this MAC address left the sender (stopped or moved): forget where it was learned, so
     /// that frames for it flood the DC again and find its new place.
     MacGone {

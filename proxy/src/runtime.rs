@@ -1,6 +1,7 @@
 //! The proxy on tokio: the switch behind a lock, VM ports, and one peer link per other node (dialled by the
 //! lower node id, accepted by the higher), with batching, heartbeats, reconnect with backoff and a bounded
-//! queue per peer.
+//! queue per peer. With [`ProxyConfig::tls`] a link is mutual TLS 1.3 and the peer's certificate must name the
+//! node it is (see [`crate::tls`]); without, plain TCP (a one-node cluster).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,16 +10,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use m3ipc_core::{DcId, Endpoint, Instant, NodeId};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::ClusterMap;
-use crate::counters::Drop;
+use crate::counters::{Drop, LinkRefusal};
 use crate::peer::{PeerError, PeerMsg, PROTOCOL};
 use crate::placement::{Place, PlacementView, PortId};
 use crate::port::{self, PortHandle, PortKind, VmPort};
 use crate::switch::{MacConfig, Out, PortSpec, Stats, Switch, SwitchError, Via};
+use crate::tls::PeerTls;
 
 /// How a proxy runs.
 #[derive(Clone, Debug)]
@@ -37,6 +39,9 @@ pub struct ProxyConfig {
     pub peer_queue: usize,
     /// How the switch's per-DC MAC tables age and how many addresses they keep.
     pub macs: MacConfig,
+    /// Mutual TLS on peer links with these credentials; `None`: plain TCP, for a one-node cluster (anyone who
+    /// reaches the peer port can then speak as a node).
+    pub tls: Option<Arc<PeerTls>>,
 }
 
 impl ProxyConfig {
@@ -52,6 +57,7 @@ impl ProxyConfig {
             dead_after: Duration::from_secs(3),
             peer_queue: 1024,
             macs: MacConfig::default(),
+            tls: None,
         })
     }
 }
@@ -65,6 +71,14 @@ pub enum ProxyError {
     /// The switch refused.
     #[error(transparent)]
     Switch(#[from] SwitchError),
+    /// The TLS credentials are for another node.
+    #[error("the TLS credentials are for {tls}, this proxy is {node}")]
+    TlsForOtherNode {
+        /// This node.
+        node: NodeId,
+        /// The credentials' node.
+        tls: NodeId,
+    },
     /// A socket could not be opened.
     #[error("{what}: {source}")]
     Io {
@@ -106,6 +120,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Proxy {
     /// Starts the proxy: accepts peer links on `cfg.listen` and dials the nodes with higher ids.
     pub async fn start(cfg: ProxyConfig) -> Result<Proxy, ProxyError> {
+        if let Some(tls) = cfg.tls.as_ref().filter(|t| t.node() != cfg.node) {
+            return Err(ProxyError::TlsForOtherNode {
+                node: cfg.node,
+                tls: tls.node(),
+            });
+        }
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| ProxyError::Io {
@@ -157,7 +177,8 @@ impl Proxy {
     /// Opens a VM port of `kind` for an instance holding `spec`.
     pub async fn add_port(&self, spec: PortSpec, kind: &PortKind) -> Result<PortId, ProxyError> {
         let mut out = vec![];
-        let id = lock(&self.core.switch).add_port(spec, &mut out)?;
+        let now = self.core.now();
+        let id = lock(&self.core.switch).add_port(now, spec, &mut out)?;
         let core = self.core.clone();
         let sink: port::Sink = Arc::new(move |frame: Bytes| {
             let core = core.clone();
@@ -210,6 +231,20 @@ impl Proxy {
         Ok(r?)
     }
 
+    /// Lets node `to` take over a port's endpoints with a binding of generation `gen` or newer (before it binds
+    /// them); see [`Switch::grant_move`].
+    pub async fn grant_move(&self, id: PortId, to: NodeId, gen: u64) -> Result<(), ProxyError> {
+        let mut out = vec![];
+        let r = lock(&self.core.switch).grant_move(id, to, gen, &mut out);
+        self.core.dispatch(out, true).await;
+        Ok(r?)
+    }
+
+    /// True if peer links are mutual TLS.
+    pub fn tls(&self) -> bool {
+        self.core.cfg.tls.is_some()
+    }
+
     /// Announces a port's endpoints now, if its first frame has not done it yet.
     pub async fn announce_port(&self, id: PortId) {
         let mut out = vec![];
@@ -230,6 +265,11 @@ impl Proxy {
     /// Where an endpoint lives, as far as this node knows.
     pub fn lookup(&self, dc: DcId, ep: Endpoint) -> Option<Place> {
         lock(&self.core.switch).lookup(dc, ep)
+    }
+
+    /// The handover grant this node knows for an endpoint: (holder, new place, generation).
+    pub fn grant(&self, dc: DcId, ep: Endpoint) -> Option<(NodeId, NodeId, u64)> {
+        lock(&self.core.switch).grant(dc, ep)
     }
 
     /// Every known endpoint placement.
@@ -350,6 +390,24 @@ impl Core {
     }
 }
 
+/// How long a peer has for the TLS handshake and for its Hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A link refused before it carried anything: the counter it goes to (none for a failed connect) and why.
+type Refusal = (Option<LinkRefusal>, PeerError);
+
+fn refusal(why: LinkRefusal, e: impl Into<PeerError>) -> Refusal {
+    (Some(why), e.into())
+}
+
+impl Core {
+    fn count_refusal(&self, r: &Refusal) {
+        if let Some(why) = r.0 {
+            lock(&self.switch).count_link_refused(why);
+        }
+    }
+}
+
 async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
     loop {
         let Ok((stream, addr)) = listener.accept().await else {
@@ -358,12 +416,88 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
         };
         let core = core.clone();
         tokio::spawn(async move {
-            match handshake(&core, stream, None).await {
-                Ok((node, stream)) => run_session(core, node, stream).await,
-                Err(e) => tracing::warn!("peer link from {addr} refused: {e}"),
+            if let Err(r) = accept_link(core.clone(), stream).await {
+                core.count_refusal(&r);
+                tracing::warn!("peer link from {addr} refused: {}", r.1);
             }
         });
     }
+}
+
+/// Runs the accepting side of one link: TLS (when on), Hello, then the session until it ends.
+async fn accept_link(core: Arc<Core>, tcp: TcpStream) -> Result<(), Refusal> {
+    tcp.set_nodelay(true).map_err(|e| (None, e.into()))?;
+    let Some(tls) = core.cfg.tls.clone() else {
+        let (node, stream) = hello(&core, tcp, None, |_| Ok(())).await?;
+        let (rd, wr) = stream.into_split();
+        run_session(core, node, rd, wr).await;
+        return Ok(());
+    };
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp))
+        .await
+        .map_err(|_| {
+            refusal(
+                LinkRefusal::Tls,
+                PeerError::Protocol("no TLS handshake".into()),
+            )
+        })?
+        .map_err(|e| refusal(LinkRefusal::Tls, e))?;
+    let certs = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .unwrap_or_default()
+        .to_vec();
+    let (node, stream) = hello(&core, stream, None, |node| {
+        tls.names(&certs, node).map_err(|why| {
+            let why = format!("claims to be {node}, but its certificate does not name it: {why}");
+            refusal(LinkRefusal::IdMismatch, PeerError::Protocol(why))
+        })
+    })
+    .await?;
+    let (rd, wr) = tokio::io::split(stream);
+    run_session(core, node, rd, wr).await;
+    Ok(())
+}
+
+/// Runs the dialling side of one link to `node`: connect, TLS (when on), Hello, then the session until it ends.
+async fn dial_link(core: &Arc<Core>, node: NodeId, addr: SocketAddr) -> Result<(), Refusal> {
+    let tcp = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            (
+                None,
+                PeerError::Protocol(format!("connect to {addr} timed out")),
+            )
+        })?
+        .map_err(|e| (None, e.into()))?;
+    tcp.set_nodelay(true).map_err(|e| (None, e.into()))?;
+    let Some(tls) = core.cfg.tls.clone() else {
+        let (node, stream) = hello(core, tcp, Some(node), |_| Ok(())).await?;
+        let (rd, wr) = stream.into_split();
+        run_session(core.clone(), node, rd, wr).await;
+        return Ok(());
+    };
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(tcp, node))
+        .await
+        .map_err(|_| {
+            refusal(
+                LinkRefusal::Tls,
+                PeerError::Protocol("no TLS handshake".into()),
+            )
+        })?
+        .map_err(|e| {
+            let why = if crate::tls::is_name_mismatch(&e) {
+                LinkRefusal::IdMismatch
+            } else {
+                LinkRefusal::Tls
+            };
+            refusal(why, e)
+        })?;
+    let (node, stream) = hello(core, stream, Some(node), |_| Ok(())).await?;
+    let (rd, wr) = tokio::io::split(stream);
+    run_session(core.clone(), node, rd, wr).await;
+    Ok(())
 }
 
 async fn dial_loop(core: Arc<Core>, node: NodeId) {
@@ -372,63 +506,76 @@ async fn dial_loop(core: Arc<Core>, node: NodeId) {
     };
     let mut backoff = Duration::from_millis(50);
     loop {
-        let attempt = async {
-            let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
-                .await
-                .map_err(|_| PeerError::Protocol(format!("connect to {addr} timed out")))??;
-            handshake(&core, stream, Some(node)).await
-        };
-        match attempt.await {
-            Ok((node, stream)) => {
-                backoff = Duration::from_millis(50);
-                run_session(core.clone(), node, stream).await;
+        match dial_link(&core, node, addr).await {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(r) => {
+                core.count_refusal(&r);
+                if r.0.is_some() {
+                    tracing::warn!("peer link to {node} at {addr} refused: {}", r.1);
+                } else {
+                    tracing::debug!("peer link to {node} at {addr}: {}", r.1);
+                }
             }
-            Err(e) => tracing::debug!("peer link to {node} at {addr}: {e}"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
-/// Exchanges Hello messages; `expect` is the node we dialled (None when accepting).
-async fn handshake(
+/// Exchanges Hello messages; `expect` is the node we dialled (None when accepting), `vouch` checks the claimed
+/// node against the peer's certificate before anything else is believed.
+async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
     core: &Core,
-    mut stream: TcpStream,
+    mut stream: S,
     expect: Option<NodeId>,
-) -> Result<(NodeId, TcpStream), PeerError> {
-    stream.set_nodelay(true)?;
+    vouch: impl FnOnce(NodeId) -> Result<(), Refusal>,
+) -> Result<(NodeId, S), Refusal> {
+    let bad = |e: PeerError| refusal(LinkRefusal::Hello, e);
     let mut buf = vec![];
     PeerMsg::Hello {
         node: core.cfg.node.0,
         protocol: PROTOCOL,
     }
     .encode(&mut buf);
-    stream.write_all(&buf).await?;
-    let msg = tokio::time::timeout(Duration::from_secs(5), PeerMsg::read(&mut stream, &mut buf))
+    stream.write_all(&buf).await.map_err(|e| bad(e.into()))?;
+    stream.flush().await.map_err(|e| bad(e.into()))?;
+    let msg = tokio::time::timeout(HANDSHAKE_TIMEOUT, PeerMsg::read(&mut stream, &mut buf))
         .await
-        .map_err(|_| PeerError::Protocol("no Hello within 5 s".into()))??;
+        .map_err(|_| bad(PeerError::Protocol("no Hello within 5 s".into())))?
+        .map_err(bad)?;
     let PeerMsg::Hello { node, protocol } = msg else {
-        return Err(PeerError::Protocol(format!("expected Hello, got {msg:?}")));
+        return Err(bad(PeerError::Protocol(format!(
+            "expected Hello, got {msg:?}"
+        ))));
     };
     let node = NodeId(node);
-    if protocol != PROTOCOL {
-        return Err(PeerError::Protocol(format!(
-            "{node} speaks protocol {protocol}, we speak {PROTOCOL}"
-        )));
+    vouch(node)?;
+    if let Some(e) = expect.filter(|&e| e != node) {
+        let why = format!("dialled {e}, but it says it is {node}");
+        return Err(refusal(LinkRefusal::IdMismatch, PeerError::Protocol(why)));
     }
-    if !core.peers.contains_key(&node) || expect.is_some_and(|e| e != node) {
-        return Err(PeerError::Protocol(format!("unexpected {node}")));
+    if protocol != PROTOCOL {
+        return Err(bad(PeerError::Protocol(format!(
+            "{node} speaks protocol {protocol}, we speak {PROTOCOL}"
+        ))));
+    }
+    if !core.peers.contains_key(&node) {
+        return Err(bad(PeerError::Protocol(format!("unexpected {node}"))));
     }
     if expect.is_none() && node > core.cfg.node {
-        return Err(PeerError::Protocol(format!(
+        return Err(bad(PeerError::Protocol(format!(
             "{node} has the higher id: we dial it"
-        )));
+        ))));
     }
     Ok((node, stream))
 }
 
 /// Runs one connected link until it fails or a newer connection replaces it.
-async fn run_session(core: Arc<Core>, node: NodeId, stream: TcpStream) {
+async fn run_session<R, W>(core: Arc<Core>, node: NodeId, rd: R, mut wr: W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let Some(peer) = core.peers.get(&node) else {
         return;
     };
@@ -450,7 +597,6 @@ async fn run_session(core: Arc<Core>, node: NodeId, stream: TcpStream) {
             }
         }
     }
-    let (rd, mut wr) = stream.into_split();
     let reader = read_loop(&core, node, rd);
     let writer = write_loop(&core, node, &mut rx, &mut wr);
     let why = tokio::select! {
@@ -466,10 +612,10 @@ async fn run_session(core: Arc<Core>, node: NodeId, stream: TcpStream) {
     core.dispatch(out, false).await;
 }
 
-async fn read_loop(
+async fn read_loop<R: AsyncRead + Unpin>(
     core: &Core,
     node: NodeId,
-    rd: tokio::net::tcp::OwnedReadHalf,
+    rd: R,
 ) -> Result<(), PeerError> {
     let mut rd = BufReader::with_capacity(1 << 16, rd);
     let mut body = Vec::with_capacity(2048);
@@ -484,7 +630,10 @@ async fn read_loop(
                 lock(&core.switch).peer_frame(now, node, DcId(dc), hops, frame, &mut out);
                 core.dispatch(out, false).await;
             }
-            PeerMsg::Dir(d) => lock(&core.switch).handle_dir(node, d),
+            PeerMsg::Dir(d) => {
+                let now = core.now();
+                lock(&core.switch).handle_dir(now, node, d)
+            }
             PeerMsg::Heartbeat => {}
             PeerMsg::Hello { .. } => {
                 return Err(PeerError::Protocol("Hello in the middle of a link".into()))
@@ -493,12 +642,13 @@ async fn read_loop(
     }
 }
 
-/// Writes queued messages, as many per write as are waiting (no added delay when idle), and heartbeats.
-async fn write_loop(
+/// Writes queued messages, as many per write as are waiting (no added delay when idle), and heartbeats. One
+/// write and one flush per batch: over TLS the batch becomes as few records as fit (16 KiB each), sent at once.
+async fn write_loop<W: AsyncWrite + Unpin>(
     core: &Core,
     node: NodeId,
     rx: &mut mpsc::Receiver<PeerMsg>,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    wr: &mut W,
 ) -> Result<(), PeerError> {
     const BATCH: usize = 1 << 16;
     let mut buf = Vec::with_capacity(BATCH + 2048);
@@ -517,6 +667,7 @@ async fn write_loop(
             m.encode(&mut buf);
         }
         wr.write_all(&buf).await?;
+        wr.flush().await?;
         lock(&core.switch).count_peer_write(node, frames, buf.len() as u64);
     }
 }

@@ -1,10 +1,11 @@
 //! Test-only glue for the VOS tests in `tests/vos.rs`: where the images are, one QEMU test at a
-//! time, scratch directories, and the raw frames (ARP, ICMP) the fabric tests send.
+//! time, scratch directories, the raw frames (ARP, ICMP, UDP) the fabric and publish-NIC tests send,
+//! and [`Published`]: the node's publish gateway (`dvs-publish`) for a test machine's publish NIC.
 //!
 //! Everything about starting a machine (the VM spec, QEMU's flags, the control channel, the
 //! engine-over-a-port loop) is `dvs-instance`'s; nothing here knows a QEMU flag.
 
-use dvs_instance::Accel;
+use dvs_instance::{Accel, Nic, NicBackend};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -186,6 +187,151 @@ pub fn icmp_echo_frame(
     f.extend_from_slice(&ip);
     f.extend_from_slice(&icmp);
     f
+}
+
+/// An Ethernet frame carrying a UDP datagram from `(mac, ip, port)` to `(mac, ip, port)`, both
+/// checksums filled in.
+pub fn udp_frame(
+    (smac, src, sport): ([u8; 6], [u8; 4], u16),
+    (dmac, dst, dport): ([u8; 6], [u8; 4], u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let ulen = (8 + payload.len()) as u16;
+    let mut udp = Vec::with_capacity(ulen as usize);
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&ulen.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::with_capacity(12 + udp.len());
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&ulen.to_be_bytes());
+    pseudo.extend_from_slice(&udp);
+    let c = match inet_checksum(&pseudo) {
+        0 => 0xffff,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    let total = (20 + udp.len()) as u16;
+    let mut ip = vec![0x45u8, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = inet_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dmac);
+    f.extend_from_slice(&smac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// The payload of a UDP frame from `src:sport` to `dst:dport`, if `f` is one.
+pub fn udp_payload(
+    f: &[u8],
+    (src, sport): ([u8; 4], u16),
+    (dst, dport): ([u8; 4], u16),
+) -> Option<&[u8]> {
+    if f.len() < 42 || f[12..14] != [8, 0] || f[14] >> 4 != 4 || f[23] != 17 {
+        return None;
+    }
+    let ihl = usize::from(f[14] & 0xf) * 4;
+    let udp = f.get(14 + ihl..)?;
+    if f[26..30] != src || f[30..34] != dst || udp.len() < 8 {
+        return None;
+    }
+    let (sp, dp) = (
+        u16::from_be_bytes([udp[0], udp[1]]),
+        u16::from_be_bytes([udp[2], udp[3]]),
+    );
+    let len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    (sp == sport && dp == dport && (8..=udp.len()).contains(&len)).then(|| &udp[8..len])
+}
+
+/// The node's publish gateway for a test machine: listens on a free port of 127.0.0.1 and on the
+/// link socket that the machine's publish NIC ([`Published::nic`]) connects to, on a tokio runtime
+/// of its own. Start it before the machine (QEMU connects at start); dropping it stops it.
+pub struct Published {
+    gw: Option<dvs_publish::GatewayHandle>,
+    rt: Option<tokio::runtime::Runtime>,
+    link: PathBuf,
+    /// The host port clients connect to.
+    pub port: u16,
+}
+
+impl Published {
+    /// A gateway carrying host port [`Published::port`] to guest TCP port `guest_port`, the link at
+    /// `link`, with the node's defaults (64 guest connections at once, the web server's slots).
+    pub fn start(link: &Path, guest_port: u16) -> Published {
+        Published::with_config(link, guest_port, dvs_publish::Config::default())
+    }
+
+    /// Like [`Published::start`] on host port `port` (of 127.0.0.1).
+    pub fn on_port(link: &Path, port: u16, guest_port: u16) -> Published {
+        Published::listen(link, port, guest_port, dvs_publish::Config::default())
+    }
+
+    /// Like [`Published::start`] with `cfg`.
+    pub fn with_config(link: &Path, guest_port: u16, cfg: dvs_publish::Config) -> Published {
+        Published::listen(link, 0, guest_port, cfg)
+    }
+
+    fn listen(link: &Path, port: u16, guest_port: u16, cfg: dvs_publish::Config) -> Published {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("publish-gw")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("a runtime for the publish gateway: {e}"));
+        let fwd = dvs_publish::Forward {
+            listen: ([127, 0, 0, 1], port).into(),
+            guest_port,
+        };
+        let gw = {
+            let _in = rt.enter();
+            dvs_publish::Gateway::bind(link, &[fwd], cfg)
+                .unwrap_or_else(|e| panic!("the publish gateway: {e}"))
+                .spawn()
+        };
+        let port = gw.local_addrs()[0].port();
+        Published {
+            gw: Some(gw),
+            rt: Some(rt),
+            link: link.to_path_buf(),
+            port,
+        }
+    }
+
+    /// The machine's publish NIC: a stream NIC on the gateway's link socket.
+    pub fn nic(&self, mac: [u8; 6]) -> Nic {
+        Nic {
+            backend: NicBackend::Stream {
+                path: self.link.clone(),
+            },
+            mac,
+        }
+    }
+
+    /// The gateway's counters now.
+    pub fn counters(&self) -> dvs_publish::Counters {
+        self.gw.as_ref().map(|g| g.counters()).unwrap_or_default()
+    }
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        if let (Some(gw), Some(rt)) = (self.gw.take(), self.rt.as_ref()) {
+            rt.block_on(gw.stop());
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 #[cfg(test)]

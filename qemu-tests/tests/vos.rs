@@ -11,8 +11,8 @@
 
 use dvs_instance::port::{DgramPort, EnginePort, HOST_MAC};
 use dvs_instance::{
-    Accel, Exit, Forward, Kernel, Machine, MachineType, Nic, NicBackend, Proto, QemuBackend,
-    ReadyError, VmBackend, VmSpec,
+    Accel, Exit, Kernel, Machine, MachineType, Nic, NicBackend, QemuBackend, ReadyError, VmBackend,
+    VmSpec,
 };
 use dvs_vos_abi::control::CONTROL_VERSION;
 use dvs_vos_abi::{BootConfig, Cidr, ControlRecord, Counters, IpConfig, Ready, Report, Service};
@@ -299,10 +299,8 @@ fn boot_ready_q35() {
     let mut cfg = config(&[GUEST_EP], &[Service::Echo, Service::Http], &[]);
     cfg.fabric = ip("10.0.2.15/24", None);
     let mut spec = vos(&dir, "q35", MachineType::Q35, a, Kernel::Config(cfg));
-    spec.nics.push(Nic {
-        backend: NicBackend::User { forwards: vec![] },
-        mac: nic_mac(0),
-    });
+    spec.nics
+        .push(dgram_nic(0, dir.join("g.sock"), dir.join("h.sock")));
     let mut vm = start(&spec);
     let r = ready(&mut vm, a);
     assert_eq!(
@@ -371,39 +369,20 @@ fn http_get_through_publish_nic_q35() {
     http_checks(MachineType::Q35);
 }
 
-/// Two NICs (dgram fabric, user-net publish); HTTP and UDP echo through the publish NIC.
+/// Two NICs (dgram fabric, the publish NIC on a publish gateway); HTTP through the publish NIC.
 fn http_checks(machine: MachineType) {
     let _g = exclusive();
     let a = accel();
-    let port = free_port();
     let dir = TempDir::new().expect("scratch dir");
-    let mut cfg = config(
-        &[GUEST_EP],
-        &[Service::Http, Service::Echo, Service::UdpEcho],
-        &[],
-    );
+    let mut cfg = config(&[GUEST_EP], &[Service::Http, Service::Echo], &[]);
     cfg.fabric = ip("10.1.0.2/24", None);
     cfg.publish = ip("10.0.2.15/24", Some([10, 0, 2, 2]));
     let mut spec = vos(&dir, "web", machine, a, Kernel::Config(cfg));
     spec.nics
         .push(dgram_nic(0, dir.join("g.sock"), dir.join("h.sock")));
-    spec.nics.push(Nic {
-        backend: NicBackend::User {
-            forwards: vec![
-                Forward {
-                    proto: Proto::Tcp,
-                    host: port,
-                    guest: 80,
-                },
-                Forward {
-                    proto: Proto::Udp,
-                    host: port,
-                    guest: 7,
-                },
-            ],
-        },
-        mac: nic_mac(1),
-    });
+    let gw = Published::start(&dir.join("pub.sock"), 80);
+    let port = gw.port;
+    spec.nics.push(gw.nic(nic_mac(1)));
     let mut vm = start(&spec);
     let r = ready(&mut vm, a);
     assert_eq!(r.macs, [nic_mac(0), nic_mac(1)], "both NICs: {r:?}");
@@ -454,21 +433,6 @@ fn http_checks(machine: MachineType) {
         &text[..text.len().min(600)]
     );
     assert!(out.len() > 65536, "big page truncated: {} bytes", out.len());
-    // UDP echo on the same NIC.
-    let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket");
-    u.set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("set a UDP read timeout");
-    let mut got = None;
-    for _ in 0..10 {
-        u.send_to(b"dvs udp echo", ("127.0.0.1", port))
-            .expect("send a UDP datagram");
-        let mut b = [0u8; 64];
-        if let Ok(n) = u.recv(&mut b) {
-            got = Some(b[..n].to_vec());
-            break;
-        }
-    }
-    assert_eq!(got.as_deref(), Some(&b"dvs udp echo"[..]), "no UDP echo");
     // Several clients at once.
     let clients: Vec<_> = (0..4)
         .map(|_| {
@@ -488,6 +452,78 @@ fn http_checks(machine: MachineType) {
         secs(a, 5),
         "with http_requests >= 9 and http_bad >= 1",
         |c| c.http_requests >= 9 && c.http_bad >= 1,
+    );
+    let c = gw.counters();
+    assert!(
+        c.connected >= 10 && c.timed_out == 0 && c.reset_by_guest == 0,
+        "the gateway's view: {c:?}"
+    );
+}
+
+/// UDP echo on the publish NIC, by raw frames: the test holds the NIC's other end (the publish
+/// gateway carries TCP only), sends a UDP datagram from the gateway's address to port 7, answers
+/// the guest's ARP for that address, and takes the echo.
+#[test]
+fn udp_echo_through_publish_nic() {
+    let _g = exclusive();
+    let a = accel();
+    let dir = TempDir::new().expect("scratch dir");
+    let mut cfg = config(&[GUEST_EP], &[Service::UdpEcho], &[]);
+    cfg.fabric = ip("10.1.0.2/24", None);
+    cfg.publish = ip("10.0.2.15/24", Some([10, 0, 2, 2]));
+    let mut spec = vos(&dir, "udp", MachineType::Microvm, a, Kernel::Config(cfg));
+    spec.nics
+        .push(dgram_nic(0, dir.join("g.sock"), dir.join("h.sock")));
+    let link = dir.join("pub.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&link).expect("bind the publish link");
+    spec.nics.push(Nic {
+        backend: NicBackend::Stream { path: link },
+        mac: nic_mac(1),
+    });
+    let mut vm = start(&spec);
+    listener
+        .set_nonblocking(false)
+        .expect("a blocking listener");
+    let (sock, _) = listener
+        .accept()
+        .expect("QEMU connects to the publish link");
+    let mut port = dvs_instance::StreamPort::from_stream(sock).expect("a stream port on the link");
+    ready(&mut vm, a);
+    let (host_mac, host_ip, guest_ip) = (HOST_MAC, [10, 0, 2, 2], [10, 0, 2, 15]);
+    let msg = b"dvs udp echo over the publish NIC";
+    let deadline = Instant::now() + secs(a, 10);
+    let mut buf = vec![0u8; 65536];
+    let mut got = None;
+    'outer: while Instant::now() < deadline {
+        use dvs_instance::FramePort;
+        let f = udp_frame((host_mac, host_ip, 40007), ([0xff; 6], guest_ip, 7), msg);
+        port.send(&f).expect("send the UDP frame");
+        let until = Instant::now() + Duration::from_millis(300);
+        while let Some(n) = port
+            .recv(&mut buf, until.saturating_duration_since(Instant::now()))
+            .expect("the publish link")
+        {
+            let fr = &buf[..n];
+            if fr.len() >= 42
+                && fr[12..14] == [8, 6]
+                && fr[20..22] == [0, 1]
+                && fr[38..42] == host_ip
+            {
+                // The guest asks who 10.0.2.2 is, to send its answer.
+                let gmac: [u8; 6] = fr[6..12].try_into().expect("six bytes");
+                let gip: [u8; 4] = fr[28..32].try_into().expect("four bytes");
+                port.send(&arp_frame(2, (host_mac, host_ip), (gmac, gip), gmac))
+                    .expect("send the ARP reply");
+            } else if let Some(p) = udp_payload(fr, (guest_ip, 7), (host_ip, 40007)) {
+                got = Some(p.to_vec());
+                break 'outer;
+            }
+        }
+    }
+    assert_eq!(
+        got.as_deref(),
+        Some(&msg[..]),
+        "no UDP echo on the publish NIC"
     );
 }
 
@@ -1107,27 +1143,94 @@ fn send_and_notify_reach_the_echo_task() {
     );
 }
 
-// ---- The web server through the publish NIC (QEMU user networking). ----
+// ---- The web server through the publish NIC (on a publish gateway, as the node runs it). ----
 
-/// A web guest (http only) whose publish NIC forwards host `port` to guest port 80, with
-/// `settings` (`http_*=`); waits for its Ready record.
-fn boot_web(dir: &TempDir, a: Accel, port: u16, settings: &[&str]) -> Machine {
+/// A web guest (http only) whose publish NIC is on a publish gateway carrying a free host port
+/// ([`Published::port`]) to guest port 80, with `settings` (`http_*=`); waits for its Ready
+/// record. The gateway takes its default 64 guest connections at once, whatever `http_slots=`
+/// says, so that these tests see the guest's own handling of full slots.
+fn boot_web(dir: &TempDir, a: Accel, settings: &[&str]) -> (Machine, Published) {
     let mut cfg = config(&[], &[Service::Http], settings);
     cfg.publish = ip("10.0.2.15/24", Some([10, 0, 2, 2]));
     let mut spec = vos(dir, "web", MachineType::Microvm, a, Kernel::Config(cfg));
-    spec.nics.push(Nic {
-        backend: NicBackend::User {
-            forwards: vec![Forward {
-                proto: Proto::Tcp,
-                host: port,
-                guest: 80,
-            }],
-        },
-        mac: nic_mac(0),
-    });
+    let gw = Published::start(&dir.join("pub.sock"), 80);
+    spec.nics.push(gw.nic(nic_mac(0)));
     let mut vm = start(&spec);
     ready(&mut vm, a);
-    vm
+    (vm, gw)
+}
+
+/// 200 clients at once on a web guest with its default slots (64, and 4 spare listeners), through
+/// the publish gateway with the node's defaults: every one is accepted (the kernel's full
+/// backlog), none is reset, and every request is answered 200 with the whole 64 KiB page; the
+/// gateway lets at most 64 at a time through to the guest and queues the rest.
+#[test]
+fn two_hundred_clients_at_once_through_the_publish_gateway() {
+    let _g = exclusive();
+    let a = accel();
+    let dir = TempDir::new().expect("scratch dir");
+    let (_vm, gw) = boot_web(&dir, a, &[]);
+    let port = gw.port;
+    let n = 200;
+    let t = secs(a, 30);
+    let go = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let t0 = Instant::now();
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            let go = go.clone();
+            std::thread::spawn(move || {
+                go.wait();
+                let r = exchange(port, b"GET /big HTTP/1.1\r\nConnection: close\r\n\r\n", t)
+                    .map_err(|e| format!("client {i}: {e}"))?;
+                if r.status != 200 || r.body.len() != 65536 {
+                    return Err(format!(
+                        "client {i}: status {} with {} bytes: {}",
+                        r.status,
+                        r.body.len(),
+                        r.head
+                    ));
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let failed: Vec<String> = clients
+        .into_iter()
+        .filter_map(|c| c.join().expect("client thread").err())
+        .collect();
+    let took = t0.elapsed();
+    assert!(
+        failed.is_empty(),
+        "{} of {n} clients failed, e.g. {:?}; gateway {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)],
+        gw.counters()
+    );
+    let deadline = Instant::now() + secs(a, 5);
+    let c = loop {
+        let c = gw.counters();
+        if c.active == 0 || Instant::now() > deadline {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!(
+        "qemu-tests: {n} concurrent GETs of 64 KiB through the publish gateway in {took:?} \
+         ({:.0} requests/s, {:.1} MiB/s); gateway {c:?}",
+        n as f64 / took.as_secs_f64(),
+        (n * 65536) as f64 / (1 << 20) as f64 / took.as_secs_f64()
+    );
+    assert_eq!(
+        (
+            c.accepted,
+            c.connected,
+            c.overflow,
+            c.timed_out,
+            c.reset_by_guest
+        ),
+        (n as u64, n as u64, 0, 0, 0),
+        "{c:?}"
+    );
 }
 
 /// A parsed HTTP response.
@@ -1266,18 +1369,17 @@ fn connect(port: u16) -> TcpStream {
 fn http_idle_and_slow_clients_time_out() {
     let _g = exclusive();
     let a = accel();
-    let port = free_port();
     let dir = TempDir::new().expect("scratch dir");
-    let mut vm = boot_web(
+    let (mut vm, gw) = boot_web(
         &dir,
         a,
-        port,
         &[
             "http_idle_ms=3000",
             "http_head_ms=1000",
             "http_body_ms=1000",
         ],
     );
+    let port = gw.port;
     let t = secs(a, 5);
     // A client that asks for 64 KiB and reads none of it holds only its own slot.
     let mut stalled = connect(port);
@@ -1301,10 +1403,8 @@ fn http_idle_and_slow_clients_time_out() {
         }
         idle.push(s);
     }
-    // QEMU's user networking listens with a backlog of 1: a connect right behind another one
-    // may wait for the host's SYN retransmission (1 s) before the guest sees anything. Let it
-    // take in the idle ones first; the GET is timed from its connect.
-    std::thread::sleep(Duration::from_millis(300));
+    // The GET is timed from its connect (the publish gateway accepts at once, with the kernel's
+    // full backlog, and opens its guest connection right away: 17 is below its 64).
     let t0 = Instant::now();
     let r = exchange(
         port,
@@ -1380,9 +1480,9 @@ fn http_idle_and_slow_clients_time_out() {
 fn http_full_slots_make_room_or_answer_503() {
     let _g = exclusive();
     let a = accel();
-    let port = free_port();
     let dir = TempDir::new().expect("scratch dir");
-    let mut vm = boot_web(&dir, a, port, &["http_slots=4", "http_head_ms=4000"]);
+    let (mut vm, gw) = boot_web(&dir, a, &["http_slots=4", "http_head_ms=4000"]);
+    let port = gw.port;
     let t = secs(a, 5);
     // 8 idle connections on 4 slots: each is served as it comes, the older ones make room.
     let mut idle = Vec::new();
@@ -1449,9 +1549,9 @@ fn http_full_slots_make_room_or_answer_503() {
 fn http_refuses_bad_requests() {
     let _g = exclusive();
     let a = accel();
-    let port = free_port();
     let dir = TempDir::new().expect("scratch dir");
-    let mut vm = boot_web(&dir, a, port, &[]);
+    let (mut vm, gw) = boot_web(&dir, a, &[]);
+    let port = gw.port;
     let t = secs(a, 5);
     let mut big = b"GET /hello.txt HTTP/1.1\r\nX-Big: ".to_vec();
     big.resize(big.len() + 64 * 1024, b'a');
@@ -1524,9 +1624,9 @@ fn http_refuses_bad_requests() {
 fn http_put_get_range_delete_and_listing() {
     let _g = exclusive();
     let a = accel();
-    let port = free_port();
     let dir = TempDir::new().expect("scratch dir");
-    let _vm = boot_web(&dir, a, port, &[]);
+    let (_vm, gw) = boot_web(&dir, a, &[]);
+    let port = gw.port;
     let t = secs(a, 10);
     let data: Vec<u8> = (0..200 * 1024u32)
         .map(|i| (i * 7 + i / 251) as u8)

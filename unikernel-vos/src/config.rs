@@ -77,13 +77,15 @@ pub fn roles(cfg: &BootConfig) -> Roles {
     }
 }
 
-/// The address of NIC `i`: the fabric address on the first NIC, the publish address on the
-/// second; without a fabric address the publish address goes on the first NIC.
-pub fn nic_ip(cfg: &BootConfig, i: usize) -> Option<IpConfig> {
-    match (i, cfg.fabric) {
-        (0, Some(f)) => Some(f),
-        (0, None) => cfg.publish,
-        (1, Some(_)) => cfg.publish,
+/// The address of NIC `i` of `nics`: with two or more NICs, the fabric address on the first
+/// and the publish address on the second (the daemon always gives a publishing instance both
+/// NICs, with or without a fabric address); with one NIC, the fabric address, else the publish
+/// address, goes on it.
+pub fn nic_ip(cfg: &BootConfig, i: usize, nics: usize) -> Option<IpConfig> {
+    match (i, nics > 1) {
+        (0, true) => cfg.fabric,
+        (1, true) => cfg.publish,
+        (0, false) => cfg.fabric.or(cfg.publish),
         _ => None,
     }
 }
@@ -91,7 +93,7 @@ pub fn nic_ip(cfg: &BootConfig, i: usize) -> Option<IpConfig> {
 /// The NIC the IP services (http, udp-echo) run on, of `nics`: the publish NIC when there is
 /// one, else the first.
 pub fn ip_services_nic(cfg: &BootConfig, nics: usize) -> usize {
-    if nics > 1 && cfg.fabric.is_some() && cfg.publish.is_some() {
+    if nics > 1 && cfg.publish.is_some() {
         1
     } else {
         0

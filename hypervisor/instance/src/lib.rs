@@ -29,8 +29,7 @@ pub use machine::{Exit, ExitWatch, Machine, MachineEvent, ReadyError};
 pub use port::{DgramPort, EnginePort, FramePort, StreamPort};
 pub use qemu::{qemu_args, QemuBackend};
 pub use spec::{
-    mac_string, parse_mac, Accel, ConsoleSink, Drive, Forward, Kernel, MachineType, Nic,
-    NicBackend, Proto, VmSpec,
+    mac_string, parse_mac, Accel, ConsoleSink, Drive, Kernel, MachineType, Nic, NicBackend, VmSpec,
 };
 
 /// Why an instance-layer operation failed.

@@ -85,18 +85,6 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
                 local.display(),
                 remote.display()
             ),
-            NicBackend::User { forwards } => {
-                let mut s = format!("user,id=n{i}");
-                for f in forwards {
-                    s.push_str(&format!(
-                        ",hostfwd={}:127.0.0.1:{}-:{}",
-                        f.proto.name(),
-                        f.host,
-                        f.guest
-                    ));
-                }
-                s
-            }
         };
         a.extend([
             "-netdev".into(),
@@ -184,7 +172,7 @@ impl VmBackend for QemuBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Forward, Kernel, Nic, Proto};
+    use crate::spec::{Kernel, Nic};
 
     fn base(machine: MachineType, accel: Accel) -> VmSpec {
         let mut s = VmSpec::new("t", "/img/vos.elf".into(), Kernel::Raw("a=1 b".into()));
@@ -218,19 +206,8 @@ mod tests {
                 mac: [2, 0x64, 1, 0, 0, 2],
             },
             Nic {
-                backend: NicBackend::User {
-                    forwards: vec![
-                        Forward {
-                            proto: Proto::Tcp,
-                            host: 8080,
-                            guest: 80,
-                        },
-                        Forward {
-                            proto: Proto::Udp,
-                            host: 8080,
-                            guest: 7,
-                        },
-                    ],
+                backend: NicBackend::Stream {
+                    path: "/run/web-pub.sock".into(),
                 },
                 mac: [0x52, 0x54, 0, 0x12, 0x34, 0x12],
             },
@@ -249,7 +226,7 @@ mod tests {
              -device virtio-net-device,netdev=n0,mac=02:64:01:00:00:01 \
              -netdev dgram,id=n1,local.type=unix,local.path=/run/vm.sock,remote.type=unix,remote.path=/run/p.sock \
              -device virtio-net-device,netdev=n1,mac=02:64:01:00:00:02 \
-             -netdev user,id=n2,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:8080-:7 \
+             -netdev stream,id=n2,server=off,addr.type=unix,addr.path=/run/web-pub.sock \
              -device virtio-net-device,netdev=n2,mac=52:54:00:12:34:12",
         ));
         assert_eq!(qemu_args(&s), want);
@@ -259,7 +236,10 @@ mod tests {
     fn q35_tcg_captured_without_control() {
         let mut s = base(MachineType::Q35, Accel::Tcg);
         s.nics = vec![Nic {
-            backend: NicBackend::User { forwards: vec![] },
+            backend: NicBackend::Dgram {
+                local: "/g".into(),
+                remote: "/h".into(),
+            },
             mac: [0x52, 0x54, 0, 0x12, 0x34, 0x10],
         }];
         let mut want = words(
@@ -269,7 +249,8 @@ mod tests {
         );
         want.push("a=1 b".into());
         want.extend(words(
-            "-serial stdio -netdev user,id=n0 -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:10",
+            "-serial stdio -netdev dgram,id=n0,local.type=unix,local.path=/g,remote.type=unix,remote.path=/h \
+             -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:10",
         ));
         assert_eq!(qemu_args(&s), want);
     }

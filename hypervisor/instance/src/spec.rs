@@ -75,43 +75,13 @@ impl MachineType {
     }
 }
 
-/// A transport protocol of a forwarded port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Proto {
-    /// `tcp` or `udp`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-}
-
-/// A host port (bound on 127.0.0.1) forwarded to a guest port of a user-networking NIC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Forward {
-    /// TCP or UDP.
-    pub proto: Proto,
-    /// The host port.
-    pub host: u16,
-    /// The guest port.
-    pub guest: u16,
-}
-
 /// What a NIC is plugged into.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NicBackend {
     /// A unix stream socket the machine connects to (the host listens); every frame is sent as a
-    /// 4-byte big-endian length and the frame.
+    /// 4-byte big-endian length and the frame. The fabric NIC on the node's proxy, and the publish
+    /// NIC on the node's publish gateway (`dvs-publish`).
     Stream {
         /// The listening socket's path.
         path: PathBuf,
@@ -123,11 +93,6 @@ pub enum NicBackend {
         local: PathBuf,
         /// The path the host binds.
         remote: PathBuf,
-    },
-    /// User-mode networking (slirp: guest 10.0.2.15/24, gateway 10.0.2.2) with port forwards.
-    User {
-        /// Host ports forwarded into the guest.
-        forwards: Vec<Forward>,
     },
 }
 
@@ -280,12 +245,8 @@ mod tests {
         let mut s = VmSpec::new("x", "/k.elf".into(), Kernel::Config(cfg));
         s.accel = Accel::Tcg;
         s.nics.push(Nic {
-            backend: NicBackend::User {
-                forwards: vec![Forward {
-                    proto: Proto::Udp,
-                    host: 1,
-                    guest: 7,
-                }],
+            backend: NicBackend::Stream {
+                path: "/run/x-pub.sock".into(),
             },
             mac: [2, 0, 0, 0, 0, 1],
         });

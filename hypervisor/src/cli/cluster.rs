@@ -114,7 +114,7 @@ pub(super) async fn ps(ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     println!(
-        "{:<16} {:>4} {:>4} {:<8} {:<14} {:<16} {:<12} IMAGE",
+        "{:<16} {:>4} {:>4} {:<8} {:<14} {:<16} {:<20} IMAGE",
         "NAME", "NODE", "DC", "STATE", "ENDPOINTS", "SERVICES", "PUBLISH"
     );
     for i in &instances {
@@ -129,12 +129,12 @@ pub(super) async fn ps(ctx: &Ctx) -> anyhow::Result<()> {
             .spec
             .publish
             .iter()
-            .map(|p| format!("{}:{}", p.host, p.guest))
+            .map(|p| p.to_string())
             .collect::<Vec<_>>()
             .join(",");
         let state = format!("{:?}", i.state).to_lowercase();
         println!(
-            "{:<16} {:>4} {:>4} {:<8} {:<14} {:<16} {:<12} {}",
+            "{:<16} {:>4} {:>4} {:<8} {:<14} {:<16} {:<20} {}",
             i.spec.name,
             i.node,
             i.spec.dc,

@@ -4,6 +4,7 @@
 mod cluster;
 mod deploy;
 mod images;
+mod pki;
 mod volumes;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ Examples:
   dvs node --config examples/local/node.toml          run a node (see hypervisor/README.md)
   dvs image push --all images/vos.elf                 upload an image to every node, verified by sha256
   dvs run vos --dc web --ep 10 --svc http,echo --ip 10.1.0.2/24 --publish 8080:80
+                                                      (--publish 0.0.0.0:8080:80: on every address of the node)
   dvs ps                                              instances on every node
   dvs migrate web --to 2                              move an instance; calls to it keep working
   dvs apply examples/web-dc.toml                      deploy a DC manifest (idempotent)
@@ -66,6 +68,11 @@ enum Cmd {
         config: Option<PathBuf>,
         #[command(subcommand)]
         cmd: Option<NodeCmd>,
+    },
+    /// The cluster's identity: `dvs cluster init` makes the CA that node certificates come from.
+    Cluster {
+        #[command(subcommand)]
+        cmd: pki::ClusterCmd,
     },
     /// Images: push, list.
     Image {
@@ -133,6 +140,8 @@ enum Cmd {
 enum NodeCmd {
     /// The node's status: peers, instances, images.
     Status,
+    /// Issue a node certificate (for mutual TLS on peer links) from the cluster CA of `dvs cluster init`.
+    Cert(pki::CertArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -201,7 +210,9 @@ struct RunArgs {
     /// Fabric IPv4 address with prefix.
     #[arg(long)]
     ip: Option<String>,
-    /// Forward a host port to a guest port (HOST:GUEST), repeatable.
+    /// Publish a guest TCP port on a host port: [ADDR:]HOST:GUEST (ADDR an IPv4 address of this node,
+    /// default 127.0.0.1; 0.0.0.0 for every address), repeatable. The node listens and carries each client to
+    /// the guest; clients beyond what the guest takes at once wait.
     #[arg(long)]
     publish: Vec<Publish>,
     /// Restart policy: never, on-failure, always.
@@ -350,6 +361,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             cmd: Some(NodeCmd::Status),
             ..
         } => cluster::node_status(&ctx).await,
+        Cmd::Node {
+            cmd: Some(NodeCmd::Cert(args)),
+            ..
+        } => pki::node_cert(&args),
+        Cmd::Cluster { cmd } => pki::cluster(cmd),
         Cmd::Node { .. } => {
             bail!("use `dvs node --config node.toml` to run a node, or `dvs node status`")
         }

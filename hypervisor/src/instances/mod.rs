@@ -1,4 +1,6 @@
-//! Instances: their specs (kept on disk, so they come back after a daemon restart), their VM port, and one
+//! Instances: their specs (kept on disk, so they come back after a daemon restart), their VM port, their
+//! publish gateway (dvs-publish: the published ports, listened on from `run` until the instance is stopped or
+//! will not boot again, carried to the guest over its publish NIC, `<run_dir>/<name>-pub.sock`), and one
 //! supervisor task each (`supervise.rs`) that boots the machine through dvs-instance, follows its control
 //! channel (readiness, counters, reports), waits for it, restarts it per policy and stops it on request.
 
@@ -11,11 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dvs_instance::{
-    ConsoleSink, Forward, Kernel, MachineType, Nic, NicBackend, ProcessBackend, Proto, QemuBackend,
-    VmBackend, VmSpec,
+    ConsoleSink, Kernel, MachineType, Nic, NicBackend, ProcessBackend, QemuBackend, VmBackend,
+    VmSpec,
 };
 use dvs_proxy::port::PortKind;
 use dvs_proxy::{Announce, PortId, PortSpec, Proxy};
+use dvs_publish::{GatewayHandle, PublishError};
 use dvs_vos_abi::BootConfig;
 use m3ipc_core::{DcId, Endpoint};
 use tokio::sync::{mpsc, watch};
@@ -49,6 +52,8 @@ struct Instance {
     inc: u32,
     guest: GuestView,
     rev: u64,
+    /// The published ports' gateway (bound at `run`, across reboots).
+    gateway: Option<GatewayHandle>,
 }
 
 /// What a boot needs: the machine's spec, the port of the proxy it plugs into, and the backend that starts it.
@@ -230,7 +235,7 @@ impl Manager {
         let image = self.images.find(&spec.image)?;
         self.backend_for(&spec)?;
         let is_vos = spec.backend.unwrap_or(self.cfg.backend) == BackendKind::Qemu;
-        boot_config(&spec, 1, is_vos)?;
+        let first = boot_config(&spec, 1, is_vos)?;
         self.volumes.check(&spec.volumes)?;
         if !spec.volumes.is_empty() && req.takeover_gen.is_some() {
             return Err(InstanceError::Invalid(format!(
@@ -277,6 +282,8 @@ impl Manager {
                 }
             }
         }
+        // Bound under the instances' lock, before anything else is claimed: a port in use refuses the run.
+        let gateway = self.publish(&spec, &first)?;
         // Claimed under the instances' lock: two instances asking for one volume cannot both get it.
         self.volumes.claim(spec.dc, &spec.name, &spec.volumes)?;
         let record = self.dir.join(format!("{}.json", spec.name));
@@ -308,6 +315,7 @@ impl Manager {
             spec: spec.clone(),
             guest: GuestView::default(),
             rev: self.next_rev(),
+            gateway,
         };
         inner.insert(spec.name.clone(), inst);
         drop(inner);
@@ -333,7 +341,71 @@ impl Manager {
             gen: i.gen,
             backend: self.describe(i.spec.backend.unwrap_or(self.cfg.backend)),
             guest: i.guest.clone(),
+            publish: i.gateway.as_ref().map(|g| g.counters()),
             rev: i.rev,
+        }
+    }
+
+    /// The link socket of `name`'s publish NIC.
+    fn publish_link(&self, name: &str) -> PathBuf {
+        self.run_dir.join(format!("{name}-pub.sock"))
+    }
+
+    /// Listens on `spec`'s published ports (none: no gateway). The guest takes as many connections at once as
+    /// its web server has slots (`cfg`); more clients wait in the gateway.
+    fn publish(
+        &self,
+        spec: &InstanceSpec,
+        cfg: &BootConfig,
+    ) -> Result<Option<GatewayHandle>, InstanceError> {
+        if spec.publish.is_empty() {
+            return Ok(None);
+        }
+        let forwards: Vec<dvs_publish::Forward> = spec
+            .publish
+            .iter()
+            .map(|p| dvs_publish::Forward {
+                listen: p.listen(),
+                guest_port: p.guest,
+            })
+            .collect();
+        let gw_cfg = dvs_publish::Config {
+            max_guest_conns: cfg.http.slots.max(1) as usize,
+            ..dvs_publish::Config::default()
+        };
+        let link = self.publish_link(&spec.name);
+        match dvs_publish::Gateway::bind(&link, &forwards, gw_cfg) {
+            Ok(g) => {
+                tracing::info!(
+                    "instance {}: publishing {}",
+                    spec.name,
+                    spec.publish
+                        .iter()
+                        .map(|p| format!("{}:{} -> {}", p.addr, p.host, p.guest))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                Ok(Some(g.spawn()))
+            }
+            Err(e @ PublishError::Bind { .. }) => Err(InstanceError::PortTaken {
+                name: spec.name.clone(),
+                why: e.to_string(),
+            }),
+            Err(e) => Err(InstanceError::Other(format!(
+                "instance '{}': {e}",
+                spec.name
+            ))),
+        }
+    }
+
+    /// Stops `name`'s publish gateway, if it has one: its ports are free once this returns.
+    pub(crate) async fn unpublish(&self, name: &str) {
+        let gw = lock(&self.inner)
+            .get_mut(name)
+            .and_then(|i| i.gateway.take());
+        if let Some(gw) = gw {
+            gw.stop().await;
+            tracing::info!("instance {name}: published ports closed");
         }
     }
 
@@ -417,6 +489,7 @@ impl Manager {
                 .await;
             }
         }
+        self.unpublish(name).await;
         let mut inner = lock(&self.inner);
         if let Some(i) = inner.remove(name) {
             // Its volumes stay, detached: another instance (or this one again) may take them.
@@ -435,6 +508,13 @@ impl Manager {
         for s in stops {
             let _ = s.send(false).await;
         }
+        let gateways: Vec<_> = lock(&self.inner)
+            .values_mut()
+            .filter_map(|i| i.gateway.take())
+            .collect();
+        for g in gateways {
+            g.stop().await;
+        }
         let mut changes = self.rev.subscribe();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -445,6 +525,17 @@ impl Manager {
             tokio::select! {
                 r = changes.changed() => if r.is_err() { break },
                 _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        // With every machine gone, this run's sockets serve nothing: remove their directory
+        // (a machine still alive keeps it, so that nothing pulls a socket from under it).
+        if lock(&self.inner).values().all(|i| i.pid.is_none()) {
+            match std::fs::remove_dir_all(&self.run_dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
+                    "could not remove the run directory {}: {e}",
+                    self.run_dir.display()
+                ),
+                _ => {}
             }
         }
     }
@@ -511,17 +602,10 @@ impl Manager {
             mac: i.mac,
         }];
         if !s.publish.is_empty() {
+            // The publish gateway listens on this socket since `run`.
             nics.push(Nic {
-                backend: NicBackend::User {
-                    forwards: s
-                        .publish
-                        .iter()
-                        .map(|p| Forward {
-                            proto: Proto::Tcp,
-                            host: p.host,
-                            guest: p.guest,
-                        })
-                        .collect(),
+                backend: NicBackend::Stream {
+                    path: self.publish_link(name),
                 },
                 mac: [0x52, 0x54, 0x00, i.mac[3], i.mac[4], i.mac[5]],
             });

@@ -9,35 +9,75 @@ use crate::config::BackendKind;
 use crate::images::ImageError;
 use crate::volumes::{VolumeError, VolumeRequest};
 
-/// A host port forwarded to a guest TCP port through the publish NIC.
+/// A host TCP port (on `addr`) published as a guest TCP port: the node's publish gateway listens on
+/// `addr:host` and carries each client to the guest over the instance's publish NIC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Publish {
-    /// Host TCP port (on 127.0.0.1).
+    /// The host address listened on (absent in older records: 127.0.0.1).
+    #[serde(default = "Publish::default_addr")]
+    pub addr: std::net::Ipv4Addr,
+    /// Host TCP port.
     pub host: u16,
     /// Guest TCP port.
     pub guest: u16,
 }
 
+impl Publish {
+    /// Where a port is published unless an address is given: the host's loopback.
+    pub const DEFAULT_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
+
+    fn default_addr() -> std::net::Ipv4Addr {
+        Publish::DEFAULT_ADDR
+    }
+
+    /// `addr:host` as a socket address.
+    pub fn listen(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from((self.addr, self.host))
+    }
+}
+
+impl std::fmt::Display for Publish {
+    /// `HOST:GUEST`, or `ADDR:HOST:GUEST` when the address is not the default.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.addr != Publish::DEFAULT_ADDR {
+            write!(f, "{}:", self.addr)?;
+        }
+        write!(f, "{}:{}", self.host, self.guest)
+    }
+}
+
 impl std::str::FromStr for Publish {
     type Err = String;
+    /// `[ADDR:]HOST:GUEST`: ADDR an IPv4 address (default 127.0.0.1), HOST and GUEST TCP ports 1-65535.
     fn from_str(s: &str) -> Result<Publish, String> {
-        let (h, g) = s
-            .split_once(':')
-            .ok_or_else(|| format!("'{s}': expected HOST:GUEST"))?;
-        let port = |p: &str| {
-            p.parse::<u16>()
-                .map_err(|_| format!("'{p}' in '{s}' is not a port"))
+        let (rest, g) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("'{s}': expected [ADDR:]HOST:GUEST"))?;
+        let (a, h) = match rest.rsplit_once(':') {
+            Some((a, h)) => (Some(a), h),
+            None => (None, rest),
+        };
+        let port = |p: &str| match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("'{p}' in '{s}' is not a port (1-65535)")),
+            Ok(n) => Ok(n),
+        };
+        let addr = match a {
+            None => Publish::DEFAULT_ADDR,
+            Some(a) => a
+                .parse()
+                .map_err(|_| format!("'{a}' in '{s}' is not an IPv4 address"))?,
         };
         Ok(Publish {
+            addr,
             host: port(h)?,
             guest: port(g)?,
         })
     }
 }
 
-/// The publish NIC's address (QEMU user networking).
+/// The publish NIC's address (the guest's end of the publish link).
 pub const PUBLISH_IP: &str = "10.0.2.15/24";
-/// The publish NIC's gateway (QEMU user networking).
+/// The publish NIC's gateway: the node's publish gateway on the link.
 pub const PUBLISH_GW: [u8; 4] = [10, 0, 2, 2];
 
 /// What to do when an instance's machine exits by itself.
@@ -78,7 +118,7 @@ pub struct InstanceSpec {
     /// Settings of the boot configuration, `key=value` (`peer=20`, `n=1000`...; see `dvs_vos_abi::boot::SETTINGS`).
     #[serde(default)]
     pub args: Vec<String>,
-    /// Host ports forwarded to guest ports.
+    /// Host TCP ports published as guest TCP ports (`[ADDR:]HOST:GUEST`).
     #[serde(default)]
     pub publish: Vec<Publish>,
     /// Restart policy.
@@ -191,6 +231,9 @@ pub struct InstanceView {
     pub backend: String,
     /// What the guest reported on its control channel.
     pub guest: GuestView,
+    /// The publish gateway's counters, for an instance with published ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<dvs_publish::Counters>,
     /// Revision of this view on its node: grows on every change (`GET /v1/instances/{name}?wait_after=REV`).
     pub rev: u64,
 }
@@ -212,6 +255,14 @@ pub enum InstanceError {
     /// Name in use on this node.
     #[error("an instance named '{0}' already exists on this node")]
     NameTaken(String),
+    /// A published port cannot be listened on (in use on this node).
+    #[error("instance '{name}': {why}")]
+    PortTaken {
+        /// The instance.
+        name: String,
+        /// Which address and why.
+        why: String,
+    },
     /// Endpoint held elsewhere.
     #[error("endpoint {ep} of DC {dc} is taken ({holder})")]
     EndpointTaken {
@@ -308,6 +359,7 @@ mod tests {
             ip: Some("10.1.0.2/24".into()),
             args: vec!["stats=1".into()],
             publish: vec![Publish {
+                addr: Publish::DEFAULT_ADDR,
                 host: 8080,
                 guest: 80,
             }],
@@ -385,5 +437,32 @@ mod tests {
             r#"{"name":"x","image":"v","dc":1,"bogus":1}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn publish_takes_an_optional_address() {
+        let p: Publish = "8080:80".parse().unwrap();
+        assert_eq!((p.addr, p.host, p.guest), (Publish::DEFAULT_ADDR, 8080, 80));
+        assert_eq!(p.to_string(), "8080:80");
+        let p: Publish = "0.0.0.0:8080:80".parse().unwrap();
+        assert_eq!(p.listen().to_string(), "0.0.0.0:8080");
+        assert_eq!(p.to_string(), "0.0.0.0:8080:80");
+        for (bad, want) in [
+            ("8080", "expected [ADDR:]HOST:GUEST"),
+            ("0:80", "'0' in '0:80' is not a port"),
+            ("8080:x", "'x' in '8080:x' is not a port"),
+            (
+                "1.2.3:8080:80",
+                "'1.2.3' in '1.2.3:8080:80' is not an IPv4 address",
+            ),
+            ("::1:8080:80", "is not an IPv4 address"),
+            ("a:b:8080:80", "is not an IPv4 address"),
+        ] {
+            let e = bad.parse::<Publish>().unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        // A record written before the address existed reads as the loopback.
+        let old: Publish = serde_json::from_str(r#"{"host":8080,"guest":80}"#).unwrap();
+        assert_eq!(old.addr, Publish::DEFAULT_ADDR);
     }
 }

@@ -38,6 +38,7 @@ impl Manager {
                         i.state = State::Failed;
                         i.last_exit = Some(format!("{e:#}"));
                     });
+                    self.unpublish(&name).await;
                     return;
                 }
             };
@@ -99,12 +100,15 @@ impl Manager {
                 && (policy == RestartPolicy::Always
                     || (policy == RestartPolicy::OnFailure && failed));
             if !again {
+                // It will not boot again: its published ports close.
+                self.unpublish(&name).await;
                 return;
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = stop.recv() => {
                     self.set(&name, |i| i.state = State::Stopped);
+                    self.unpublish(&name).await;
                     return;
                 }
             }

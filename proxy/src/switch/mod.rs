@@ -16,7 +16,7 @@ use m3ipc_core::{DcId, Endpoint, ErrorCode, Instant, NodeId};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterMap;
-use crate::counters::{DcCounters, Drop, PeerCounters, PortCounters};
+use crate::counters::{DcCounters, Drop, LinkCounters, LinkRefusal, PeerCounters, PortCounters};
 use crate::placement::{Binding, DirMsg, Place, PlacementView, PortId};
 pub use lan::{MacConfig, MAC_AGEING, MAX_MACS_PER_DC};
 use pending::Pending;
@@ -26,6 +26,12 @@ pub use pending::MAX_PENDING;
 pub const FIRST_HOPS: u8 = 2;
 /// The MAC address the proxy writes as the source of Error frames answering a broadcast.
 pub const PROXY_MAC: [u8; 6] = [0x02, 0x64, 0x76, 0x73, 0x00, 0x00];
+/// How long after an endpoint left a node that node may still send frames about it: answers to calls that were
+/// in progress there (Migrated, DeadDestination) and frames it forwards to the endpoint's new place.
+pub const LEFT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// At most this many recently-left endpoints, handover grants and refused claims are kept (bounded memory
+/// whatever peers send).
+pub const MAX_TRACKED: usize = 4096;
 
 /// What the node assigned to one VM port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +132,17 @@ pub struct Stats {
     pub dcs: BTreeMap<u16, DcCounters>,
     /// Per peer, by node id.
     pub peers: BTreeMap<u16, PeerCounters>,
+    /// Peer links refused at the handshake.
+    #[serde(default)]
+    pub links: LinkCounters,
+}
+
+/// The owner `from` of an endpoint lets node `to` bind it with a generation of at least `gen`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Grant {
+    from: NodeId,
+    to: NodeId,
+    gen: u64,
 }
 
 /// The switch of one node.
@@ -140,6 +157,14 @@ pub struct Switch {
     macs: lan::MacTables,
     dcs: BTreeMap<u16, DcCounters>,
     peers: BTreeMap<u16, PeerCounters>,
+    links: LinkCounters,
+    /// Endpoints that left a node lately: (DC, endpoint) → (the node, when).
+    left: HashMap<(DcId, Endpoint), (NodeId, Instant)>,
+    /// Handovers the owners of endpoints announced.
+    grants: HashMap<(DcId, Endpoint), Grant>,
+    /// Bindings refused for want of a grant, kept in case the owner's handover arrives after them (the two come
+    /// over different links): (DC, endpoint) → (claimant, generation).
+    claims: HashMap<(DcId, Endpoint), (NodeId, u64)>,
 }
 
 impl Switch {
@@ -168,6 +193,10 @@ impl Switch {
             macs: lan::MacTables::new(macs),
             dcs: BTreeMap::new(),
             peers,
+            links: LinkCounters::default(),
+            left: HashMap::new(),
+            grants: HashMap::new(),
+            claims: HashMap::new(),
         }
     }
 
@@ -183,8 +212,14 @@ impl Switch {
 
     // ---- ports and endpoints ----
 
-    /// Adds a VM port holding `spec.endpoints` of `spec.dc`; announces them (now or on the port's first frame).
-    pub fn add_port(&mut self, spec: PortSpec, out: &mut Vec<Out>) -> Result<PortId, SwitchError> {
+    /// Adds a VM port holding `spec.endpoints` of `spec.dc` at `now`; announces them (now or on the port's first
+    /// frame).
+    pub fn add_port(
+        &mut self,
+        now: Instant,
+        spec: PortSpec,
+        out: &mut Vec<Out>,
+    ) -> Result<PortId, SwitchError> {
         if self.cluster.dc(spec.dc).is_none() {
             return Err(SwitchError::UnknownDc(spec.dc));
         }
@@ -211,7 +246,7 @@ impl Switch {
         let id = self.next_port;
         self.next_port += 1;
         for &ep in &spec.endpoints {
-            self.places.insert(
+            let old = self.places.insert(
                 (spec.dc, ep),
                 Place {
                     node: self.node,
@@ -219,6 +254,10 @@ impl Switch {
                     port: Some(id),
                 },
             );
+            if let Some(old) = old.filter(|p| p.node != self.node) {
+                // Taking over from another node, which forwards late frames here for a while.
+                self.note_left(now, (spec.dc, ep), old.node);
+            }
         }
         if let Some(mac) = spec.mac {
             self.macs.assign(spec.dc, mac, Via::Port(id));
@@ -311,6 +350,7 @@ impl Switch {
         let (dc, eps, old_gen) = (port.spec.dc, port.spec.endpoints.clone(), port.spec.gen);
         for ep in eps {
             let key = (dc, ep);
+            self.grants.remove(&key);
             if self.places.get(&key).is_some_and(|p| p.port == Some(id)) {
                 self.places.insert(
                     key,
@@ -336,6 +376,47 @@ impl Switch {
         }
         self.fail_pending(Via::Port(id), ErrorCode::Migrated, out);
         Ok(())
+    }
+
+    /// Lets node `to` take over the port's endpoints with a binding of generation `gen` or newer (the first step of
+    /// a migration: the new place then binds them, and every node accepts that binding because the owner said
+    /// so). Without a grant no node accepts another node's binding of an endpoint this node holds.
+    pub fn grant_move(
+        &mut self,
+        id: PortId,
+        to: NodeId,
+        gen: u64,
+        out: &mut Vec<Out>,
+    ) -> Result<(), SwitchError> {
+        let port = self.ports.get(&id).ok_or(SwitchError::NoPort(id))?;
+        let (dc, eps) = (port.spec.dc, port.spec.endpoints.clone());
+        if !self.cluster.dc_has_node(dc, to) {
+            return Err(SwitchError::DcNotHere { dc, node: to });
+        }
+        for ep in eps {
+            let key = (dc, ep);
+            if self.places.get(&key).is_none_or(|p| p.port != Some(id)) {
+                continue;
+            }
+            let grant = Grant {
+                from: self.node,
+                to,
+                gen,
+            };
+            self.grants.insert(key, grant);
+            let binding = Binding {
+                dc: dc.0,
+                ep: ep.0,
+                gen,
+            };
+            out.push(Out::Dir(None, DirMsg::Handover { binding, to: to.0 }));
+        }
+        Ok(())
+    }
+
+    /// The handover grant this node knows for `ep` of `dc`: (holder, new place, generation).
+    pub fn grant(&self, dc: DcId, ep: Endpoint) -> Option<(NodeId, NodeId, u64)> {
+        self.grants.get(&(dc, ep)).map(|g| (g.from, g.to, g.gen))
     }
 
     /// Where `ep` of `dc` lives, as far as this node knows.
@@ -391,6 +472,24 @@ impl Switch {
             })
             .collect();
         out.push(Out::Dir(Some(node), DirMsg::Snapshot(mine)));
+        let mut grants: Vec<_> = self
+            .grants
+            .iter()
+            .filter(|(_, g)| g.from == self.node)
+            .map(|(&(dc, ep), g)| DirMsg::Handover {
+                binding: Binding {
+                    dc: dc.0,
+                    ep: ep.0,
+                    gen: g.gen,
+                },
+                to: g.to.0,
+            })
+            .collect();
+        grants.sort_by_key(|m| match m {
+            DirMsg::Handover { binding, .. } => (binding.dc, binding.ep),
+            _ => (0, 0),
+        });
+        out.extend(grants.into_iter().map(|m| Out::Dir(Some(node), m)));
     }
 
     /// The link to `node` went down: its endpoints stay known (calls to them fail with NodeUnreachable), the MAC
@@ -402,76 +501,167 @@ impl Switch {
         self.fail_pending(Via::Peer(node), ErrorCode::NodeUnreachable, out);
     }
 
-    /// Applies a directory message from the peer `from`.
-    pub fn handle_dir(&mut self, from: NodeId, msg: DirMsg) {
-        if from == self.node {
+    /// Applies a directory message from the peer `from`, received at `now`. A peer speaks only for itself:
+    ///
+    /// - it may bind an endpoint of a DC that spans it if nobody holds the endpoint, if it holds it already (a
+    ///   newer generation: a restart), or if the holder granted it the endpoint ([`DirMsg::Handover`], at that
+    ///   generation or newer). A binding of an endpoint another node holds is refused and counted (`dir_refused`)
+    ///   however new its generation: generations order a node's own bindings, they do not move endpoints
+    ///   between nodes. (A refused binding is remembered, bounded, in case the holder's grant arrives after it.)
+    /// - it may unbind, hand over or move away only endpoints it holds;
+    /// - a snapshot replaces only what it held.
+    pub fn handle_dir(&mut self, now: Instant, from: NodeId, msg: DirMsg) {
+        if from == self.node || self.cluster.node(from).is_none() {
             return;
         }
-        match msg {
+        let refused = match msg {
             DirMsg::Snapshot(list) => {
                 let keep: HashSet<_> = list.iter().map(Binding::key).collect();
-                self.places
-                    .retain(|k, p| p.node != from || keep.contains(k));
-                for b in list {
-                    self.bind_remote(from, b);
+                let gone: Vec<_> = self
+                    .places
+                    .iter()
+                    .filter(|(k, p)| p.node == from && !keep.contains(k))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for key in gone {
+                    self.places.remove(&key);
+                    self.note_left(now, key, from);
                 }
+                let mut refused = 0;
+                for b in list {
+                    refused += u64::from(!self.bind_remote(now, from, b));
+                }
+                refused
             }
-            DirMsg::Bind(b) => self.bind_remote(from, b),
-            DirMsg::MacGone { dc, mac } => self.macs.forget_mac(DcId(dc), &mac, Via::Peer(from)),
+            DirMsg::Bind(b) => u64::from(!self.bind_remote(now, from, b)),
+            DirMsg::MacGone { dc, mac } => {
+                self.macs.forget_mac(DcId(dc), &mac, Via::Peer(from));
+                0
+            }
+            DirMsg::Handover { binding, to } => {
+                u64::from(!self.handover(now, from, binding, NodeId(to)))
+            }
             DirMsg::Unbind { binding, moved_to } => {
                 let key = binding.key();
-                let Some(place) = self.places.get(&key) else {
-                    return;
-                };
-                if place.node != from || place.gen > binding.gen {
-                    return;
-                }
-                match moved_to {
-                    Some(to) if to != from.0 => {
-                        let place = Place {
-                            node: NodeId(to),
-                            gen: binding.gen,
-                            port: None,
-                        };
-                        self.places.insert(key, place);
-                    }
-                    _ => {
-                        self.places.remove(&key);
+                match self.places.get(&key) {
+                    None => 0,
+                    // Not the holder's to give up (after a move, the old holder's Unbind comes late): ignored.
+                    Some(place) if place.node != from => 0,
+                    Some(place) if place.gen > binding.gen => 0,
+                    Some(_) => {
+                        self.grants.remove(&key);
+                        self.note_left(now, key, from);
+                        match moved_to.map(NodeId) {
+                            Some(to) if to != from && self.cluster.dc_has_node(key.0, to) => {
+                                // The holder's own handover. A newer binding the newcomer sent first counts.
+                                let gen = match self.claims.remove(&key) {
+                                    Some((n, g)) if n == to => g.max(binding.gen),
+                                    _ => binding.gen,
+                                };
+                                let place = Place {
+                                    node: to,
+                                    gen,
+                                    port: None,
+                                };
+                                self.places.insert(key, place);
+                            }
+                            _ => {
+                                self.places.remove(&key);
+                            }
+                        }
+                        0
                     }
                 }
             }
+        };
+        if refused > 0 {
+            self.peers.entry(from.0).or_default().dir_refused += refused;
         }
+    }
+
+    /// A grant from `from`: accepted when `from` holds the endpoint (or nobody is known to), for a node the DC
+    /// spans. A newcomer's binding that came first is applied now.
+    fn handover(&mut self, now: Instant, from: NodeId, b: Binding, to: NodeId) -> bool {
+        let key = b.key();
+        if to == from || !self.cluster.dc_has_node(key.0, to) {
+            return false;
+        }
+        if self.places.get(&key).is_some_and(|p| p.node != from) {
+            return false;
+        }
+        if self.grants.len() >= MAX_TRACKED && !self.grants.contains_key(&key) {
+            return true;
+        }
+        self.grants.insert(
+            key,
+            Grant {
+                from,
+                to,
+                gen: b.gen,
+            },
+        );
+        if let Some((n, gen)) = self.claims.get(&key).copied() {
+            if n == to && gen >= b.gen {
+                self.apply_bind(now, to, Binding { gen, ..b });
+            }
+        }
+        true
     }
 
     /// Restores what was known of other nodes' endpoints before a restart (their next snapshot corrects it),
     /// so that calls to a node that is still down fail with NodeUnreachable rather than UnknownDestination.
+    /// These come from this node's own file, not from a peer: they fill only endpoints nobody is known to hold.
     pub fn preload(&mut self, known: &[PlacementView]) {
         let me = self.node.0;
         for p in known.iter().filter(|p| p.node != me) {
-            self.bind_remote(
-                NodeId(p.node),
-                Binding {
-                    dc: p.dc,
-                    ep: p.ep,
+            let key = (DcId(p.dc), Endpoint(p.ep));
+            if self.places.contains_key(&key) || !self.cluster.dc_has_node(key.0, NodeId(p.node)) {
+                continue;
+            }
+            self.places.insert(
+                key,
+                Place {
+                    node: NodeId(p.node),
                     gen: p.gen,
+                    port: None,
                 },
             );
         }
     }
 
-    fn bind_remote(&mut self, from: NodeId, b: Binding) {
+    /// Applies a binding from the peer `from` if the rules of [`Switch::handle_dir`] allow it; false when it is
+    /// refused (an older binding of the same holder is ignored, not refused).
+    fn bind_remote(&mut self, now: Instant, from: NodeId, b: Binding) -> bool {
         if !self.cluster.dc_has_node(DcId(b.dc), from) {
-            return;
+            return false;
         }
         let key = b.key();
-        if self
-            .places
-            .get(&key)
-            .is_some_and(|p| p.gen > b.gen || (p.gen == b.gen && p.node == self.node))
-        {
-            return;
+        match self.places.get(&key).copied() {
+            None => {}
+            // An older binding of the same holder: ignored.
+            Some(p) if p.node == from && p.gen > b.gen => return true,
+            Some(p) if p.node == from => {}
+            Some(p) => {
+                let granted = self
+                    .grants
+                    .get(&key)
+                    .is_some_and(|g| g.from == p.node && g.to == from && b.gen >= g.gen);
+                if !granted {
+                    if self.claims.len() < MAX_TRACKED || self.claims.contains_key(&key) {
+                        self.claims.insert(key, (from, b.gen));
+                    }
+                    return false;
+                }
+            }
         }
-        self.places.insert(
+        self.apply_bind(now, from, b);
+        true
+    }
+
+    /// Places `b`'s endpoint on `from`, noting which node it left at `now`.
+    fn apply_bind(&mut self, now: Instant, from: NodeId, b: Binding) {
+        let key = b.key();
+        let old = self.places.insert(
             key,
             Place {
                 node: from,
@@ -479,6 +669,64 @@ impl Switch {
                 port: None,
             },
         );
+        self.grants.remove(&key);
+        self.claims.remove(&key);
+        if let Some(old) = old.filter(|p| p.node != from) {
+            self.note_left(now, key, old.node);
+        }
+    }
+
+    /// Remembers that `key` left `node` at `now` (bounded: the oldest records go first, and when all are
+    /// young the new one is not kept).
+    fn note_left(&mut self, now: Instant, key: (DcId, Endpoint), node: NodeId) {
+        if node == self.node {
+            return;
+        }
+        if self.left.len() >= MAX_TRACKED && !self.left.contains_key(&key) {
+            self.left.retain(|_, (_, t)| *t + LEFT_GRACE > now);
+            if self.left.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        self.left.insert(key, (node, now));
+    }
+
+    /// True if `key` left `node` less than [`LEFT_GRACE`] before `now`.
+    fn left_lately(&self, now: Instant, key: (DcId, Endpoint), node: NodeId) -> bool {
+        self.left
+            .get(&key)
+            .is_some_and(|&(n, t)| n == node && t + LEFT_GRACE > now)
+    }
+
+    /// True if the port `id` is being moved to `node` (granted to it, or already placed there).
+    fn port_moving_to(&self, id: PortId, node: NodeId) -> bool {
+        let Some(port) = self.ports.get(&id) else {
+            return false;
+        };
+        port.spec.endpoints.iter().any(|&ep| {
+            let key = (port.spec.dc, ep);
+            self.grants
+                .get(&key)
+                .is_some_and(|g| g.from == self.node && g.to == node)
+                || self.places.get(&key).is_some_and(|p| p.node == node)
+        })
+    }
+
+    /// May the peer `node` send this M3-IPC frame? Its source must be placed on that peer. Forwarded frames and
+    /// the proxies' own answers (hops below [`FIRST_HOPS`]) may also be about an endpoint that left that peer
+    /// lately: answers to calls that were in progress there and frames it forwards to the new place.
+    fn peer_may_send(&self, now: Instant, node: NodeId, repr: &FrameRepr, hops: u8) -> bool {
+        let dc = repr.dc;
+        if self
+            .places
+            .get(&(dc, repr.src))
+            .is_some_and(|p| p.node == node)
+        {
+            return true;
+        }
+        hops < FIRST_HOPS
+            && (self.left_lately(now, (dc, repr.src), node)
+                || self.left_lately(now, (dc, repr.dst), node))
     }
 
     // ---- counters ----
@@ -517,7 +765,13 @@ impl Switch {
                 .collect(),
             dcs,
             peers: self.peers.clone(),
+            links: self.links,
         }
+    }
+
+    /// Counts a peer link refused at its handshake.
+    pub fn count_link_refused(&mut self, why: LinkRefusal) {
+        self.links.add(why);
     }
 
     /// How the MAC tables learn and forget.
@@ -566,7 +820,9 @@ impl Switch {
         self.route_m3(Via::Port(id), eth, &repr, frame.clone(), FIRST_HOPS, out);
     }
 
-    /// A frame of `dc` from the peer `node`, arrived at `now`, which allows `hops` more forwards.
+    /// A frame of `dc` from the peer `node`, arrived at `now`, which allows `hops` more forwards. It is checked
+    /// like a frame from a VM: an M3-IPC source must be one the peer holds (see [`Switch::handle_dir`] for how
+    /// endpoints come to be held), a LAN source MAC must not be one of this node's ports.
     pub fn peer_frame(
         &mut self,
         now: Instant,
@@ -583,7 +839,18 @@ impl Switch {
         let Ok((eth, payload)) = EthernetHeader::parse(&frame) else {
             return self.drop_from(Via::Peer(node), dc, Drop::Malformed);
         };
+        if eth.src[0] & 1 == 1 {
+            return self.drop_from(Via::Peer(node), dc, Drop::Malformed);
+        }
         if eth.ethertype != ETHERTYPE_M3IPC {
+            // The proxy knows the MACs of its own ports (assigned, or learned on them), not those of other
+            // nodes' ports: a peer may not send as one of this node's.
+            // (While a port moves to that peer, both copies share the MAC.)
+            if let Some(Via::Port(id)) = self.macs.get(now, dc, &eth.src) {
+                if !self.port_moving_to(id, node) {
+                    return self.drop_from(Via::Peer(node), dc, Drop::PeerSpoofed);
+                }
+            }
             return self.switch_lan(Via::Peer(node), dc, eth, frame, now, out);
         }
         let Ok(repr) = FrameRepr::parse(payload) else {
@@ -591,6 +858,9 @@ impl Switch {
         };
         if repr.dc != dc {
             return self.drop_from(Via::Peer(node), dc, Drop::WrongDc);
+        }
+        if !self.peer_may_send(now, node, &repr, hops) {
+            return self.drop_from(Via::Peer(node), dc, Drop::PeerSpoofed);
         }
         self.route_m3(Via::Peer(node), eth, &repr, frame.clone(), hops, out);
     }

@@ -116,11 +116,12 @@ fn frames(out: Vec<Out>) -> Vec<Out> {
 fn node1() -> (Switch, PortId, PortId, PortId) {
     let mut s = Switch::new(N1, cluster());
     let mut out = vec![];
-    let a = s.add_port(spec("a", DC1, &[10], 10), &mut out).unwrap();
-    let b = s.add_port(spec("b", DC1, &[20], 20), &mut out).unwrap();
-    let c = s.add_port(spec("c", DC2, &[30], 30), &mut out).unwrap();
+    let a = s.add_port(T0, spec("a", DC1, &[10], 10), &mut out).unwrap();
+    let b = s.add_port(T0, spec("b", DC1, &[20], 20), &mut out).unwrap();
+    let c = s.add_port(T0, spec("c", DC2, &[30], 30), &mut out).unwrap();
     s.peer_up(N2, &mut out);
     s.handle_dir(
+        T0,
         N2,
         DirMsg::Snapshot(vec![Binding {
             dc: 1,
@@ -248,6 +249,7 @@ fn a_mac_that_left_a_node_floods_again() {
     assert!(matches!(out[0], Out::Peer { node: N2, .. }));
     // It moved away from node 2: the next unicast floods the DC (and finds its new place).
     s.handle_dir(
+        T0,
         N2,
         DirMsg::MacGone {
             dc: 1,
@@ -263,7 +265,7 @@ fn a_mac_that_left_a_node_floods_again() {
 fn a_new_port_is_reachable_by_its_mac_before_it_speaks() {
     let (mut s, _, _, _) = node1();
     let mut out = vec![];
-    let x = s.add_port(spec("x", DC1, &[60], 60), &mut out).unwrap();
+    let x = s.add_port(T0, spec("x", DC1, &[60], 60), &mut out).unwrap();
     let mut out = vec![];
     s.peer_frame(T0, N2, DC1, 0, lan(mac(77), mac(60)), &mut out);
     assert_eq!(out, vec![Out::Port(x, lan(mac(77), mac(60)))]);
@@ -280,7 +282,7 @@ fn free_port(s: &mut Switch, name: &str, ep: u32) -> PortId {
         mac: None,
         ..spec(name, DC1, &[ep], 0)
     };
-    s.add_port(spec, &mut vec![]).unwrap()
+    s.add_port(T0, spec, &mut vec![]).unwrap()
 }
 
 /// Where a unicast from port `from` to `dst` goes.
@@ -327,8 +329,8 @@ fn the_ageing_time_is_configurable_and_assigned_macs_never_age() {
     let mut s = Switch::with_macs(N1, cluster(), cfg);
     assert_eq!(s.mac_config(), cfg);
     let mut out = vec![];
-    let a = s.add_port(spec("a", DC1, &[10], 10), &mut out).unwrap();
-    let b = s.add_port(spec("b", DC1, &[20], 20), &mut out).unwrap();
+    let a = s.add_port(T0, spec("a", DC1, &[10], 10), &mut out).unwrap();
+    let b = s.add_port(T0, spec("b", DC1, &[20], 20), &mut out).unwrap();
     s.peer_up(N2, &mut out);
     s.peer_frame(at(0), N2, DC1, 0, lan(mac(77), [0xff; 6]), &mut vec![]);
     assert!(to_n2_only(&unicast(&mut s, at(9), a, 10, 77)));
@@ -413,9 +415,9 @@ fn a_full_table_drops_the_entry_seen_longest_ago() {
     };
     let mut s = Switch::with_macs(N1, cluster(), cfg);
     let mut out = vec![];
-    let a = s.add_port(spec("a", DC1, &[10], 10), &mut out).unwrap();
-    s.add_port(spec("b", DC1, &[20], 20), &mut out).unwrap();
-    s.add_port(spec("c", DC2, &[30], 30), &mut out).unwrap();
+    let a = s.add_port(T0, spec("a", DC1, &[10], 10), &mut out).unwrap();
+    s.add_port(T0, spec("b", DC1, &[20], 20), &mut out).unwrap();
+    s.add_port(T0, spec("c", DC2, &[30], 30), &mut out).unwrap();
     s.peer_up(N2, &mut out);
     for (t, m) in [(1, 71), (2, 72), (3, 73), (4, 71)] {
         s.peer_frame(at(t), N2, DC1, 0, lan(mac(m), [0xff; 6]), &mut vec![]);
@@ -456,8 +458,8 @@ fn a_zero_bound_learns_nothing() {
     };
     let mut s = Switch::with_macs(N1, cluster(), cfg);
     let mut out = vec![];
-    let a = s.add_port(spec("a", DC1, &[10], 10), &mut out).unwrap();
-    s.add_port(spec("b", DC1, &[20], 20), &mut out).unwrap();
+    let a = s.add_port(T0, spec("a", DC1, &[10], 10), &mut out).unwrap();
+    s.add_port(T0, spec("b", DC1, &[20], 20), &mut out).unwrap();
     s.peer_up(N2, &mut out);
     s.peer_frame(at(0), N2, DC1, 0, lan(mac(77), [0xff; 6]), &mut vec![]);
     assert_eq!(s.stats().dcs[&1].macs.learned, 0);
@@ -519,6 +521,7 @@ fn moved_endpoints_are_forwarded_and_newer_bindings_win() {
     assert!(matches!(out[0], Out::Peer { node: N2, .. }));
     // An older binding from node 3 does not take the endpoint back.
     s.handle_dir(
+        T0,
         NodeId(3),
         DirMsg::Bind(Binding {
             dc: 1,
@@ -527,15 +530,27 @@ fn moved_endpoints_are_forwarded_and_newer_bindings_win() {
         }),
     );
     assert_eq!(s.lookup(DC1, Endpoint(20)).unwrap().node, N2);
-    s.handle_dir(
-        NodeId(3),
-        DirMsg::Bind(Binding {
+    // Nor does a newer one: node 2 holds it and granted nothing.
+    let bind25 = DirMsg::Bind(Binding {
+        dc: 1,
+        ep: 20,
+        gen: 25,
+    });
+    s.handle_dir(T0, NodeId(3), bind25);
+    assert_eq!(s.lookup(DC1, Endpoint(20)).unwrap().node, N2);
+    assert_eq!(s.stats().peers[&3].dir_refused, 2, "both refused");
+    // Node 2 hands it over to node 3 (its grant arriving after node 3's binding): now it moves.
+    let grant = DirMsg::Handover {
+        binding: Binding {
             dc: 1,
             ep: 20,
             gen: 25,
-        }),
-    );
+        },
+        to: 3,
+    };
+    s.handle_dir(T0, N2, grant);
     assert_eq!(s.lookup(DC1, Endpoint(20)).unwrap().node, NodeId(3));
+    assert_eq!(s.lookup(DC1, Endpoint(20)).unwrap().gen, 25);
     // A frame arriving from a peer with no hops left for a remote endpoint is refused with Migrated.
     let mut out = vec![];
     s.peer_frame(T0, N2, DC1, 0, m3(Kind::SendRec, DC1, 40, 20, 9), &mut out);
@@ -548,7 +563,14 @@ fn an_answer_coming_back_another_way_settles_the_call() {
     let mut out = vec![];
     s.port_frame(T0, a, m3(Kind::SendRec, DC1, 10, 40, 5), &mut out); // tracked towards node 2
     s.peer_up(NodeId(3), &mut out);
-    // Endpoint 40 moved to node 3, which answers directly.
+    // Endpoint 40 moved to node 3 (node 2 handed it over), which answers directly.
+    let b = Binding {
+        dc: 1,
+        ep: 40,
+        gen: 6,
+    };
+    s.handle_dir(T0, N2, DirMsg::Handover { binding: b, to: 3 });
+    s.handle_dir(T0, NodeId(3), DirMsg::Bind(b));
     s.peer_frame(
         T0,
         NodeId(3),
@@ -571,18 +593,18 @@ fn a_taking_over_port_announces_on_its_first_frame() {
     let mut out = vec![];
     let mut sp = spec("x", DC1, &[50], 50);
     sp.announce = Announce::OnFirstFrame;
-    let x = s.add_port(sp, &mut out).unwrap();
+    let x = s.add_port(T0, sp, &mut out).unwrap();
     assert!(out.is_empty());
     s.port_frame(T0, x, lan(mac(50), [0xff; 6]), &mut out);
     assert!(out
         .iter()
         .any(|o| matches!(o, Out::Dir(None, DirMsg::Bind(Binding { ep: 50, .. })))));
     assert!(matches!(
-        s.add_port(spec("y", DC1, &[50], 51), &mut out),
+        s.add_port(T0, spec("y", DC1, &[50], 51), &mut out),
         Err(SwitchError::EndpointTaken { .. })
     ));
     assert!(matches!(
-        s.add_port(spec("z", DcId(9), &[1], 1), &mut out),
+        s.add_port(T0, spec("z", DcId(9), &[1], 1), &mut out),
         Err(SwitchError::UnknownDc(_))
     ));
 }
@@ -593,7 +615,7 @@ fn preloaded_placements_make_a_down_node_unreachable_not_unknown() {
     let saved = old.placements();
     let mut s = Switch::new(N1, cluster());
     let mut out = vec![];
-    let a2 = s.add_port(spec("a", DC1, &[10], 10), &mut out).unwrap();
+    let a2 = s.add_port(T0, spec("a", DC1, &[10], 10), &mut out).unwrap();
     s.preload(&saved);
     assert_eq!(s.lookup(DC1, Endpoint(40)).unwrap().node, N2);
     assert!(
@@ -610,6 +632,7 @@ fn preloaded_placements_make_a_down_node_unreachable_not_unknown() {
 fn snapshot_replaces_what_a_node_held() {
     let (mut s, _, _, _) = node1();
     s.handle_dir(
+        T0,
         N2,
         DirMsg::Snapshot(vec![Binding {
             dc: 1,
@@ -621,6 +644,7 @@ fn snapshot_replaces_what_a_node_held() {
     assert_eq!(s.lookup(DC1, Endpoint(41)).unwrap().node, N2);
     // Node 3 may not bind in DC 2, which does not span it.
     s.handle_dir(
+        T0,
         NodeId(3),
         DirMsg::Bind(Binding {
             dc: 2,
@@ -683,5 +707,309 @@ proptest! {
         }
         let c = s.port_counters(a).unwrap();
         prop_assert_eq!(c.rx.frames, 1);
+    }
+}
+
+const N3: NodeId = NodeId(3);
+
+fn bind(ep: u32, gen: u64) -> DirMsg {
+    DirMsg::Bind(Binding { dc: 1, ep, gen })
+}
+
+#[test]
+fn a_bind_cannot_steal_another_nodes_endpoint() {
+    let (mut s, _, _, _) = node1();
+    let before = s.placements();
+    // Node 3 claims node 1's endpoint 10 and node 2's endpoint 40 with the largest generation there is, by
+    // every message it has.
+    s.handle_dir(T0, N3, bind(10, u64::MAX));
+    s.handle_dir(T0, N3, bind(40, u64::MAX));
+    s.handle_dir(
+        T0,
+        N3,
+        DirMsg::Snapshot(vec![
+            Binding {
+                dc: 1,
+                ep: 10,
+                gen: u64::MAX,
+            },
+            Binding {
+                dc: 1,
+                ep: 40,
+                gen: u64::MAX,
+            },
+        ]),
+    );
+    let unbind = |ep| DirMsg::Unbind {
+        binding: Binding {
+            dc: 1,
+            ep,
+            gen: u64::MAX,
+        },
+        moved_to: Some(3),
+    };
+    s.handle_dir(T0, N3, unbind(10));
+    s.handle_dir(T0, N3, unbind(40));
+    // A grant for itself, from itself, is not the holder's grant.
+    let grant = DirMsg::Handover {
+        binding: Binding {
+            dc: 1,
+            ep: 40,
+            gen: 1,
+        },
+        to: 3,
+    };
+    s.handle_dir(T0, N3, grant);
+    s.handle_dir(T0, N3, bind(40, u64::MAX));
+    assert_eq!(s.placements(), before, "the directory is unchanged");
+    assert!(s.lookup(DC1, Endpoint(10)).unwrap().port.is_some());
+    assert_eq!(s.stats().peers[&3].dir_refused, 6);
+    // An endpoint nobody holds is node 3's to bind.
+    s.handle_dir(T0, N3, bind(70, 1));
+    assert_eq!(s.lookup(DC1, Endpoint(70)).unwrap().node, N3);
+}
+
+#[test]
+fn a_granted_move_is_accepted_from_the_new_place_only() {
+    let (mut s, _, b, _) = node1();
+    let mut out = vec![];
+    s.grant_move(b, N2, 30, &mut out).unwrap();
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Out::Dir(
+            None,
+            DirMsg::Handover {
+                binding: Binding {
+                    ep: 20,
+                    gen: 30,
+                    ..
+                },
+                to: 2
+            }
+        )
+    )));
+    s.handle_dir(T0, N3, bind(20, 31));
+    s.handle_dir(T0, N2, bind(20, 29));
+    assert!(
+        s.lookup(DC1, Endpoint(20)).unwrap().port.is_some(),
+        "not node 3, not below the grant"
+    );
+    s.handle_dir(T0, N2, bind(20, 30));
+    assert_eq!(s.lookup(DC1, Endpoint(20)).unwrap().node, N2);
+    // A peer link coming up meanwhile learns of grants still open.
+    let (mut s, a, _, _) = node1();
+    s.grant_move(a, N3, 40, &mut vec![]).unwrap();
+    let mut out = vec![];
+    s.peer_up(N3, &mut out);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Out::Dir(Some(N3), DirMsg::Handover { to: 3, .. }))));
+    // DC 2 does not span node 3: no grant there.
+    let (mut s, _, _, c) = node1();
+    assert!(s.grant_move(c, N3, 40, &mut vec![]).is_err());
+}
+
+#[test]
+fn a_third_node_follows_a_move_whatever_order_the_messages_come_in() {
+    for grant_first in [true, false] {
+        // Node 3's view: node 1 holds endpoint 10 and moves it to node 2.
+        let mut s = Switch::new(N3, cluster());
+        s.handle_dir(T0, N1, bind(10, 5));
+        let grant = DirMsg::Handover {
+            binding: Binding {
+                dc: 1,
+                ep: 10,
+                gen: 9,
+            },
+            to: 2,
+        };
+        if grant_first {
+            s.handle_dir(T0, N1, grant);
+            s.handle_dir(T0, N2, bind(10, 9));
+        } else {
+            s.handle_dir(T0, N2, bind(10, 9));
+            assert_eq!(s.lookup(DC1, Endpoint(10)).unwrap().node, N1);
+            s.handle_dir(T0, N1, grant);
+        }
+        assert_eq!(
+            s.lookup(DC1, Endpoint(10)).unwrap().node,
+            N2,
+            "grant first: {grant_first}"
+        );
+        // The old holder's Unbind comes late and changes nothing.
+        let late = DirMsg::Unbind {
+            binding: Binding {
+                dc: 1,
+                ep: 10,
+                gen: 5,
+            },
+            moved_to: Some(2),
+        };
+        s.handle_dir(T0, N1, late);
+        assert_eq!(
+            s.lookup(DC1, Endpoint(10)).unwrap(),
+            Place {
+                node: N2,
+                gen: 9,
+                port: None
+            }
+        );
+    }
+    // Without any grant, the holder's own handover (Unbind with moved_to) moves it, keeping the newcomer's
+    // generation if its binding came first.
+    let mut s = Switch::new(N3, cluster());
+    s.handle_dir(T0, N1, bind(10, 5));
+    s.handle_dir(T0, N2, bind(10, 9));
+    let unbind = DirMsg::Unbind {
+        binding: Binding {
+            dc: 1,
+            ep: 10,
+            gen: 5,
+        },
+        moved_to: Some(2),
+    };
+    s.handle_dir(T0, N1, unbind);
+    assert_eq!(
+        s.lookup(DC1, Endpoint(10)).unwrap(),
+        Place {
+            node: N2,
+            gen: 9,
+            port: None
+        }
+    );
+}
+
+#[test]
+fn a_peer_frame_from_a_source_the_peer_does_not_hold_is_dropped() {
+    let (mut s, _, b, _) = node1();
+    for (src, hops) in [(10, FIRST_HOPS), (99, FIRST_HOPS), (10, 1), (99, 0)] {
+        let mut out = vec![];
+        s.peer_frame(
+            T0,
+            N2,
+            DC1,
+            hops,
+            m3(Kind::SendRec, DC1, src, 20, 1),
+            &mut out,
+        );
+        assert!(out.is_empty(), "as {src} with {hops} hops: {out:?}");
+    }
+    let st = s.stats();
+    assert_eq!(st.peers[&2].drops.peer_spoofed, 4);
+    assert_eq!(st.dcs[&1].drops.peer_spoofed, 4);
+    assert_eq!(s.port_counters(b).unwrap().tx.frames, 0);
+    // Its own endpoint 40 gets through.
+    let mut out = vec![];
+    let f = m3(Kind::SendRec, DC1, 40, 20, 2);
+    s.peer_frame(T0, N2, DC1, FIRST_HOPS, f.clone(), &mut out);
+    assert_eq!(out, vec![Out::Port(b, f)]);
+    // A LAN frame from node 2 as one of this node's MACs is dropped; one as any other MAC is switched.
+    let mut out = vec![];
+    s.peer_frame(T0, N2, DC1, 0, lan(mac(10), mac(20)), &mut out);
+    assert!(out.is_empty());
+    assert_eq!(s.stats().peers[&2].drops.peer_spoofed, 5);
+    s.peer_frame(T0, N2, DC1, 0, lan(mac(41), mac(20)), &mut out);
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn the_old_place_may_answer_and_forward_for_a_while_after_a_move() {
+    // Node 1's view: node 2's endpoint 40 moves to node 3; node 2 answers a call that was in progress there
+    // (Migrated, with 40 as the source) and forwards a late frame.
+    let (mut s, a, _, _) = node1();
+    s.peer_up(N3, &mut vec![]);
+    let b = Binding {
+        dc: 1,
+        ep: 40,
+        gen: 6,
+    };
+    s.handle_dir(T0, N2, DirMsg::Handover { binding: b, to: 3 });
+    s.handle_dir(T0, N3, DirMsg::Bind(b));
+    let mut out = vec![];
+    s.peer_frame(
+        at(1),
+        N2,
+        DC1,
+        1,
+        m3(Kind::Migrated, DC1, 40, 10, 3),
+        &mut out,
+    );
+    assert!(matches!(out[..], [Out::Port(p, _)] if p == a), "{out:?}");
+    // Not with a fresh frame's hops, and not after the grace time.
+    let mut out = vec![];
+    s.peer_frame(
+        at(1),
+        N2,
+        DC1,
+        FIRST_HOPS,
+        m3(Kind::Migrated, DC1, 40, 10, 4),
+        &mut out,
+    );
+    s.peer_frame(
+        at(11),
+        N2,
+        DC1,
+        1,
+        m3(Kind::Migrated, DC1, 40, 10, 5),
+        &mut out,
+    );
+    assert!(out.is_empty(), "{out:?}");
+    // This node takes over endpoint 50 from node 2: node 2 forwards late calls to it, from callers elsewhere.
+    s.handle_dir(T0, N2, bind(50, 5));
+    s.handle_dir(T0, N3, bind(60, 5));
+    let mut sp = spec("x", DC1, &[50], 50);
+    sp.gen = 7;
+    let x = s.add_port(at(20), sp, &mut vec![]).unwrap();
+    let mut out = vec![];
+    s.peer_frame(
+        at(21),
+        N2,
+        DC1,
+        1,
+        m3(Kind::SendRec, DC1, 60, 50, 1),
+        &mut out,
+    );
+    assert!(matches!(out[..], [Out::Port(p, _)] if p == x), "{out:?}");
+}
+
+fn binding_strategy() -> impl Strategy<Value = Binding> {
+    (1u16..3, 0u32..80, any::<u64>()).prop_map(|(dc, ep, gen)| Binding { dc, ep, gen })
+}
+
+fn dir_msg_strategy() -> impl Strategy<Value = DirMsg> {
+    prop_oneof![
+        binding_strategy().prop_map(DirMsg::Bind),
+        proptest::collection::vec(binding_strategy(), 0..4).prop_map(DirMsg::Snapshot),
+        (binding_strategy(), proptest::option::of(0u16..5))
+            .prop_map(|(binding, moved_to)| DirMsg::Unbind { binding, moved_to }),
+        (binding_strategy(), 0u16..5).prop_map(|(binding, to)| DirMsg::Handover { binding, to }),
+    ]
+}
+
+proptest! {
+    /// Whatever node 3 says, the endpoints held by node 1 (here) and node 2 stay where they are, and no frame
+    /// from node 3 as one of them gets anywhere.
+    #[test]
+    fn a_peer_cannot_take_or_speak_for_others_endpoints(
+        msgs in proptest::collection::vec(dir_msg_strategy(), 0..24),
+        frame in m3_frame_strategy(),
+        hops in 0u8..3,
+    ) {
+        let (mut s, _, _, _) = node1();
+        let held: Vec<_> = s.placements().into_iter().filter(|p| p.node != 3).collect();
+        for m in msgs {
+            s.handle_dir(T0, N3, m);
+        }
+        for p in &held {
+            let now = s.lookup(DcId(p.dc), Endpoint(p.ep)).map(|l| l.node.0);
+            prop_assert_eq!(now, Some(p.node), "{:?}", p);
+        }
+        let mut out = vec![];
+        s.peer_frame(T0, N3, DC1, hops, Bytes::from(frame.clone()), &mut out);
+        if let Ok(r) = FrameRepr::parse(&frame[ETH_HEADER_LEN..]) {
+            if held.iter().any(|p| p.dc == r.dc.0 && p.ep == r.src.0) {
+                prop_assert!(out.is_empty(), "{:?}", out);
+            }
+        }
     }
 }

@@ -8,7 +8,8 @@
 //!   with the feature `grpc`, the tonic gRPC unary baseline ([`grpc`]).
 //! - `dvs-bench` (scripts/bench-cluster.sh, scripts/bench-density.sh, scripts/bench.sh): waits on a
 //!   node daemon's typed instance view (`guest.ready`, `guest.reports`), the density benchmark, and
-//!   the merge of every part into `target/bench/summary.json`.
+//!   the merge of every part into `target/bench/summary.json`, and the web server benchmark against
+//!   nginx (`dvs-bench http`, scripts/bench-http.sh) on the small load generator [`httpload`].
 //!
 //! Each benchmark writes its figures as one JSON object to `target/bench/<part>.json`
 //! ([`Figures::write`]); `dvs-bench summary` merges them.
@@ -16,6 +17,7 @@
 
 #[cfg(feature = "grpc")]
 pub mod grpc;
+pub mod httpload;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -345,6 +345,15 @@ impl Cluster {
         Api::new(&self.rt, &self.node(n).client, n)
     }
 
+    /// Node `n`'s address on the bridge (where its API and its published ports listen), reachable from the
+    /// root namespace.
+    pub fn node_ip(&self, n: u16) -> std::net::IpAddr {
+        let api = &self.node(n).api_addr;
+        api.parse::<std::net::SocketAddr>()
+            .map(|a| a.ip())
+            .unwrap_or_else(|e| panic!("node {n}'s API address '{api}': {e}"))
+    }
+
     /// Node ids.
     pub fn node_ids(&self) -> Vec<u16> {
         self.nodes.iter().map(|n| n.id).collect()

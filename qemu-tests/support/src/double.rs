@@ -236,11 +236,6 @@ impl Double {
                 DgramPort::bind(local, remote)
                     .map_err(io_err(format!("NIC {}", local.display())))?,
             ),
-            NicBackend::User { .. } => {
-                return Err(DoubleError::Usage(
-                    "a user-networking NIC cannot carry M3-IPC".into(),
-                ))
-            }
         };
         let eps: Vec<Endpoint> = endpoints.iter().map(|&e| Endpoint(e)).collect();
         let mut ep = EnginePort::with_incarnation(

@@ -6,7 +6,8 @@
 //! - [`cluster`]: N nodes as network namespaces on a bridge, their daemons as children, all torn down on
 //!   drop ([`netns`] guards); [`api`]: a blocking typed client with [`api::Api::wait_view`] (long polls on
 //!   an instance's revision); [`wait::eventually`] for state without a change feed.
-//! - [`runner`]: an ordered runner of named checks printing libtest-style lines.
+//! - [`runner`]: an ordered runner of named checks printing libtest-style lines; [`http`]: a blocking
+//!   HTTP/1.1 client with one timeout per exchange, for the checks of the web server.
 //!
 //! The cluster test itself is `tests/cluster.rs` (`make cluster-test`).
 #![warn(missing_docs)]
@@ -15,6 +16,7 @@ pub mod api;
 pub mod arp;
 pub mod cluster;
 pub mod double;
+pub mod http;
 pub mod netns;
 pub mod roles;
 pub mod runner;

@@ -10,7 +10,8 @@
 //! Needs root, QEMU, `images/vos.elf` and the `dvs` binary next to this test's `dvs-double`
 //! (`make cluster-test` builds them and sets `DVS_CLUSTER_TEST=1`; without it this target passes at once,
 //! so `cargo test --workspace` boots no cluster). `DVS_ACCEL=kvm|tcg` overrides the accelerator;
-//! `DVS_BIN` the dvs binary.
+//! `DVS_BIN` the dvs binary; `DVS_CLUSTER_ONLY=storage` runs only section 7 (the VOS factored over the
+//! three nodes, `cluster/storage.rs`), for work on it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,7 +28,11 @@ use dvs_vos_abi::control::BenchStep;
 use dvs_vos_abi::Report;
 use m3ipc_core::ErrorCode;
 
-/// The checks, in order (the runner prints `running N tests` from this count).
+#[path = "cluster/storage.rs"]
+mod storage;
+
+/// The checks of sections 1-6, in order (the runner prints `running N tests` from this count and
+/// [`storage::CHECKS`]).
 const CHECKS: usize = 33;
 
 fn root_dir() -> PathBuf {
@@ -270,7 +275,8 @@ fn main() -> ExitCode {
     }
     let mut cfg = ClusterConfig::new(3, dvs_bin())
         .dc(1, "alpha", &[1, 2, 3])
-        .dc(2, "beta", &[1, 2]);
+        .dc(2, "beta", &[1, 2])
+        .dc(3, "web", &[1, 2, 3]);
     cfg.accel = accel;
     cfg.node_toml_extra = format!(
         "backend = \"qemu\"\nprocess_program = \"{}\"\n",
@@ -289,8 +295,20 @@ fn main() -> ExitCode {
         t0.elapsed().as_secs_f64(),
         cluster.work_dir().display()
     );
-    let mut r = Runner::new(CHECKS);
-    checks(&mut cluster, &mut r, &image);
+    let only_storage = std::env::var("DVS_CLUSTER_ONLY").is_ok_and(|v| v == "storage");
+    let mut r = Runner::new(if only_storage {
+        storage::CHECKS
+    } else {
+        CHECKS + storage::CHECKS
+    });
+    if !only_storage {
+        checks(&mut cluster, &mut r, &image);
+    }
+    storage::checks(
+        &Ctx { c: &cluster },
+        &mut r,
+        &root_dir().join("examples/web-dc-3node.toml"),
+    );
     if r.failed() > 0 {
         cluster.keep_logs();
     }

@@ -20,6 +20,7 @@
 
 extern crate alloc;
 
+pub mod cache;
 pub mod device;
 pub mod error;
 mod file;
@@ -27,6 +28,7 @@ pub mod format;
 mod fs;
 pub mod path;
 
+pub use cache::CachedDevice;
 pub use device::{BlockDevice, MemDevice};
 pub use error::{DeviceError, Error, Result};
 pub use file::File;

@@ -15,7 +15,7 @@
 mod common;
 
 use common::{fs_apply, model_apply, random_op, snapshot, Op, Rng, Tree};
-use dvs_fs::{BlockDevice, DeviceError, Error, FileSystem, MemDevice, OpenFlags};
+use dvs_fs::{BlockDevice, CachedDevice, DeviceError, Error, FileSystem, MemDevice, OpenFlags};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -178,28 +178,49 @@ fn reference(w: &Workload) -> Reference {
 /// Runs the workload with power lost at write `cut`; checks what the disk holds afterwards.
 /// Returns the generation found and the generations that were allowed, or `None` if the cut
 /// point lies past the workload.
-fn cut_run(w: &Workload, r: &Reference, cut: u64, seed: u64) -> Option<(u64, Vec<u64>)> {
-    let mut dev = CutDevice::new(w.bs, w.blocks, cut, seed, true);
-    let mut fs = match FileSystem::format(&mut dev) {
+/// The workload on `fs` until an op fails because of the cut: the generations the disk may then
+/// hold (the last one that returned, and the one under way). None: format itself was cut (the
+/// `cut_during_format_*` test covers that); `Some(None)`: no op failed.
+fn until_cut<D: BlockDevice>(
+    fs: Result<FileSystem<D>, Error>,
+    w: &Workload,
+    r: &Reference,
+) -> Option<Option<Vec<u64>>> {
+    let mut fs = match fs {
         Ok(fs) => fs,
         Err(e) => {
             assert!(matches!(e, Error::Io { .. }), "format: {e}");
-            return None; // cut_during_format_* covers this
+            return None;
         }
     };
-    // Which generations the disk may hold: the last one that returned, and the one under way.
-    let mut allowed = None;
     for (i, op) in w.ops.iter().enumerate() {
         if let Err(Error::Io { .. }) | Err(Error::Poisoned) = fs_apply(&mut fs, op) {
             let mut a = vec![r.gen_before[i]];
             if r.gen_after[i] != r.gen_before[i] {
                 a.push(r.gen_after[i]);
             }
-            allowed = Some(a);
-            break;
+            return Some(Some(a));
         }
     }
-    drop(fs);
+    Some(None)
+}
+
+/// One run cut after `cut` writes; with `cache` > 0 the file system runs on a block cache of
+/// that many blocks over the cut device (the VOS fs server's arrangement), which must not
+/// change what survives.
+fn cut_run(
+    w: &Workload,
+    r: &Reference,
+    cut: u64,
+    seed: u64,
+    cache: usize,
+) -> Option<(u64, Vec<u64>)> {
+    let mut dev = CutDevice::new(w.bs, w.blocks, cut, seed, true);
+    let allowed = if cache == 0 {
+        until_cut(FileSystem::format(&mut dev), w, r)?
+    } else {
+        until_cut(FileSystem::format(CachedDevice::new(&mut dev, cache)), w, r)?
+    };
     assert_eq!(
         dev.cut,
         allowed.is_some(),
@@ -276,7 +297,9 @@ fn every_cut_point(w: &Workload, seed: u64, tries: u64) -> (u64, u64, u64) {
     for cut in 0..=r.writes {
         for t in 0..tries {
             let s = seed.wrapping_mul(1_000_003).wrapping_add(cut * 16 + t);
-            if let Some((g, allowed)) = cut_run(w, &r, cut, s) {
+            // Every other try runs on a small block cache (evictions all the time).
+            let cache = if t % 2 == 1 { 8 } else { 0 };
+            if let Some((g, allowed)) = cut_run(w, &r, cut, s, cache) {
                 runs += 1;
                 if allowed.len() == 2 && g == allowed[1] {
                     landed += 1;

@@ -179,10 +179,11 @@ impl Net {
     /// One port per NIC, each with the address `cfg` gives it ([`config::nic_ip`]); every
     /// port with an address announces it (gratuitous ARP). `seed` seeds smoltcp.
     pub fn new(nics: Vec<Nic>, cfg: &BootConfig, seed: u64, now_us: u64) -> Net {
+        let count = nics.len();
         let mut ports: Vec<Port> = nics
             .into_iter()
             .enumerate()
-            .map(|(i, nic)| Port::new(nic, config::nic_ip(cfg, i), seed ^ i as u64, now_us))
+            .map(|(i, nic)| Port::new(nic, config::nic_ip(cfg, i, count), seed ^ i as u64, now_us))
             .collect();
         for p in ports.iter_mut() {
             p.gratuitous_arp();

@@ -28,8 +28,12 @@ use m3ipc_core::{Endpoint, ErrorCode};
 pub const FS_BLOCK: usize = 4096;
 /// Sectors per file-system block.
 const PER_BLOCK: u64 = (FS_BLOCK as u64) / (BLOCK_SIZE as u64);
-/// How long a `Read`, `Write` or `Flush` may take before it counts as failed.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a `Read`, `Write` or `Flush` may take before it counts as failed: ample for one
+/// call of at most 256 KiB to a disk server on another node (tens of ms), and below the web
+/// server's 8 s call timeout to the file server, so that a disk server that stopped answering
+/// makes the fs request fail (`Io`, then 503) before the web server's own call gives up, and the
+/// file server is free for the next request by then.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the `Info` probe (at mount) may take: short, so that a request that finds the disk
 /// server away is answered soon.
 pub const INFO_TIMEOUT: Duration = Duration::from_secs(3);

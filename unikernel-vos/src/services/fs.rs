@@ -16,10 +16,17 @@
 //! Mount: at start, `mount` (formatting only a blank disk, `NotFormatted`). A corrupt disk or
 //! one of another format version is refused for good: a console line says why, a `ServiceDown`
 //! record goes to the host, and every request is answered `FsError::Corrupt` (the disk is never
-//! written). A disk server that does not answer leaves the server "down": requests are answered
-//! `FsError::Io` and a request at least `RETRY_US` after the last attempt tries to mount again.
-//! After a device error while writing (the file system then refuses everything, `Poisoned`) the
-//! server remounts, from the last commit, at the next request.
+//! written). A disk server that does not answer (not booted yet, its node away: the fs server may
+//! well boot before its disk server, on another node) leaves the server "down": requests are
+//! answered `FsError::Io` at once, and the server tries to mount again every `RETRY_US`, by
+//! itself while no request comes, so that it is up as soon as the disk server is. After a device
+//! error while writing (the file system then refuses everything, `Poisoned`) the server
+//! remounts, from the last commit, at the next request.
+//!
+//! Blocks go through a write-through LRU cache (`dvs_fs::CachedDevice`, an eighth of the free
+//! heap at mount, at most 8 MiB): a file read again, or read right after it was written, costs
+//! no disk call. Every write and flush still reaches the disk server in order, so crash safety
+//! is unchanged; the cache is dropped with the mount and after any device error.
 //!
 //! Handles: per client endpoint (the engine fills in the source; a payload cannot forge it), a
 //! table of at most `MAX_PER_CLIENT` handles, `MAX_HANDLES` in all; a handle number means
@@ -29,6 +36,7 @@ use super::blocking::Blocking;
 use super::bump;
 use super::disk_client::{DiskClient, DiskDevice, Failure, Link, FS_BLOCK};
 use crate::arch::control;
+use crate::arch::heap;
 use crate::arch::time;
 use crate::config::Service;
 use crate::ipc::{self, IpcRef};
@@ -41,13 +49,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::Cell;
 use core::time::Duration;
-use dvs_fs::{Error, FileHandle, FileSystem, Kind, OpenFlags};
+use dvs_fs::{CachedDevice, Error, FileHandle, FileSystem, Kind, OpenFlags};
 use dvs_vos_abi::ControlRecord;
 use dvs_vos_proto::fs::{
     push_entry, validate_path, BufRange, FileKind, FsError, FsReply, FsRequest, StatInfo, MAX_IO,
     MAX_PATH,
 };
-use m3ipc_core::{Endpoint, ErrorCode, VcopyRequest};
+use m3ipc_core::{Endpoint, ErrorCode, Message, VcopyRequest};
 
 /// How long one vcopy with a client may take.
 const VCOPY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,6 +65,15 @@ const STACK_BYTES: usize = 256 * 1024;
 const RETRY_US: u64 = 1_000_000;
 /// Handles one client may hold.
 pub const MAX_PER_CLIENT: usize = 1024;
+/// The file system's device: the disk server's client behind a block cache (write-through, so
+/// crash safety is the device's; see `dvs_fs::cache`).
+type Device = CachedDevice<DiskDevice>;
+
+/// Blocks the cache may hold, given `free` bytes of heap at mount: an eighth of it, from 16
+/// blocks (64 KiB) to 2048 (8 MiB).
+fn cache_blocks(free: usize) -> usize {
+    (free / 8 / FS_BLOCK).clamp(16, 2048)
+}
 /// Handles all clients together may hold.
 pub const MAX_HANDLES: usize = 4096;
 
@@ -72,7 +89,7 @@ pub struct FsStats {
 /// The state of the file system.
 enum Mount {
     /// Mounted.
-    Up(Box<FileSystem<DiskDevice>>),
+    Up(Box<FileSystem<Device>>),
     /// Refused for good (corrupt, another version): every request gets this error.
     Refused,
     /// Not mounted (disk server away, or a remount is due); the time of the last attempt.
@@ -195,7 +212,11 @@ pub async fn serve(
     };
     s.try_mount().await;
     loop {
-        let msg = super::next_request(&s.ipc, ep, &stats.errors).await;
+        let Some(msg) = s.next_request(&stats.errors).await else {
+            // Down, and no request came before the next attempt was due.
+            s.try_mount().await;
+            continue;
+        };
         let reply = match FsRequest::decode(&msg) {
             Ok(req) => s.handle(msg.source, req).await,
             Err(_) => FsReply::Error(FsError::Malformed),
@@ -211,6 +232,31 @@ pub async fn serve(
 }
 
 impl Server {
+    /// The next request; while the file system is down, `None` once the next mount attempt is
+    /// due with no request come (so that the server mounts without waiting for one).
+    async fn next_request(&self, dropped: &Cell<u64>) -> Option<Message> {
+        let Mount::Down { tried_us } = self.mount else {
+            return Some(super::next_request(&self.ipc, self.ep, dropped).await);
+        };
+        loop {
+            let now = time::now_us();
+            let due = tried_us.map_or(now, |t| t + RETRY_US);
+            if now >= due {
+                return None;
+            }
+            let wait = Duration::from_micros(due - now);
+            match ipc::receive(&self.ipc, self.ep, Endpoint::ANY, Some(wait)).await {
+                Ok((msg, true)) if !msg.is_notify() => return Some(msg),
+                Ok(_) => bump(dropped),
+                Err(ErrorCode::Timeout) => return None,
+                Err(_) => {
+                    bump(dropped);
+                    crate::executor::yield_now().await;
+                }
+            }
+        }
+    }
+
     /// Runs `f` on the job stack, doing its disk calls meanwhile. `None` if the stack is
     /// unusable (never after a normal run).
     async fn blocking<R>(
@@ -236,14 +282,15 @@ impl Server {
         let link = self.link.clone();
         let susp = self.blocking.suspender();
         let disk = self.client.disk;
+        let cache = cache_blocks(heap::free());
         let r = Self::blocking(&self.blocking, &self.link, &mut self.client, move || {
             let sectors = DiskDevice::probe(&link, &susp).map_err(MountError::Disk)?;
             let dev = DiskDevice::new(link.clone(), susp.clone(), sectors);
-            match FileSystem::mount(dev) {
+            match FileSystem::mount(CachedDevice::new(dev, cache)) {
                 Ok((fs, report)) => Ok((fs, Some(report))),
                 Err(Error::NotFormatted) => {
                     let dev = DiskDevice::new(link, susp, sectors);
-                    FileSystem::format(dev)
+                    FileSystem::format(CachedDevice::new(dev, cache))
                         .map(|fs| (fs, None))
                         .map_err(MountError::Fs)
                 }
@@ -329,7 +376,7 @@ impl Server {
     async fn with_fs<R>(
         &mut self,
         writes: bool,
-        op: impl FnOnce(&mut FileSystem<DiskDevice>) -> Result<R, Error>,
+        op: impl FnOnce(&mut FileSystem<Device>) -> Result<R, Error>,
     ) -> Result<R, FsError> {
         self.fs().await?;
         let Mount::Up(fs) = &mut self.mount else {

@@ -56,6 +56,8 @@ const RX_BUF: usize = 8192;
 const TX_BUF: usize = 16384;
 /// How long a connection we closed may wait for the client's FIN before it is reset, µs.
 pub const LINGER_US: u64 = 2_000_000;
+/// How long an aborted socket waits for its RST to go out before it listens again anyway, µs.
+const RST_WAIT_US: u64 = 200_000;
 /// Largest file PUT may store.
 pub const MAX_FILE: u64 = 1 << 20;
 /// Most bytes the RAM store holds (less if the heap is small).
@@ -138,6 +140,9 @@ enum Source<S: Store> {
     Listing {
         dir: String,
         after: Option<String>,
+        /// The first batch, read before the head was sent (so that a failing store answers
+        /// with an error status, not an empty 200).
+        first: Option<Vec<store::Entry>>,
         chunked: bool,
         done: bool,
     },
@@ -163,6 +168,8 @@ struct Conn<S: Store> {
     /// The loop turn in which the socket was reset: it listens again only on a later turn, so
     /// that smoltcp sends the RST first.
     reset_turn: u64,
+    /// Since when (µs) an aborted socket waits for the interface to send its RST.
+    rst_since: Option<u64>,
 }
 
 impl<S: Store> Conn<S> {
@@ -178,6 +185,7 @@ impl<S: Store> Conn<S> {
             source: Source::None,
             close_after: false,
             reset_turn: u64::MAX,
+            rst_since: None,
         }
     }
 
@@ -456,6 +464,8 @@ fn kill<S: Store>(c: &mut Conn<S>, s: &mut tcp::Socket, store: &mut S, t: &Turn)
     s.abort();
     reset(c, store);
     c.reset_turn = t.turn;
+    // The interface must poll to send the RST.
+    executor::progress();
 }
 
 /// Takes a listening socket that a client connected to: true if it was just accepted.
@@ -475,7 +485,19 @@ fn accept<S: Store>(
         if !matches!(c.phase, Phase::Listen) {
             reset(c, store);
         }
+        // An aborted socket keeps its connection until the interface has sent the RST
+        // (`remote_endpoint` is cleared then); listening again before that would drop the RST
+        // and leave the client waiting for the rest of a response. Bounded by RST_WAIT_US in
+        // case the RST cannot go out (no route to the client any more).
+        if s.remote_endpoint().is_some() {
+            let since = *c.rst_since.get_or_insert(t.now);
+            if t.now < since.saturating_add(RST_WAIT_US) {
+                executor::wake_at(since.saturating_add(RST_WAIT_US));
+                return false;
+            }
+        }
         if c.reset_turn != t.turn {
+            c.rst_since = None;
             let _ = s.listen(PORT);
         }
         return false;
@@ -1022,29 +1044,39 @@ fn act<S: Store>(
             }
         }
         (Method::Get | Method::Head, _) if req.path.ends_with('/') => {
-            let chunked = !req.http10;
-            let close = close || !chunked;
-            if !head_only {
-                source = Source::Listing {
-                    dir: req.path.clone(),
-                    after: None,
-                    chunked,
-                    done: false,
-                };
+            match store.poll_list(&req.path, None, LIST_BATCH) {
+                Poll::Pending => return false,
+                Poll::Ready(Err(e)) => {
+                    let (status, why) = store_refusal(e);
+                    text(status, close, "", &why, head_only)
+                }
+                Poll::Ready(Ok(first)) => {
+                    let chunked = !req.http10;
+                    let close = close || !chunked;
+                    if !head_only {
+                        source = Source::Listing {
+                            dir: req.path.clone(),
+                            after: None,
+                            first: Some(first),
+                            chunked,
+                            done: false,
+                        };
+                    }
+                    let framing = if chunked {
+                        "Transfer-Encoding: chunked\r\n"
+                    } else {
+                        ""
+                    };
+                    if close {
+                        c.close_after = true;
+                    }
+                    head(
+                        Status::Ok,
+                        close,
+                        &format!("Content-Type: text/html\r\n{framing}"),
+                    )
+                }
             }
-            let framing = if chunked {
-                "Transfer-Encoding: chunked\r\n"
-            } else {
-                ""
-            };
-            if close {
-                c.close_after = true;
-            }
-            head(
-                Status::Ok,
-                close,
-                &format!("Content-Type: text/html\r\n{framing}"),
-            )
         }
         (Method::Get | Method::Head, _) => match store.poll_open(&req.path) {
             Poll::Pending => return false,
@@ -1173,6 +1205,7 @@ fn flush<S: Store>(c: &mut Conn<S>, s: &mut tcp::Socket, store: &mut S) -> bool 
                         // The file cannot be read any more: the response cannot be completed.
                         s.abort();
                         c.source = Source::None;
+                        executor::progress();
                         break;
                     }
                 }
@@ -1180,6 +1213,7 @@ fn flush<S: Store>(c: &mut Conn<S>, s: &mut tcp::Socket, store: &mut S) -> bool 
             Source::Listing {
                 dir,
                 after,
+                first,
                 chunked,
                 done,
             } => {
@@ -1191,10 +1225,20 @@ fn flush<S: Store>(c: &mut Conn<S>, s: &mut tcp::Socket, store: &mut S) -> bool 
                 if s.send_capacity() - s.send_queue() < 8192 {
                     break;
                 }
-                let entries = match store.poll_list(dir, after.as_deref(), LIST_BATCH) {
-                    Poll::Pending => break,
-                    Poll::Ready(Ok(e)) => e,
-                    Poll::Ready(Err(_)) => Vec::new(),
+                let entries = match first.take() {
+                    Some(e) => e,
+                    None => match store.poll_list(dir, after.as_deref(), LIST_BATCH) {
+                        Poll::Pending => break,
+                        Poll::Ready(Ok(e)) => e,
+                        Poll::Ready(Err(_)) => {
+                            // The listing cannot be completed: reset rather than end it as if
+                            // it were whole.
+                            s.abort();
+                            c.source = Source::None;
+                            executor::progress();
+                            break;
+                        }
+                    },
                 };
                 let mut piece = String::new();
                 if after.is_none() {

@@ -8,6 +8,10 @@
 //!   dvs-bench put PART KEY=VALUE...      writes figures to target/bench/PART.json
 //!   dvs-bench summary                    merges target/bench/*.json into target/bench/summary.json
 //!   dvs-bench density [--max N]          the density benchmark (own daemon on 127.0.0.1:7170)
+//!   dvs-bench http [--secs S] [--warmup S] [--targets nginx,aio,factored]
+//!       the web server benchmark against nginx (scripts/bench-http.sh) → target/bench/http.json
+//!   dvs-bench load ADDR PATH [--conns N] [--secs S] [--put BYTES] [--expect-len N]
+//!       one case of the HTTP load generator against any server, printed
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -18,6 +22,7 @@ use dvs_bench::{out_dir, Figures};
 use dvs_vos_abi::Report;
 
 mod density;
+mod http;
 mod view;
 
 /// Benchmark helpers of scripts/bench-*.sh.
@@ -69,6 +74,42 @@ enum Cmd {
         /// Most instances to boot.
         #[arg(long, env = "DENSITY_MAX", default_value_t = 200)]
         max: usize,
+    },
+    /// The web server benchmark: the all-in-one and the three-node VOS against nginx.
+    Http {
+        /// Measurement window per case, seconds.
+        #[arg(long, env = "BENCH_HTTP_SECS", default_value_t = 3.0)]
+        secs: f64,
+        /// Warm-up per case (not counted), seconds.
+        #[arg(long, default_value_t = 0.5)]
+        warmup: f64,
+        /// Servers to run (nginx, aio, factored), comma-separated.
+        #[arg(
+            long,
+            env = "BENCH_HTTP_TARGETS",
+            value_delimiter = ',',
+            default_value = "nginx,aio,factored"
+        )]
+        targets: Vec<String>,
+    },
+    /// One case of the HTTP load generator (keep-alive connections for a fixed window).
+    Load {
+        /// Server address (ip:port).
+        addr: std::net::SocketAddr,
+        /// Path to GET or PUT (PUT: connection i appends `.i`).
+        path: String,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+        /// Window, seconds.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// PUT a body of this many bytes instead of GET.
+        #[arg(long)]
+        put: Option<usize>,
+        /// GET: the body length every response must have.
+        #[arg(long)]
+        expect_len: Option<u64>,
     },
 }
 
@@ -233,10 +274,17 @@ fn summary() -> anyhow::Result<()> {
         .unwrap_or(0);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let accel = dvs_instance::Accel::detect().name();
+    let mut ratios = serde_json::Map::new();
+    if let Some(h) = parts.get("http") {
+        for (k, v) in http::ratios(h) {
+            ratios.insert(k, serde_json::json!(v));
+        }
+    }
     let out = serde_json::json!({
         "generated_unix": generated,
         "host": { "cores": cores, "accel": accel },
         "parts": parts,
+        "ratios": ratios,
     });
     let path = dir.join("summary.json");
     std::fs::write(&path, serde_json::to_string_pretty(&out)? + "\n")
@@ -246,6 +294,59 @@ fn summary() -> anyhow::Result<()> {
         path.display(),
         parts.len(),
         parts.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+fn secs_arg(s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|e| anyhow::anyhow!("{s} s: {e}"))
+}
+
+fn load(
+    addr: std::net::SocketAddr,
+    path: &str,
+    conns: usize,
+    window: Duration,
+    put: Option<usize>,
+    expect_len: Option<u64>,
+) -> anyhow::Result<()> {
+    use dvs_bench::httpload::{run, Case, Method};
+    let method = if put.is_some() {
+        Method::Put
+    } else {
+        Method::Get
+    };
+    let paths = match put {
+        Some(_) => (0..conns.max(1)).map(|i| format!("{path}.{i}")).collect(),
+        None => vec![path.to_string()],
+    };
+    let case = Case {
+        addr,
+        host: addr.ip().to_string(),
+        method,
+        paths,
+        body: std::sync::Arc::new(vec![b'x'; put.unwrap_or(0)]),
+        expect_len,
+        ok_status: vec![200, 201, 204],
+        conns,
+        warmup: Duration::from_millis(200),
+        window,
+        io_timeout: Duration::from_secs(5),
+    };
+    let o = run(&case, || 0.0);
+    println!(
+        "requests={} rps={:.1} mib_s={:.2} p50_us={} p99_us={} failures: {}{}",
+        o.requests,
+        o.rps(),
+        o.mib_s(),
+        o.quantile_us(0.5),
+        o.quantile_us(0.99),
+        o.errors,
+        o.errors
+            .first
+            .as_deref()
+            .map(|f| format!(" (first: {f})"))
+            .unwrap_or_default()
     );
     Ok(())
 }
@@ -267,5 +368,22 @@ fn main() -> anyhow::Result<()> {
         Cmd::Put { part, figures } => put(&part, &figures),
         Cmd::Summary => summary(),
         Cmd::Density { max } => density::run(max),
+        Cmd::Http {
+            secs,
+            warmup,
+            targets,
+        } => http::run(&http::Opts {
+            window: secs_arg(secs)?,
+            warmup: secs_arg(warmup)?,
+            targets,
+        }),
+        Cmd::Load {
+            addr,
+            path,
+            conns,
+            secs,
+            put,
+            expect_len,
+        } => load(addr, &path, conns, secs_arg(secs)?, put, expect_len),
     }
 }

@@ -18,9 +18,11 @@ use dvs_hypervisor::client::NodeClient;
 const API: &str = "127.0.0.1:7170";
 
 /// The daemon child: SIGTERM, then SIGKILL, on drop; the data dir removed after it.
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
+/// A node daemon child of the bench: SIGTERM, then SIGKILL after 10 s, and its data directory
+/// removed, on drop (the density and http benches share it).
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) dir: PathBuf,
 }
 
 impl Drop for Daemon {
@@ -40,12 +42,13 @@ impl Drop for Daemon {
     }
 }
 
-fn dvs_binary() -> anyhow::Result<PathBuf> {
+/// The `dvs` binary built next to this one.
+pub(crate) fn dvs_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("current_exe")?;
     let p = exe.with_file_name("dvs");
     if !p.exists() {
         bail!(
-            "{} missing: build it with `cargo build --release -p dvs-hypervisor`",
+            "{} missing: build it with `cargo build --release -p dvs-hypervisor --bin dvs`",
             p.display()
         );
     }

@@ -29,6 +29,8 @@ use dvs_bench::httpload::{self, Case, Method, Outcome};
 use dvs_bench::{clock_ticks_per_s, cpu_ticks, print_table, repo_root, Figures};
 use dvs_test_support::cluster::{processes_mentioning, Cluster, ClusterConfig};
 
+use crate::density::{dvs_binary, Daemon};
+
 /// The servers, in the order they run.
 pub const TARGETS: [&str; 3] = ["nginx", "aio", "factored"];
 
@@ -350,41 +352,6 @@ fn start_nginx(small: &[u8], large: &[u8]) -> anyhow::Result<(Server, bool)> {
 }
 
 // ---- the all-in-one VOS on a node daemon of its own ----
-
-/// The daemon child: SIGTERM (it stops its machines), then SIGKILL, on drop; its dir removed.
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid of our own child (not reaped yet).
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn dvs_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("current_exe")?;
-    let p = exe.with_file_name("dvs");
-    if !p.exists() {
-        bail!(
-            "{} missing: build it with `cargo build --release -p dvs-hypervisor --bin dvs`",
-            p.display()
-        );
-    }
-    Ok(p)
-}
 
 fn dvs_cli(dvs: &Path, api: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(dvs)

@@ -10,6 +10,8 @@ API=127.0.0.1:7070
 URL=http://127.0.0.1:8080/
 PAGE=${URL}index.html
 export DVS_NODE=$API
+# The node writes its admin credentials here on first start (TLS client certificate; see hypervisor/README.md).
+export DVS_CREDENTIALS=$ROOT/.dvs/api/admin.toml
 
 # True when the web server answers 200 (curl when installed, else bash's /dev/tcp).
 http_ok() {
@@ -61,5 +63,7 @@ dvs is running: one node, DC "web", instance "web" (a VOS with http on fs on dis
   web server:   $PAGE  (and the listing at $URL; PUT a file with: curl -T FILE ${URL}FILE)
   console:      target/release/dvs logs web
   node:         target/release/dvs node status
+  credentials:  export DVS_CREDENTIALS=$DVS_CREDENTIALS   (admin; read-only: .dvs/api/read-only.toml)
+                the API is https://$API with client certificates; the dvs CLI needs this file
   stop it all:  make stop
 EOF

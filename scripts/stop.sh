@@ -4,6 +4,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export DVS_NODE=127.0.0.1:7070
+export DVS_CREDENTIALS=$ROOT/.dvs/api/admin.toml
 DVS=$ROOT/target/release/dvs
 [ -x "$DVS" ] || DVS=$ROOT/target/debug/dvs
 

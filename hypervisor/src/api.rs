@@ -8,7 +8,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use bytes::Bytes;
 use m3ipc_core::NodeId;
 use serde::Deserialize;
 
@@ -24,7 +23,20 @@ pub struct Api {
     pub mgr: Arc<Manager>,
     /// When the daemon started.
     pub started: Instant,
+    /// What this node presents to other nodes' APIs (migration): its admin credentials (none: `api_tls`
+    /// without `credentials`, and migrating out is refused).
+    pub credentials: Option<Arc<crate::auth::Credentials>>,
+    /// The node's data directory (instances' console logs are under `instances/`).
+    pub data_dir: std::path::PathBuf,
+    /// The largest image a push may upload, in bytes.
+    pub max_image: u64,
 }
+
+/// How long an image upload may pause between two pieces of its body.
+const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The largest JSON request body (an instance spec, a migration request).
+pub const MAX_JSON_BODY: usize = 256 << 10;
 
 /// An error answer: HTTP status, stable code, message.
 pub struct ApiError(StatusCode, &'static str, String);
@@ -34,7 +46,7 @@ impl IntoResponse for ApiError {
         (
             self.0,
             Json(ApiErrorBody {
-                error: self.2,
+                message: self.2,
                 code: self.1.into(),
             }),
         )
@@ -53,6 +65,10 @@ impl From<InstanceError> for ApiError {
             InstanceError::Dc(_) => (StatusCode::BAD_REQUEST, "dc"),
             InstanceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             InstanceError::Image(ImageError::NotFound(_)) => (StatusCode::NOT_FOUND, "image"),
+            InstanceError::Image(ImageError::Taken(_)) => (StatusCode::CONFLICT, "image_taken"),
+            InstanceError::Image(ImageError::Io { .. }) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
             InstanceError::Image(_) => (StatusCode::BAD_REQUEST, "image"),
             InstanceError::Volume(v) => volume_status(v),
             InstanceError::Other(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -106,7 +122,12 @@ pub fn router(api: Arc<Api>) -> Router {
             get(|s: S| async move { Json(s.mgr.proxy().stats()) }),
         )
         .route("/v1/images", get(images))
-        .route("/v1/images/{reference}", put(push_image).get(image))
+        .route(
+            "/v1/images/{reference}",
+            put(push_image)
+                .get(image)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .route(
             "/v1/instances",
             get(|s: S| async move { Json(s.mgr.list()) }).post(run),
@@ -119,8 +140,130 @@ pub fn router(api: Arc<Api>) -> Router {
             get(|s: S| async move { Json(s.mgr.volumes().list()) }),
         )
         .route("/v1/volumes/{dc}/{name}", delete(remove_volume))
-        .layer(DefaultBodyLimit::max(512 << 20))
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such API path (see hypervisor/README.md)".into(),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid",
+                "this API path does not take that method".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn(authorize))
         .with_state(api)
+}
+
+/// A JSON body whose rejections (malformed, wrong type, too large, no content type) are API errors:
+/// `{code, message}` with 400 `invalid`, 413 `too_large` or 415 `invalid`; 408 `timeout` when the body
+/// does not come within 30 s.
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, St: Send + Sync> axum::extract::FromRequest<St>
+    for ApiJson<T>
+{
+    type Rejection = ApiError;
+    async fn from_request(req: axum::extract::Request, state: &St) -> Result<Self, ApiError> {
+        let read = tokio::time::timeout(BODY_IDLE, Json::<T>::from_request(req, state))
+            .await
+            .map_err(|_| {
+                ApiError(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!("the request body did not come in {} s", BODY_IDLE.as_secs()),
+                )
+            })?;
+        match read {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(r) => {
+                let status = r.status();
+                let (status, code) = match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => (status, "too_large"),
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => (status, "invalid"),
+                    _ => (StatusCode::BAD_REQUEST, "invalid"),
+                };
+                Err(ApiError(status, code, r.body_text()))
+            }
+        }
+    }
+}
+
+/// A query string whose rejection is a 400 `invalid` API error.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, St: Send + Sync> axum::extract::FromRequestParts<St>
+    for ApiQuery<T>
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &St,
+    ) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|r| ApiError(StatusCode::BAD_REQUEST, "invalid", r.body_text()))
+    }
+}
+
+/// 400 `invalid` unless `name` is a valid instance name.
+fn instance_name(name: &str) -> Result<(), ApiError> {
+    crate::validate::check_name("instance name", name)
+        .map_err(|m| ApiError(StatusCode::BAD_REQUEST, "invalid", m))
+}
+
+/// Lets a request through only for a caller allowed to make it: no client certificate → 401
+/// `unauthenticated`; a certificate without a role → 403 `forbidden`; `read-only` → 403 `forbidden` on
+/// anything but GET and HEAD. The caller comes from the TLS handshake (`daemon.rs`); a request without one
+/// (a router served some other way) is anonymous.
+async fn authorize(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use crate::auth::{Caller, Role};
+    use axum::http::Method;
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .copied()
+        .unwrap_or(Caller::Anonymous);
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    let refuse = |status, code, m: String| ApiError(status, code, m).into_response();
+    let mut resp = match caller {
+        Caller::Anonymous => refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "this API needs a client certificate: use a credential file (dvs --credentials FILE, or \
+             DVS_CREDENTIALS; a node writes admin.toml and read-only.toml in <data_dir>/api/)"
+                .into(),
+        ),
+        Caller::NoRole => refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the client certificate names no role (admin or read-only)".into(),
+        ),
+        Caller::Role(Role::ReadOnly) if !reads => refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} {}: read-only credentials may only read (GET)",
+                req.method(),
+                req.uri().path()
+            ),
+        ),
+        Caller::Role(_) => next.run(req).await,
+    };
+    // A refused change may leave its body unread: the connection then cannot carry another request, so
+    // say so, or a client would reuse it and fail its next request.
+    if !reads && !resp.status().is_success() {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 async fn node(State(s): S) -> Json<NodeStatus> {
@@ -140,6 +283,7 @@ async fn node(State(s): S) -> Json<NodeStatus> {
         peers,
         instances: s.mgr.list().len(),
         images: s.mgr.images().list().map(|l| l.len()).unwrap_or(0),
+        max_image: Some(s.max_image),
     })
 }
 
@@ -153,26 +297,117 @@ async fn image(State(s): S, Path(reference): Path<String>) -> Res<ImageCheck> {
     Ok(Json(ImageCheck { image, verified }))
 }
 
+/// `PUT /v1/images/{sha256}`: the body streams to a file in the store's folder, hashed as it comes, never
+/// held in memory; at most `max_image` bytes (413 `too_large`). What the header announces is checked before
+/// the body is read (400 `invalid` / `image`, 409 `image_taken`); a body that does not hash to `{sha256}` or
+/// is not a loadable ELF is refused (400 `image`) and its file removed, as it is when the client goes away.
 async fn push_image(
     State(s): S,
     Path(sha): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Res<crate::images::Image> {
+    use futures_util::StreamExt;
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, "invalid", m);
     let json = headers
         .get("x-dvs-manifest")
         .ok_or_else(|| bad("missing header x-dvs-manifest".into()))?;
     let manifest: Manifest =
         serde_json::from_slice(json.as_bytes()).map_err(|e| bad(format!("x-dvs-manifest: {e}")))?;
+    let too_large = |n: String| {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "image of {n} bytes: this node takes images of at most {} bytes (max_image in node.toml)",
+                s.max_image
+            ),
+        )
+    };
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(n) = announced.filter(|&n| n > s.max_image) {
+        return Err(too_large(n.to_string()));
+    }
     let store = s.mgr.images().clone();
-    let image = tokio::task::spawn_blocking(move || store.put(&sha, &body, manifest))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    if let Some(stored) = store.check_push(&sha, &manifest)? {
+        return Ok(Json(stored));
+    }
+    let (upload, file) = store.upload()?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut hash = sha2::Sha256::new();
+    let mut total = 0u64;
+    let mut stream = body.into_data_stream();
+    let io_err = |e: std::io::Error| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("writing the upload: {e}"),
+        )
+    };
+    loop {
+        // A client that stops sending holds a connection and a file: not for long.
+        let next = tokio::time::timeout(BODY_IDLE, stream.next())
+            .await
+            .map_err(|_| {
+                ApiError(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!("no image data for {} s", BODY_IDLE.as_secs()),
+                )
+            })?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| bad(format!("reading the image: {e}")))?;
+        total += chunk.len() as u64;
+        if total > s.max_image {
+            return Err(too_large(format!("more than {}", s.max_image)));
+        }
+        hash.update(&chunk);
+        file.write_all(&chunk).await.map_err(io_err)?;
+    }
+    file.sync_all().await.map_err(io_err)?;
+    drop(file);
+    let actual = hex::encode(hash.finalize());
+    let image =
+        tokio::task::spawn_blocking(move || store.put_file(&sha, upload, &actual, manifest))
+            .await
+            .map_err(|e| {
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??;
     Ok(Json(image))
 }
 
-async fn run(State(s): S, Json(req): Json<RunRequest>) -> Res<crate::instances::InstanceView> {
+async fn run(
+    State(s): S,
+    ApiJson(req): ApiJson<RunRequest>,
+) -> Res<crate::instances::InstanceView> {
+    instance_name(&req.spec.name)?;
+    // Services come from the image's manifest: an image that lists its services runs only those (the
+    // instance layer checks each name against the VOS's known set and types it for the boot config).
+    if let Ok(image) = s.mgr.images().find(&req.spec.image) {
+        let offered = &image.manifest.services;
+        if let Some(svc) = req
+            .spec
+            .services
+            .iter()
+            .find(|svc| !offered.is_empty() && !offered.contains(svc))
+        {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!(
+                    "service '{}': image {}:{} offers {}",
+                    crate::validate::shown(svc),
+                    image.manifest.name,
+                    image.manifest.version,
+                    offered.join(", ")
+                ),
+            ));
+        }
+    }
     Ok(Json(s.mgr.run(req)?))
 }
 
@@ -187,8 +422,9 @@ struct Wait {
 async fn instance(
     State(s): S,
     Path(name): Path<String>,
-    Query(q): Query<Wait>,
+    ApiQuery(q): ApiQuery<Wait>,
 ) -> Res<crate::instances::InstanceView> {
+    instance_name(&name)?;
     let view = match q.wait_after {
         Some(after) => {
             let timeout = std::time::Duration::from_millis(q.timeout_ms.unwrap_or(30_000));
@@ -200,8 +436,17 @@ async fn instance(
         .ok_or_else(|| InstanceError::NotFound(name).into())
 }
 
+/// `DELETE /v1/instances/{name}`: stops it and forgets it, its console log too.
 async fn stop(State(s): S, Path(name): Path<String>) -> Res<serde_json::Value> {
+    instance_name(&name)?;
     s.mgr.stop(&name).await?;
+    // The name is checked, so the path stays in the instances' folder.
+    let log = s.data_dir.join("instances").join(format!("{name}.log"));
+    if let Err(e) = std::fs::remove_file(&log) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("removing {}: {e}", log.display());
+        }
+    }
     Ok(Json(serde_json::json!({ "stopped": name })))
 }
 
@@ -213,8 +458,9 @@ struct Tail {
 async fn logs(
     State(s): S,
     Path(name): Path<String>,
-    Query(q): Query<Tail>,
+    ApiQuery(q): ApiQuery<Tail>,
 ) -> Res<serde_json::Value> {
+    instance_name(&name)?;
     Ok(Json(
         serde_json::json!({ "log": s.mgr.logs(&name, q.tail)? }),
     ))
@@ -236,9 +482,19 @@ async fn remove_volume(State(s): S, Path((dc, name)): Path<(String, String)>) ->
 async fn migrate(
     State(s): S,
     Path(name): Path<String>,
-    Json(req): Json<MigrateRequest>,
+    ApiJson(req): ApiJson<MigrateRequest>,
 ) -> Res<MigrateResult> {
-    match crate::migrate::migrate_out(&s.mgr, &name, req.to).await {
+    instance_name(&name)?;
+    let Some(creds) = &s.credentials else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "this node has no credentials for other nodes' APIs (api_tls.credentials in node.toml): it cannot \
+             migrate instances out"
+                .into(),
+        ));
+    };
+    match crate::migrate::migrate_out(&s.mgr, &name, req.to, creds).await {
         Ok(r) => Ok(Json(r)),
         Err(MigrateError::Instance(e)) => Err(e.into()),
         Err(e @ MigrateError::Invalid(_)) => {

@@ -9,6 +9,7 @@ use dvs_proxy::ClusterMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Credentials;
 use crate::images::{Image, Manifest};
 use crate::instances::{InstanceView, RunRequest};
 use crate::volumes::VolumeView;
@@ -30,6 +31,9 @@ pub struct NodeStatus {
     pub instances: usize,
     /// Images on this node.
     pub images: usize,
+    /// The largest image a push may upload, in bytes (`max_image`; absent from older nodes).
+    #[serde(default)]
+    pub max_image: Option<u64>,
 }
 
 /// `POST /v1/instances/{name}/migrate`.
@@ -54,14 +58,16 @@ pub struct MigrateResult {
     pub refused_in_flight: usize,
 }
 
-/// An error answer of the API.
+/// An error answer of the API: `{"code": "...", "message": "..."}`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiErrorBody {
-    /// What went wrong, for people.
-    pub error: String,
-    /// A stable code: not_found, endpoint_taken, name_taken, dc, image, invalid, unreachable, handover,
-    /// volume_attached, volume_size, volume_io, internal.
+    /// A stable code: unauthenticated (401), forbidden (403), not_found, endpoint_taken, name_taken,
+    /// image_taken, dc, image, invalid, too_large, timeout, unreachable, handover, volume_attached, volume_size,
+    /// volume_io, internal.
     pub code: String,
+    /// What went wrong, for people.
+    #[serde(alias = "error")]
+    pub message: String,
 }
 
 /// Why a call to a node failed.
@@ -114,20 +120,71 @@ pub struct NodeClient {
     http: reqwest::Client,
 }
 
+/// How long the client keeps an idle connection (below the node's 30 s header timeout, so that the node
+/// never closes one the client is about to reuse).
+const IDLE: Duration = Duration::from_secs(10);
+
+/// reqwest (built without a crypto provider of its own) takes the process's default: `ring`, as everywhere in
+/// dvs. A provider installed earlier by someone else stays.
+fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl NodeClient {
-    /// A client of the node at `addr` (`host:port` or `http://host:port`).
+    /// A client of the node at `addr` (`host:port`, or a URL) with the credentials of
+    /// [`Credentials::discover`] (`$DVS_CREDENTIALS`, else the default credential file); without any, a plain
+    /// HTTP client, which a node (TLS only) refuses: the error says so.
     pub fn new(addr: &str) -> NodeClient {
-        let base = if addr.starts_with("http://") {
-            addr.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{addr}")
-        };
+        match Credentials::discover(None) {
+            Ok(Some((_, c))) => NodeClient::with_credentials(addr, &c),
+            Ok(None) => NodeClient::plain(addr),
+            Err(e) => {
+                tracing::warn!("{e}: talking to {addr} without credentials");
+                NodeClient::plain(addr)
+            }
+        }
+    }
+
+    /// A client of the node at `addr` (`host:port` or `https://host:port`) that trusts the CA of `creds` and
+    /// presents its client certificate.
+    pub fn with_credentials(addr: &str, creds: &Credentials) -> NodeClient {
+        let host = addr
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let base = format!("https://{host}");
+        ensure_crypto_provider();
+        let builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(600))
+            .pool_idle_timeout(IDLE);
+        let http = match creds.client_config() {
+            Ok(tls) => builder.tls_backend_preconfigured(tls).build(),
+            // Loaded credentials have been checked already; a client that fails says why on every call.
+            Err(e) => {
+                tracing::warn!("credentials '{}': {e}", creds.name);
+                builder.https_only(true).build()
+            }
+        }
+        .unwrap_or_default();
+        NodeClient { base, http }
+    }
+
+    /// A client without TLS (`http://`): for a node behind something that terminates TLS, and to show that a
+    /// node refuses plain HTTP.
+    pub fn plain(addr: &str) -> NodeClient {
+        let host = addr.trim_start_matches("http://").trim_end_matches('/');
+        ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(600))
+            .pool_idle_timeout(IDLE)
             .build()
             .unwrap_or_default();
-        NodeClient { base, http }
+        NodeClient {
+            base: format!("http://{host}"),
+            http,
+        }
     }
 
     /// The node's base URL.
@@ -154,14 +211,14 @@ impl NodeClient {
             })?;
         if !status.is_success() {
             let body: ApiErrorBody = serde_json::from_slice(&bytes).unwrap_or(ApiErrorBody {
-                error: String::from_utf8_lossy(&bytes).into_owned(),
+                message: String::from_utf8_lossy(&bytes).into_owned(),
                 code: "internal".into(),
             });
             return Err(ClientError::Api {
                 url,
                 status: status.as_u16(),
                 code: body.code,
-                body_error: body.error,
+                body_error: body.message,
             });
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer {

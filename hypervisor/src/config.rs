@@ -32,6 +32,31 @@ pub enum NetdevKind {
     Stream,
 }
 
+/// How the proxy serves the fabric NIC of the node's QEMU instances (`vm_port` in node.toml; `DVS_VM_PORT`
+/// overrides it). Process doubles and publish NICs always get stream sockets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum VmPortKind {
+    /// A socket netdev (`netdev` says which): the default, and the fallback.
+    #[default]
+    #[serde(rename = "stream")]
+    Stream,
+    /// `-netdev vhost-user`: the proxy is the virtio-net device, reading and writing the guest's rings in
+    /// its shared memory.
+    #[serde(rename = "vhost-user")]
+    VhostUser,
+}
+
+impl VmPortKind {
+    /// `DVS_VM_PORT=stream|vhost-user` if set, else `configured`.
+    pub fn resolve(configured: VmPortKind) -> VmPortKind {
+        match std::env::var("DVS_VM_PORT").as_deref() {
+            Ok("vhost-user") => VmPortKind::VhostUser,
+            Ok("stream") => VmPortKind::Stream,
+            _ => configured,
+        }
+    }
+}
+
 /// KVM or TCG.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -61,6 +86,10 @@ pub struct NodeConfig {
     /// Fabric netdev flavour.
     #[serde(default)]
     pub netdev: NetdevKind,
+    /// How the proxy serves QEMU instances' fabric NICs: `"stream"` (a socket netdev, the default) or
+    /// `"vhost-user"`; the environment's `DVS_VM_PORT` overrides it.
+    #[serde(default)]
+    pub vm_port: VmPortKind,
     /// KVM or TCG.
     #[serde(default)]
     pub accel: Accel,
@@ -71,8 +100,25 @@ pub struct NodeConfig {
     /// `backend = "process"` need it.
     #[serde(default)]
     pub process_program: Option<PathBuf>,
-    /// Overrides the API listen address of the cluster file (e.g. 0.0.0.0:7070).
+    /// Where the API listens (e.g. `0.0.0.0:7070`, or this node's address). Default: loopback
+    /// (`127.0.0.1`) on the port of this node's `api` in the cluster file, so that only this host reaches
+    /// it; a node that other nodes or hosts must reach (migration, a cluster-wide `dvs ps`) says where.
     pub api_listen: Option<std::net::SocketAddr>,
+    /// The CA the node issues its API server certificate and credential files from:
+    /// `api_ca = { cert = "pki/ca.pem", key = "pki/ca.key" }` (relative to node.toml; e.g. the CA of `dvs
+    /// cluster init`). Nodes given the same CA accept each other's credentials (needed to migrate between
+    /// them). Without it the node makes its own CA in `<data_dir>/api/` on first start. See `crate::auth`.
+    #[serde(default)]
+    pub api_ca: Option<crate::auth::CaFiles>,
+    /// API certificates issued elsewhere, so that the node holds no CA key:
+    /// `api_tls = { ca = "pki/ca.pem", cert = "pki/n1-api.pem", key = "pki/n1-api.key", credentials =
+    /// "pki/n1.credentials.toml" }` (from `dvs cluster api-cert` and `dvs cluster credentials`; `credentials`
+    /// is what this node presents to other nodes, needed to migrate out). Excludes `api_ca`.
+    #[serde(default)]
+    pub api_tls: Option<crate::auth::ApiTlsFiles>,
+    /// The largest image a push may upload (`"64M"`, the default; K, M, G, T suffixes).
+    #[serde(default = "default_max_image")]
+    pub max_image: ByteSize,
     /// The largest volume an instance may ask for (`"16G"`, the default; K, M, G, T suffixes).
     #[serde(default = "default_max_volume")]
     pub max_volume: ByteSize,
@@ -88,6 +134,12 @@ impl NodeConfig {
     pub fn check(&self) -> anyhow::Result<()> {
         if self.backend == BackendKind::Process && self.process_program.is_none() {
             anyhow::bail!("backend = \"process\" needs process_program = \"<path>\"");
+        }
+        if self.api_ca.is_some() && self.api_tls.is_some() {
+            anyhow::bail!(
+                "api_ca and api_tls: give one (api_ca: the node issues its API certificates; api_tls: they \
+                 were issued elsewhere)"
+            );
         }
         if self.max_volume.0 < crate::volumes::MIN_VOLUME {
             anyhow::bail!(
@@ -110,6 +162,10 @@ impl NodeConfig {
     }
 }
 
+fn default_max_image() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
 fn default_max_volume() -> ByteSize {
     ByteSize(crate::volumes::DEFAULT_MAX_VOLUME)
 }
@@ -130,6 +186,8 @@ pub fn load(path: &Path) -> anyhow::Result<(NodeConfig, ClusterMap)> {
     cfg.data_dir = base.join(&cfg.data_dir);
     cfg.process_program = cfg.process_program.map(|p| base.join(p));
     cfg.tls = cfg.tls.map(|t| t.relative_to(base));
+    cfg.api_ca = cfg.api_ca.map(|t| t.relative_to(base));
+    cfg.api_tls = cfg.api_tls.map(|t| t.relative_to(base));
     cfg.check()?;
     let cluster = load_cluster(&cfg.cluster)?;
     if cluster.node(m3ipc_core::NodeId(cfg.node)).is_none() {

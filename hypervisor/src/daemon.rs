@@ -11,6 +11,7 @@ use dvs_proxy::{Directory, Proxy, StaticDirectory};
 use m3ipc_core::NodeId;
 
 use crate::api::{router, Api};
+use crate::auth::caller_of;
 use crate::config;
 use crate::images::ImageStore;
 use crate::instances::Manager;
@@ -38,10 +39,33 @@ pub async fn serve(
         .clone();
     let images = ImageStore::open(&cfg.data_dir)?;
     let proxy = Proxy::start(config::proxy_config(&cfg, cluster)?).await?;
-    let listen = cfg.api_listen.unwrap_or(me.api);
+    let listen = cfg.api_listen.unwrap_or(std::net::SocketAddr::new(
+        [127, 0, 0, 1].into(),
+        me.api.port(),
+    ));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("API listener on {listen}"))?;
+    let url_host = if listen.ip().is_unspecified() {
+        me.api.ip()
+    } else {
+        listen.ip()
+    };
+    let url = format!(
+        "https://{}",
+        std::net::SocketAddr::new(url_host, listen.port())
+    );
+    let pki = match &cfg.api_tls {
+        Some(files) => crate::auth::node_pki_from_files(files),
+        None => crate::auth::node_pki(
+            &cfg.data_dir,
+            cfg.api_ca.as_ref(),
+            &crate::auth::server_names(&[listen.ip(), me.api.ip()]),
+            &url,
+        ),
+    }
+    .context("setting up the API's TLS and credentials")?;
+    let files: Vec<String> = pki.files.iter().map(|p| p.display().to_string()).collect();
     let pid_file = cfg.data_dir.join("node.pid");
     std::fs::write(&pid_file, std::process::id().to_string())?;
     let cache = cfg.data_dir.join("directory.json");
@@ -54,25 +78,104 @@ pub async fn serve(
     let saver = tokio::spawn(save_directory(proxy.clone(), cache));
     let mgr = Manager::new(cfg.clone(), proxy.clone(), images)?;
     tracing::info!(
-        "node {} up: API on http://{listen}, proxy on {}, backend {}",
+        "node {} up: API on {url} (listening on {listen}), proxy on {}, backend {}; credentials: {}",
         cfg.node,
         me.proxy,
-        mgr.backend()
+        mgr.backend(),
+        if files.is_empty() {
+            "from api_tls".to_string()
+        } else {
+            files.join(", ")
+        }
     );
     mgr.restore();
     let api = Arc::new(Api {
         mgr: mgr.clone(),
         started: Instant::now(),
+        credentials: pki.peer_credentials.clone().map(Arc::new),
+        data_dir: cfg.data_dir.clone(),
+        max_image: cfg.max_image.0,
     });
-    let served = axum::serve(listener, router(api))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = serve_tls(listener, router(api), pki.server.clone(), shutdown).await;
     tracing::info!("node {} stopping: killing its machines", cfg.node);
     saver.abort();
     mgr.shutdown().await;
     proxy.shutdown();
     let _ = std::fs::remove_file(&pid_file);
     served.context("API server")
+}
+
+/// How long a client has for the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a connection may take to send a request's header (and so stay idle between requests: the
+/// client closes idle connections sooner, see `client.rs`).
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves `app` over TLS on `listener` until `shutdown` completes; then drops every connection. Each request
+/// carries the [`Caller`] its connection's client certificate established (the API's `authorize` layer
+/// decides with it).
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little rather than spin.
+                        tracing::warn!("API: accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                conns.spawn(async move {
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!("API: TLS handshake with {peer} refused: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!("API: TLS handshake with {peer} timed out");
+                            return;
+                        }
+                    };
+                    let caller = caller_of(stream.get_ref().1.peer_certificates());
+                    let svc = tower::ServiceExt::map_request(
+                        app,
+                        move |mut r: axum::http::Request<hyper::body::Incoming>| {
+                            r.extensions_mut().insert(caller);
+                            r
+                        },
+                    );
+                    let served = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .serve_connection(
+                            TokioIo::new(stream),
+                            hyper_util::service::TowerToHyperService::new(svc),
+                        )
+                        .await;
+                    if let Err(e) = served {
+                        tracing::debug!("API: connection from {peer}: {e}");
+                    }
+                });
+            }
+        }
+    }
+    conns.shutdown().await;
+    Ok(())
 }
 
 /// Keeps a copy of what this node knows about other nodes' endpoints (`directory.json`), so that after a

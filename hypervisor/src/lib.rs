@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -13,4 +14,5 @@ pub mod images;
 pub mod instances;
 pub mod manifest;
 pub mod migrate;
+pub mod validate;
 pub mod volumes;

@@ -97,7 +97,8 @@ pub struct LoadedImage {
     pub manifest: ImageManifest,
 }
 
-/// Reads an image ELF and its manifest JSON, computing the sha256.
+/// Reads an image ELF and its manifest JSON, computing the sha256; a version without `+` gets
+/// `+<first 8 digits of the sha256>` (`0.1.0` → `0.1.0+ebe0d670`).
 pub fn load_image(elf: &Path, manifest: Option<&Path>) -> anyhow::Result<LoadedImage> {
     let bytes = std::fs::read(elf).with_context(|| format!("reading image {}", elf.display()))?;
     let mpath = manifest
@@ -115,6 +116,16 @@ pub fn load_image(elf: &Path, manifest: Option<&Path>) -> anyhow::Result<LoadedI
             m.sha256,
             elf.display()
         );
+    }
+    // Images are immutable by name and version: a version without build metadata gets the build's own
+    // (the sha256's first 8 digits), so that rebuilding an image makes a new version instead of a conflict.
+    if !m.version.contains('+') {
+        let base = if m.version.is_empty() {
+            "0"
+        } else {
+            &m.version
+        };
+        m.version = format!("{base}+{}", &sha[..8]);
     }
     m.sha256 = sha;
     Ok(LoadedImage { bytes, manifest: m })

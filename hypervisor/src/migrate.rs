@@ -48,11 +48,13 @@ pub enum MigrateError {
     },
 }
 
-/// Moves instance `name` of this node to node `to`.
+/// Moves instance `name` of this node to node `to`, calling node `to`'s API with `credentials` (this node's
+/// own; node `to` must accept them: the nodes share an API CA).
 pub async fn migrate_out(
     mgr: &Manager,
     name: &str,
     to: u16,
+    credentials: &crate::auth::Credentials,
 ) -> Result<MigrateResult, MigrateError> {
     let t0 = Instant::now();
     let proxy = mgr.proxy().clone();
@@ -104,7 +106,7 @@ pub async fn migrate_out(
     }
 
     // 1. Boot it at the destination, taking over the endpoints with the newer binding.
-    let remote = NodeClient::new(&target.api.to_string());
+    let remote = NodeClient::with_credentials(&target.api.to_string(), credentials);
     let req = RunRequest {
         spec: view.spec.clone(),
         takeover_gen: Some(gen),

@@ -11,6 +11,7 @@ use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use dvs_hypervisor::auth::Credentials;
 use dvs_hypervisor::client::{ClientError, NodeClient};
 use dvs_hypervisor::config::{Accel, BackendKind, NetdevKind, NodeConfig};
 use dvs_hypervisor::images::{sha256_hex, Manifest};
@@ -229,10 +230,14 @@ fn node_config(dir: &std::path::Path) -> NodeConfig {
         data_dir: dir.to_path_buf(),
         backend: BackendKind::Process,
         netdev: NetdevKind::Stream,
+        vm_port: Default::default(),
         accel: Accel::Auto,
         qemu: "qemu-system-x86_64".into(),
         process_program: Some(std::env::current_exe().unwrap()),
         api_listen: None,
+        api_ca: None,
+        api_tls: None,
+        max_image: ByteSize(1 << 20),
         max_volume: ByteSize(256 << 20),
         tls: None,
     }
@@ -240,7 +245,10 @@ fn node_config(dir: &std::path::Path) -> NodeConfig {
 
 /// A node daemon running in this process.
 struct TestNode {
+    /// An admin client (the node's own `<data_dir>/api/admin.toml`).
     c: NodeClient,
+    /// The node's credential files: `admin.toml`, `read-only.toml`.
+    creds_dir: std::path::PathBuf,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -249,7 +257,19 @@ impl TestNode {
     /// Starts the daemon and waits until its API answers. A restart in the same process may find the last
     /// daemon's peer listener not closed yet (the proxy's tasks are aborted, not joined): it tries again then.
     async fn start(cfg: NodeConfig, cluster: ClusterMap) -> TestNode {
-        let c = NodeClient::new(&cluster.nodes[0].api.to_string());
+        let creds = cfg.data_dir.join("api/admin.toml");
+        TestNode::start_with(cfg, cluster, creds).await
+    }
+
+    /// Like [`TestNode::start`], its client using the credential file `creds` (when the node does not
+    /// write its own).
+    async fn start_with(
+        cfg: NodeConfig,
+        cluster: ClusterMap,
+        creds: std::path::PathBuf,
+    ) -> TestNode {
+        let addr = cluster.nodes[0].api.to_string();
+        let creds_dir = cfg.data_dir.join("api");
         'attempt: for _ in 0..40 {
             let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(dvs_hypervisor::daemon::serve(
@@ -260,8 +280,17 @@ impl TestNode {
                 },
             ));
             for _ in 0..200 {
-                if c.status().await.is_ok() {
-                    return TestNode { c, stop, task };
+                // The node writes its credentials before it listens.
+                if let Ok(creds) = Credentials::load(&creds) {
+                    let c = NodeClient::with_credentials(&addr, &creds);
+                    if c.status().await.is_ok() {
+                        return TestNode {
+                            c,
+                            creds_dir,
+                            stop,
+                            task,
+                        };
+                    }
                 }
                 if task.is_finished() {
                     match task.await {
@@ -274,7 +303,7 @@ impl TestNode {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            panic!("the node's API at {} does not answer", c.url());
+            panic!("the node's API at {addr} does not answer");
         }
         panic!("the node's ports stayed in use");
     }
@@ -286,9 +315,9 @@ impl TestNode {
     }
 }
 
-/// Pushes the image `vos` (bytes the role doubles ignore).
+/// Pushes the image `vos` (a minimal ELF that the role doubles ignore).
 async fn push_vos(c: &NodeClient) -> String {
-    let kernel = b"not a kernel: role doubles ignore it".to_vec();
+    let kernel = dvs_hypervisor::validate::minimal_elf(b"role doubles ignore it");
     let m = Manifest {
         name: "vos".into(),
         version: "1".into(),
@@ -310,7 +339,7 @@ async fn one_node_with_role_doubles() {
     assert!(status.backend.starts_with("process ("), "{status:?}");
 
     // An image: refused when the bytes do not match, stored and verified when they do.
-    let kernel = b"not a kernel: role doubles ignore it".to_vec();
+    let kernel = dvs_hypervisor::validate::minimal_elf(b"role doubles ignore it");
     let sha = sha256_hex(&kernel);
     let mut m = Manifest {
         name: "vos".into(),
@@ -465,15 +494,19 @@ async fn one_node_with_role_doubles() {
     c.run(&run(s)).await.unwrap();
     let v = wait(&c, "fatal-again", "a second boot", |v| v.boots >= 2).await;
     assert!(v.gen > 0);
+    let log = dir.join("instances/fatal-again.log");
+    assert!(log.exists(), "{}", log.display());
     c.stop("fatal-again").await.unwrap();
     assert_eq!(
         code(c.instance("fatal-again").await.unwrap_err()),
         "not_found"
     );
+    assert!(!log.exists(), "a deleted instance's log goes with it");
 
+    // A hostile name is refused as a name (400), before anything looks for it.
     assert_eq!(
         code(c.logs("..%2F..%2Fetc%2Fpasswd", None).await.unwrap_err()),
-        "not_found"
+        "invalid"
     );
 
     // Stopping forgets the instance and frees its endpoint.
@@ -537,19 +570,184 @@ async fn volume(c: &NodeClient, name: &str) -> Option<VolumeView> {
         .find(|v| v.dc == 1 && v.name == name)
 }
 
-/// A request the HTTP client would normalise (`%2e%2e` is `..` to a URL parser), sent as it is: the status.
-async fn raw_status(api: &str, method: &str, path: &str) -> u16 {
+/// A request the HTTP client would normalise (`%2e%2e` is `..` to a URL parser), sent as it is over TLS
+/// with the node's admin credentials `creds`: the status.
+async fn raw_status(api: &str, creds: &Credentials, method: &str, path: &str) -> u16 {
+    let tls = creds.client_config().unwrap();
+    raw_tls(api, tls, method, path, b"").await.0
+}
+
+/// One request over TLS configured by `tls`, sent as it is (`body` after the header, with its
+/// content-length): the status (0 when the node refused the connection) and the answer's body.
+async fn raw_tls(
+    api: &str,
+    tls: rustls::ClientConfig,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let head = format!("content-length: {}\r\n", body.len());
+    raw_tls_with(api, tls, method, path, &head, body).await
+}
+
+/// Like [`raw_tls`], with the header lines `head` (each ending in CRLF) in place of the content-length.
+async fn raw_tls_with(
+    api: &str,
+    tls: rustls::ClientConfig,
+    method: &str,
+    path: &str,
+    head: &str,
+    body: &[u8],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(api).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await.unwrap();
-    answer
+    let tcp = tokio::net::TcpStream::connect(api).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let Ok(mut s) = tls.connect(name, tcp).await else {
+        return (0, String::new());
+    };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n{head}\r\n"
+    );
+    if s.write_all(req.as_bytes()).await.is_err() || s.write_all(body).await.is_err() {
+        return (0, String::new());
+    }
+    let mut answer = Vec::new();
+    // A TLS peer that closes without close_notify is an error here; what came before it counts.
+    let _ = s.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The API needs a client certificate of the node's CA: none → 401 (and plain HTTP gets no answer), one of
+/// another CA → refused at the handshake, read-only → 403 on every change and 200 on reads, admin → all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_needs_credentials_and_roles_limit_changes() {
+    use dvs_hypervisor::auth::{issue_credentials, Role};
+    let dir = std::env::temp_dir().join(format!("dvs-node-auth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster = one_node_cluster();
+    let api = cluster.nodes[0].api.to_string();
+    let node = TestNode::start(node_config(&dir), cluster.clone()).await;
+    let admin = Credentials::load(&node.creds_dir.join("admin.toml")).unwrap();
+    let ro = Credentials::load(&node.creds_dir.join("read-only.toml")).unwrap();
+    assert_eq!((admin.role, ro.role), (Role::Admin, Role::ReadOnly));
+    assert_eq!(admin.url, format!("https://{api}"));
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["admin.toml", "read-only.toml", "ca.key", "server.key"] {
+        let mode = std::fs::metadata(node.creds_dir.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let sha = push_vos(&node.c).await;
+
+    // Plain HTTP: no answer a client can use.
+    assert!(NodeClient::plain(&api).status().await.is_err());
+    // TLS without a client certificate: 401 on reads and changes, as JSON {code, message}.
+    let anonymous = || {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(admin.ca.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+    };
+    use rustls_pki_types::pem::PemObject;
+    for (method, path) in [
+        ("GET", "/v1/node"),
+        ("GET", "/v1/images"),
+        ("DELETE", "/v1/instances/x"),
+    ] {
+        let (status, body) = raw_tls(&api, anonymous(), method, path, b"").await;
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(e["code"], "unauthenticated", "{body}");
+        assert!(
+            e["message"].as_str().unwrap().contains("credential"),
+            "{body}"
+        );
+    }
+    // A certificate of another CA (admin by its OU) is refused at the handshake.
+    let other_ca = dvs_proxy::tls::new_cluster_ca("other").unwrap();
+    let mut forged = issue_credentials(&other_ca, "mallory", Role::Admin, &admin.url).unwrap();
+    forged.ca = admin.ca.clone(); // it trusts the node, the node must not trust it
+    let (status, body) = raw_tls(
+        &api,
+        forged.client_config().unwrap(),
+        "GET",
+        "/v1/node",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 0, "{body}");
+    let forged_client = NodeClient::with_credentials(&api, &forged);
+    assert!(matches!(
+        forged_client.status().await.unwrap_err(),
+        ClientError::Unreachable { .. }
+    ));
+    // Read-only: reads answer, every change is 403 `forbidden` and changes nothing.
+    let r = NodeClient::with_credentials(&api, &ro);
+    assert_eq!(r.status().await.unwrap().images, 1);
+    assert_eq!(r.images().await.unwrap().len(), 1);
+    assert!(r.instances().await.unwrap().is_empty());
+    let spec = spec("echo-ro", 1, &[70], &[], &[]);
+    let e = r.run(&run(spec.clone())).await.unwrap_err();
+    assert!(matches!(e, ClientError::Api { status: 403, .. }), "{e}");
+    assert_eq!(code(e), "forbidden");
+    let m = Manifest {
+        name: "other".into(),
+        version: "1".into(),
+        sha256: sha256_hex(b"x"),
+        memory: 16,
+        services: vec![],
+    };
+    assert_eq!(
+        code(r.push_image(&m, b"x".to_vec().into()).await.unwrap_err()),
+        "forbidden"
+    );
+    assert_eq!(code(r.stop("echo-ro").await.unwrap_err()), "forbidden");
+    assert_eq!(
+        code(r.remove_volume(1, "data").await.unwrap_err()),
+        "forbidden"
+    );
+    assert_eq!(
+        code(r.migrate("echo-ro", 2).await.unwrap_err()),
+        "forbidden"
+    );
+    let (status, body) = raw_tls(
+        &api,
+        ro.client_config().unwrap(),
+        "POST",
+        "/v1/instances",
+        b"{not json",
+    )
+    .await;
+    assert_eq!(status, 403, "refused before the body is read: {body}");
+    assert_eq!(node.c.images().await.unwrap().len(), 1);
+    assert!(node.c.instances().await.unwrap().is_empty());
+    // Admin: everything.
+    let v = node.c.run(&run(spec)).await.unwrap();
+    assert_eq!(v.image_sha256, sha);
+    assert_eq!(r.instance("echo-ro").await.unwrap().spec.name, "echo-ro");
+    node.c.stop("echo-ro").await.unwrap();
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Volumes: created sparse on first use, attached as the machine's drive, kept through an instance restart,
@@ -563,6 +761,9 @@ async fn volumes_outlive_their_instances() {
     let cluster = one_node_cluster();
     let api = cluster.nodes[0].api.to_string();
     let node = TestNode::start(node_config(&dir), cluster.clone()).await;
+    let admin_file = node.creds_dir.join("admin.toml");
+    let admin = Credentials::load(&admin_file).unwrap();
+    let admin_file = admin_file.to_string_lossy().into_owned();
     let c = node.c.clone();
     push_vos(&c).await;
 
@@ -692,7 +893,11 @@ async fn volumes_outlive_their_instances() {
         "/v1/volumes/one/data",
         "/v1/volumes/-1/data",
     ] {
-        assert_eq!(raw_status(&api, "DELETE", path).await, 400, "DELETE {path}");
+        assert_eq!(
+            raw_status(&api, &admin, "DELETE", path).await,
+            400,
+            "DELETE {path}"
+        );
     }
     assert_eq!(
         code(c.remove_volume(1, "nope").await.unwrap_err()),
@@ -769,7 +974,13 @@ async fn volumes_outlive_their_instances() {
         std::fs::write(&manifest, text).unwrap();
     };
     let dvs = |args: &[&str]| {
-        let mut all = vec!["dvs", "--node", api.as_str()];
+        let mut all = vec![
+            "dvs",
+            "--node",
+            api.as_str(),
+            "--credentials",
+            admin_file.as_str(),
+        ];
         all.extend_from_slice(args);
         dvs_hypervisor::cli::main(<dvs_hypervisor::cli::Cli as clap::Parser>::parse_from(all))
     };
@@ -880,6 +1091,373 @@ async fn published_ports_are_held_from_run_to_stop() {
     c.stop("echo-pub").await.unwrap();
     TcpListener::bind(("127.0.0.1", p1)).expect("the port is free after stop");
     TcpListener::bind(("0.0.0.0", p2)).expect("the 0.0.0.0 port is free after stop");
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Hostile or broken requests: a clear 4xx as JSON `{code, message}` each, and no state change (checked
+/// through the API and in the data directory): wrong sha256, bytes that are not an ELF, oversized images
+/// (announced and streamed), a taken name and version, hostile image and instance names, malformed and
+/// oversized JSON, unknown paths and methods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_clear_errors_and_change_nothing() {
+    use dvs_hypervisor::validate::minimal_elf;
+    let dir = std::env::temp_dir().join(format!("dvs-node-hostile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster = one_node_cluster();
+    let api = cluster.nodes[0].api.to_string();
+    let node = TestNode::start(node_config(&dir), cluster.clone()).await;
+    let admin = Credentials::load(&node.creds_dir.join("admin.toml")).unwrap();
+    let c = node.c.clone();
+    let sha = push_vos(&c).await;
+    let manifest = |name: &str, version: &str, sha256: String| Manifest {
+        name: name.into(),
+        version: version.into(),
+        sha256,
+        memory: 16,
+        services: vec![],
+    };
+    let err = |e: ClientError| match e {
+        ClientError::Api {
+            status,
+            code,
+            body_error,
+            ..
+        } => (status, code, body_error),
+        e => panic!("expected an API error, got {e}"),
+    };
+
+    // Images.
+    let other = minimal_elf(b"other bytes");
+    let (st, code_, msg) = err(c
+        .push_image(
+            &manifest("vos2", "1", sha256_hex(b"what was announced")),
+            other.clone().into(),
+        )
+        .await
+        .unwrap_err());
+    assert_eq!((st, code_.as_str()), (400, "image"), "wrong sha256: {msg}");
+    assert!(msg.contains("hashes to"), "{msg}");
+    let junk = b"MZ this is no ELF".to_vec();
+    let (st, code_, msg) = err(c
+        .push_image(&manifest("junk", "1", sha256_hex(&junk)), junk.into())
+        .await
+        .unwrap_err());
+    assert_eq!((st, code_.as_str()), (400, "image"), "not an ELF: {msg}");
+    assert!(msg.contains("not a loadable kernel"), "{msg}");
+    let mut not_exec = minimal_elf(b"x");
+    not_exec[16] = 3; // ET_DYN
+    let (st, _, msg) = err(c
+        .push_image(
+            &manifest("dyn", "1", sha256_hex(&not_exec)),
+            not_exec.into(),
+        )
+        .await
+        .unwrap_err());
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("ET_EXEC"), "{msg}");
+    let big = minimal_elf(&vec![0u8; 2 << 20]);
+    // Announced too large: refused before a byte of the body is read.
+    let m_big = serde_json::to_string(&manifest("big", "1", sha256_hex(&big))).unwrap();
+    let head = format!(
+        "content-length: {}\r\nx-dvs-manifest: {m_big}\r\n",
+        big.len()
+    );
+    let (st, body) = raw_tls_with(
+        &api,
+        admin.client_config().unwrap(),
+        "PUT",
+        &format!("/v1/images/{}", sha256_hex(&big)),
+        &head,
+        b"",
+    )
+    .await;
+    assert_eq!(st, 413, "announced: {body}");
+    assert!(
+        body.contains("too_large") && body.contains("max_image"),
+        "{body}"
+    );
+    // The same without a content-length: refused as it streams past the limit.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(64 << 10).map(|c| Ok(c.to_vec())).collect();
+    let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    match c
+        .push_image(&manifest("big", "1", sha256_hex(&big)), streamed)
+        .await
+        .unwrap_err()
+    {
+        ClientError::Api { status, code, .. } => {
+            assert_eq!((status, code.as_str()), (413, "too_large"))
+        }
+        // The node may close the connection while the client still sends: refused all the same.
+        ClientError::Unreachable { .. } => {}
+        e => panic!("streamed oversized image: {e}"),
+    }
+    // The CLI says so before it uploads.
+    let (elf, mpath) = (dir.join("big.elf"), dir.join("big.manifest.json"));
+    std::fs::write(&elf, &big).unwrap();
+    std::fs::write(&mpath, r#"{"name": "big", "version": "1", "sha256": ""}"#).unwrap();
+    let creds = node.creds_dir.join("admin.toml");
+    let e = dvs_hypervisor::cli::main(<dvs_hypervisor::cli::Cli as clap::Parser>::parse_from([
+        "dvs",
+        "--node",
+        &api,
+        "--credentials",
+        creds.to_str().unwrap(),
+        "image",
+        "push",
+        elf.to_str().unwrap(),
+    ]))
+    .await
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("max_image"), "{e:#}");
+    let (st, code_, msg) = err(c
+        .push_image(
+            &manifest("vos", "1", sha256_hex(&other)),
+            other.clone().into(),
+        )
+        .await
+        .unwrap_err());
+    assert_eq!((st, code_.as_str()), (409, "image_taken"), "{msg}");
+    assert!(msg.contains("immutable"), "{msg}");
+    for (name, version) in [
+        ("../x", "1"),
+        ("Vos", "1"),
+        ("a b", "1"),
+        ("vos", "../1"),
+        ("vos", ""),
+    ] {
+        let (st, code_, msg) = err(c
+            .push_image(
+                &manifest(name, version, sha256_hex(&other)),
+                other.clone().into(),
+            )
+            .await
+            .unwrap_err());
+        assert_eq!(
+            (st, code_.as_str()),
+            (400, "image"),
+            "{name}:{version}: {msg}"
+        );
+    }
+    // The same bytes under the same name and version: a no-op, not a conflict.
+    let m = manifest("vos", "1", sha.clone());
+    c.push_image(&m, minimal_elf(b"role doubles ignore it").into())
+        .await
+        .unwrap();
+
+    // Instances: hostile names, malformed and oversized JSON, unknown paths and methods.
+    let tls = || admin.client_config().unwrap();
+    for name in ["../etc", "A", "-x", "a b", "a.b", &"a".repeat(64), "x\u{0}"] {
+        let e = c
+            .run(&run(spec(name, 1, &[90], &[], &[])))
+            .await
+            .unwrap_err();
+        let (st, code_, msg) = err(e);
+        assert_eq!((st, code_.as_str()), (400, "invalid"), "{name:?}: {msg}");
+    }
+    let big_json = format!(
+        "{{\"spec\": {{\"name\": \"x\", \"image\": \"vos\", \"dc\": 1, \"args\": [\"{}\"]}}}}",
+        "a".repeat(300 << 10)
+    );
+    for (body, want, what) in [
+        (&b"{not json"[..], 400, "malformed"),
+        (&b"{\"spec\": 5}"[..], 400, "wrong type"),
+        (&b""[..], 400, "empty"),
+        (big_json.as_bytes(), 413, "oversized"),
+    ] {
+        let (st, body) = raw_tls(&api, tls(), "POST", "/v1/instances", body).await;
+        assert_eq!(st, want, "{what}: {body}");
+        let e: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{what}: {body}"));
+        assert!(
+            e["code"].is_string() && e["message"].is_string(),
+            "{what}: {body}"
+        );
+    }
+    let (st, body) = raw_tls(&api, tls(), "GET", "/v1/nothing-here", b"").await;
+    assert_eq!(st, 404, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["code"],
+        "not_found"
+    );
+    let (st, body) = raw_tls(&api, tls(), "PATCH", "/v1/instances", b"").await;
+    assert_eq!(st, 405, "{body}");
+    let (st, body) = raw_tls(&api, tls(), "GET", "/v1/instances/x?wait_after=abc", b"").await;
+    assert_eq!(st, 400, "{body}");
+
+    // Services come from the image's manifest.
+    let echo_only = minimal_elf(b"echo only");
+    let mut m = manifest("echo-only", "1", sha256_hex(&echo_only));
+    m.services = vec!["echo".into()];
+    c.push_image(&m, echo_only.into()).await.unwrap();
+    let mut s = spec("svc", 1, &[91], &["http"], &[]);
+    s.image = "echo-only".into();
+    let (st, code_, msg) = err(c.run(&run(s)).await.unwrap_err());
+    assert_eq!((st, code_.as_str()), (400, "invalid"), "{msg}");
+    assert!(msg.contains("offers echo"), "{msg}");
+
+    // Nothing else changed: no instance, no stray file.
+    assert_eq!(c.images().await.unwrap().len(), 2);
+    assert!(c.instances().await.unwrap().is_empty());
+    let names = |d: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join(d))
+            .map(|r| {
+                r.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let mut want = vec![sha.clone(), m.sha256.clone()];
+    want.sort();
+    assert_eq!(names("images"), want);
+    assert!(names("instances").is_empty(), "{:?}", names("instances"));
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A node whose `api_ca` is the CA of `dvs cluster init` accepts the files of `dvs cluster credentials`
+/// (read-only stays read-only) and issues its own admin file from the same CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ca_credentials_are_accepted_by_its_nodes() {
+    use dvs_hypervisor::auth::CaFiles;
+    let dir = std::env::temp_dir().join(format!("dvs-node-clusterca-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pki = dir.join("pki");
+    let cluster = one_node_cluster();
+    let api = cluster.nodes[0].api.to_string();
+    let url = format!("https://{api}");
+    let dvs = |args: &[&str]| {
+        let mut all = vec!["dvs"];
+        all.extend_from_slice(args);
+        dvs_hypervisor::cli::main(<dvs_hypervisor::cli::Cli as clap::Parser>::parse_from(all))
+    };
+    let p = pki.to_str().unwrap();
+    dvs(&["cluster", "init", "--dir", p]).await.unwrap();
+    dvs(&[
+        "cluster",
+        "credentials",
+        "bob",
+        "--role",
+        "read-only",
+        "--url",
+        &url,
+        "--dir",
+        p,
+    ])
+    .await
+    .unwrap();
+    assert!(
+        dvs(&[
+            "cluster",
+            "credentials",
+            "bob",
+            "--role",
+            "admin",
+            "--dir",
+            p
+        ])
+        .await
+        .is_err(),
+        "not overwritten without --force"
+    );
+    assert!(dvs(&[
+        "cluster",
+        "credentials",
+        "Bad",
+        "--role",
+        "admin",
+        "--dir",
+        p
+    ])
+    .await
+    .is_err());
+    let mut cfg = node_config(&dir.join("data"));
+    cfg.api_ca = Some(CaFiles {
+        cert: pki.join("ca.pem"),
+        key: pki.join("ca.key"),
+    });
+    let node = TestNode::start(cfg, cluster).await;
+    let bob = Credentials::load(&pki.join("bob.credentials.toml")).unwrap();
+    assert_eq!(bob.url, url);
+    let b = NodeClient::with_credentials(&api, &bob);
+    assert_eq!(b.status().await.unwrap().node, 1);
+    assert_eq!(code(b.stop("x").await.unwrap_err()), "forbidden");
+    let ca = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
+    let admin = Credentials::load(&node.creds_dir.join("admin.toml")).unwrap();
+    assert_eq!(admin.ca, ca, "the node's files come from the cluster CA");
+    assert!(!node.creds_dir.join("ca.key").exists(), "no CA of its own");
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `api_tls`: a node with API certificates issued elsewhere (`dvs cluster api-cert`) holds no CA key and
+/// writes no credential files; it accepts the CA's credentials and refuses to migrate out without
+/// `api_tls.credentials`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tls_serves_given_certificates_and_keeps_no_ca() {
+    use dvs_hypervisor::auth::ApiTlsFiles;
+    let dir = std::env::temp_dir().join(format!("dvs-node-apitls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pki = dir.join("pki");
+    let cluster = one_node_cluster();
+    let api = cluster.nodes[0].api.to_string();
+    let dvs = |args: &[&str]| {
+        let mut all = vec!["dvs"];
+        all.extend_from_slice(args);
+        dvs_hypervisor::cli::main(<dvs_hypervisor::cli::Cli as clap::Parser>::parse_from(all))
+    };
+    let p = pki.to_str().unwrap();
+    dvs(&["cluster", "init", "--dir", p]).await.unwrap();
+    dvs(&[
+        "cluster",
+        "api-cert",
+        "n1",
+        "--addr",
+        "127.0.0.1",
+        "--dir",
+        p,
+    ])
+    .await
+    .unwrap();
+    assert!(
+        dvs(&["cluster", "api-cert", "n1", "--addr", "a/b", "--dir", p, "--force"])
+            .await
+            .is_err()
+    );
+    let url = format!("https://{api}");
+    dvs(&[
+        "cluster",
+        "credentials",
+        "ops",
+        "--role",
+        "admin",
+        "--url",
+        &url,
+        "--dir",
+        p,
+    ])
+    .await
+    .unwrap();
+    let mut cfg = node_config(&dir.join("data"));
+    cfg.api_tls = Some(ApiTlsFiles {
+        ca: pki.join("ca.pem"),
+        cert: pki.join("n1-api.pem"),
+        key: pki.join("n1-api.key"),
+        credentials: None,
+    });
+    let node = TestNode::start_with(cfg, cluster, pki.join("ops.credentials.toml")).await;
+    assert_eq!(node.c.status().await.unwrap().node, 1);
+    push_vos(&node.c).await;
+    assert!(
+        !node.creds_dir.exists(),
+        "no CA, no credential files in the data dir"
+    );
+    let e = node.c.migrate("x", 2).await.unwrap_err();
+    assert!(e.to_string().contains("no credentials"), "{e}");
+    assert_eq!(code(e), "invalid");
     node.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,7 +12,7 @@
 //! | 12..16 | dst            | destination endpoint                                           |
 //! | 16..24 | seq            | sender's sequence number: `incarnation << 32 \| counter`       |
 //! | 24..32 | aux            | per kind: acknowledged seq, vcopy offset, refused seq          |
-//! | 32..34 | length         | payload length in bytes, at most [`MAX_PAYLOAD`]               |
+//! | 32..34 | length         | payload length: at most [`MAX_PAYLOAD`], VcopyData [`MAX_DATA_PAYLOAD`] |
 //! | 34..36 | code           | [`ErrorCode`] of an Error frame, else 0                        |
 //! | 36..   | payload        | `length` bytes                                                 |
 //!
@@ -38,10 +38,35 @@ pub const HEADER_LEN: usize = 36;
 pub const MAX_PAYLOAD: usize = 1500 - HEADER_LEN;
 /// Largest M3-IPC frame.
 pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD;
-/// Bytes of buffer data in one VcopyData frame.
+/// Bytes of buffer data in one VcopyData frame on a 1500-byte link: the legacy chunk, used unless
+/// both ends of a transfer agree on a larger one (see [`VcopyOpen::chunk`]).
 pub const VCOPY_CHUNK: usize = 1408;
+/// Largest M3-IPC frame on a jumbo link (the largest Ethernet payload a virtual link may carry).
+/// Only VcopyData frames grow beyond [`MAX_FRAME`].
+pub const MAX_JUMBO_FRAME: usize = 65535;
+/// Largest VcopyData payload (a transfer's agreed chunk is at most this).
+pub const MAX_DATA_PAYLOAD: usize = MAX_JUMBO_FRAME - HEADER_LEN;
+
+/// The vcopy chunk for a link whose largest Ethernet payload is `mtu` bytes: the data that fits
+/// after the M3-IPC header, rounded down to a multiple of 64, and at least [`VCOPY_CHUNK`]
+/// (1500 gives exactly [`VCOPY_CHUNK`]).
+pub const fn chunk_for_mtu(mtu: usize) -> usize {
+    let mtu = if mtu > MAX_JUMBO_FRAME {
+        MAX_JUMBO_FRAME
+    } else {
+        mtu
+    };
+    let c = mtu.saturating_sub(HEADER_LEN) & !63;
+    if c < VCOPY_CHUNK {
+        VCOPY_CHUNK
+    } else {
+        c
+    }
+}
 /// Payload length of a VcopyOpen frame.
 pub const VCOPY_OPEN_LEN: usize = 28;
+/// Longest VcopyAck payload: the 8-byte SACK bitmap and the 4-byte agreed chunk.
+pub const VCOPY_ACK_MAX_LEN: usize = 12;
 
 mod field {
     pub type Field = core::ops::Range<usize>;
@@ -146,8 +171,8 @@ impl Kind {
         match self {
             Kind::Send | Kind::SendRec | Kind::Reply => (message::WIRE_LEN, message::WIRE_LEN),
             Kind::VcopyOpen => (VCOPY_OPEN_LEN, VCOPY_OPEN_LEN),
-            Kind::VcopyData => (1, VCOPY_CHUNK),
-            Kind::VcopyAck => (0, 8),
+            Kind::VcopyData => (1, MAX_DATA_PAYLOAD),
+            Kind::VcopyAck => (0, VCOPY_ACK_MAX_LEN),
             Kind::Migrated => (0, 4),
             Kind::Delivered
             | Kind::Notify
@@ -285,7 +310,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
         }
         let length = be16(b, field::LENGTH);
         let available = b.len() - HEADER_LEN;
-        if usize::from(length) > available.min(MAX_PAYLOAD) {
+        if usize::from(length) > available.min(MAX_DATA_PAYLOAD) {
             return Err(WireError::BadLength { length, available });
         }
         Ok(())
@@ -441,7 +466,8 @@ impl<'a> FrameRepr<'a> {
     /// Writes the frame at the start of `out`; returns its length.
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, WireError> {
         let need = self.buffer_len();
-        if self.payload.len() > MAX_PAYLOAD {
+        let (_, max) = self.kind.payload_len_range();
+        if self.payload.len() > max {
             return Err(WireError::BadPayloadLen {
                 kind: self.kind,
                 len: self.payload.len(),
@@ -532,7 +558,7 @@ pub(crate) fn emit_header(
     h[field::DST].copy_from_slice(&dst.0.to_be_bytes());
     h[field::SEQ].copy_from_slice(&seq.to_be_bytes());
     h[field::AUX].copy_from_slice(&aux.to_be_bytes());
-    // Payload lengths are bounded by MAX_PAYLOAD (< 65536) everywhere this is called.
+    // Payload lengths are bounded by MAX_DATA_PAYLOAD (< 65536) everywhere this is called.
     h[field::LENGTH].copy_from_slice(&(payload_len as u16).to_be_bytes());
     h[field::CODE].copy_from_slice(&code.to_be_bytes());
 }
@@ -548,8 +574,12 @@ pub struct VcopyOpen {
     pub crc: u32,
     /// Requested chunk window (frames in flight); the holder may use less.
     pub window: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// The largest VcopyData payload the opener sends and receives (0 = [`VCOPY_CHUNK`], the
+    /// value of engines that predate jumbo links). The peer answers with the agreed chunk, the
+    /// smaller of this and its own, in its first VcopyAck (a 12-byte payload: SACK bitmap, then
+    /// the chunk; an 8-byte one means [`VCOPY_CHUNK`]); on a pull the holder sends that VcopyAck
+    /// before its data.
+    pub chunk: u32,
 }
 
 impl VcopyOpen {
@@ -566,7 +596,7 @@ impl VcopyOpen {
             len: be64(p, 8..16),
             crc: be32(p, 16..20),
             window: be32(p, 20..24),
-            reserved: be32(p, 24..28),
+            chunk: be32(p, 24..28),
         })
     }
 
@@ -577,7 +607,7 @@ impl VcopyOpen {
         b[8..16].copy_from_slice(&self.len.to_be_bytes());
         b[16..20].copy_from_slice(&self.crc.to_be_bytes());
         b[20..24].copy_from_slice(&self.window.to_be_bytes());
-        b[24..28].copy_from_slice(&self.reserved.to_be_bytes());
+        b[24..28].copy_from_slice(&self.chunk.to_be_bytes());
         b
     }
 }
@@ -827,7 +857,7 @@ mod tests {
             len: 64 << 20,
             crc: 0xabcd_ef01,
             window: 32,
-            reserved: 0,
+            chunk: 0,
         };
         assert_eq!(VcopyOpen::parse(&o.to_bytes()), Ok(o));
         assert!(VcopyOpen::parse(&[0; 27]).is_err());

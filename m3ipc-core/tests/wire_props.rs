@@ -14,21 +14,32 @@ fn payload_for(kind: Kind) -> BoxedStrategy<Vec<u8>> {
         Kind::Send | Kind::SendRec | Kind::Reply => {
             prop::collection::vec(any::<u8>(), m3ipc_core::message::WIRE_LEN).boxed()
         }
-        Kind::VcopyOpen => (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>())
-            .prop_map(|(peer_off, len, crc, window)| {
+        Kind::VcopyOpen => (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+        )
+            .prop_map(|(peer_off, len, crc, window, chunk)| {
                 VcopyOpen {
                     peer_off,
                     len,
                     crc,
                     window,
-                    reserved: 0,
+                    chunk,
                 }
                 .to_bytes()
                 .to_vec()
             })
             .boxed(),
-        Kind::VcopyData => prop::collection::vec(any::<u8>(), 1..=wire::VCOPY_CHUNK).boxed(),
-        Kind::VcopyAck => prop::collection::vec(any::<u8>(), 0..=8).boxed(),
+        // Legacy chunks mostly, jumbo ones (up to the largest a frame can hold) now and then.
+        Kind::VcopyData => prop_oneof![
+            4 => prop::collection::vec(any::<u8>(), 1..=wire::VCOPY_CHUNK),
+            1 => prop::collection::vec(any::<u8>(), wire::VCOPY_CHUNK..=wire::MAX_DATA_PAYLOAD),
+        ]
+        .boxed(),
+        Kind::VcopyAck => prop::collection::vec(any::<u8>(), 0..=wire::VCOPY_ACK_MAX_LEN).boxed(),
         Kind::Migrated => prop::collection::vec(any::<u8>(), 0..=4).boxed(),
         _ => Just(Vec::new()).boxed(),
     }
@@ -62,7 +73,7 @@ proptest! {
         seq in any::<u64>(), aux in any::<u64>(),
     ) {
         let repr = FrameRepr { kind, dc: DcId(dc), flags: fl, src, dst, seq, aux, code, payload: &payload };
-        let mut buf = [0u8; wire::MAX_FRAME];
+        let mut buf = vec![0u8; wire::MAX_JUMBO_FRAME];
         let n = repr.emit(&mut buf).unwrap();
         prop_assert_eq!(n, repr.buffer_len());
         prop_assert_eq!(FrameRepr::parse(&buf[..n]).unwrap(), repr);
@@ -133,8 +144,9 @@ proptest! {
             let seq = first_seqs.get(seq_pick as usize).copied().unwrap_or(seq_pick);
             let aux = if aux % 2 == 0 { first_seqs.first().copied().unwrap_or(aux) } else { aux };
             let repr = FrameRepr { kind, dc: DcId(1), flags: fl, src: eps[2 + (s as usize % 2)], dst: eps[d as usize % 2], seq, aux, code, payload: &payload };
-            let n = repr.emit(&mut out).unwrap();
-            e.handle_frame(now, &out[..n]);
+            let mut hostile = vec![0u8; wire::MAX_JUMBO_FRAME];
+            let n = repr.emit(&mut hostile).unwrap();
+            e.handle_frame(now, &hostile[..n]);
             while e.poll_transmit(now, &mut out).is_some() {}
         }
         let mut ends = std::collections::BTreeMap::new();

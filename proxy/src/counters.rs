@@ -20,6 +20,9 @@ pub enum Drop {
     /// A peer sent a frame as an endpoint (or a LAN source MAC) that is not its own: the M3-IPC source is not
     /// placed on that peer (nor left it a moment ago), or the MAC belongs to a port of this node.
     PeerSpoofed,
+    /// A vhost-user instance broke its virtqueues (a descriptor outside its memory, a bad chain, an oversized
+    /// frame, garbage in a ring): the port cut it off.
+    BadRing,
 }
 
 /// Drops by reason.
@@ -40,6 +43,9 @@ pub struct Drops {
     /// From a peer, as a source that is not the peer's.
     #[serde(default)]
     pub peer_spoofed: u64,
+    /// Instances cut off for breaking their vhost-user virtqueues.
+    #[serde(default)]
+    pub bad_ring: u64,
 }
 
 impl Drops {
@@ -53,6 +59,7 @@ impl Drops {
             Drop::NoRoute => &mut self.no_route,
             Drop::Loop => &mut self.loop_guard,
             Drop::PeerSpoofed => &mut self.peer_spoofed,
+            Drop::BadRing => &mut self.bad_ring,
         };
         *c += 1;
     }
@@ -66,6 +73,7 @@ impl Drops {
             + self.no_route
             + self.loop_guard
             + self.peer_spoofed
+            + self.bad_ring
     }
 }
 
@@ -80,6 +88,7 @@ impl std::fmt::Display for Drops {
             ("no_route", self.no_route),
             ("loop_guard", self.loop_guard),
             ("peer_spoofed", self.peer_spoofed),
+            ("bad_ring", self.bad_ring),
         ];
         let parts: Vec<String> = all
             .iter()
@@ -222,5 +231,146 @@ impl LinkCounters {
             LinkRefusal::IdMismatch => self.id_mismatch += 1,
             LinkRefusal::Hello => self.hello_refused += 1,
         }
+    }
+}
+
+/// Sub-buckets per power of two in [`Latency`] (resolution about 19%).
+const LATENCY_SUB: u32 = 4;
+/// Buckets of [`Latency`]: up to 2^40 ns (18 minutes).
+pub const LATENCY_BUCKETS: usize = 40 * LATENCY_SUB as usize;
+
+/// A histogram of durations in nanoseconds: log-linear buckets ([`LATENCY_SUB`] per power of two), so that a
+/// reader can take quantiles of any window by subtracting two snapshots ([`Latency::since`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Sum of the samples, ns.
+    pub sum_ns: u64,
+    /// Samples per bucket ([`Latency::bucket`] says which); empty until the first sample.
+    #[serde(default)]
+    pub buckets: Vec<u64>,
+}
+
+impl Latency {
+    /// The bucket of `ns`.
+    pub fn bucket(ns: u64) -> usize {
+        if ns < u64::from(LATENCY_SUB) {
+            return ns as usize;
+        }
+        let octave = 63 - ns.leading_zeros(); // ≥ 2
+        let sub = (ns >> (octave - 2)) & u64::from(LATENCY_SUB - 1);
+        ((octave - 1) * LATENCY_SUB + sub as u32).min(LATENCY_BUCKETS as u32 - 1) as usize
+    }
+
+    /// The smallest duration in bucket `i`, ns.
+    pub fn bucket_floor(i: usize) -> u64 {
+        let sub = LATENCY_SUB as usize;
+        if i < sub {
+            return i as u64;
+        }
+        let octave = (i / sub + 1) as u32;
+        (1u64 << octave) + ((i % sub) as u64) * (1u64 << (octave - 2))
+    }
+
+    /// Counts one duration.
+    pub fn add(&mut self, d: std::time::Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        if self.buckets.len() < LATENCY_BUCKETS {
+            self.buckets.resize(LATENCY_BUCKETS, 0);
+        }
+        self.buckets[Latency::bucket(ns)] += 1;
+        self.count += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+    }
+
+    /// The samples added after `earlier` (a snapshot of the same histogram).
+    pub fn since(&self, earlier: &Latency) -> Latency {
+        Latency {
+            count: self.count.saturating_sub(earlier.count),
+            sum_ns: self.sum_ns.saturating_sub(earlier.sum_ns),
+            buckets: self
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(i, n)| n.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+
+    /// The `q` quantile (0..=1), ns: the middle of the bucket it falls in (None without samples).
+    pub fn quantile_ns(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((self.count as f64 * q.clamp(0.0, 1.0)).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                let (lo, hi) = (Latency::bucket_floor(i), Latency::bucket_floor(i + 1));
+                return Some(lo + (hi - lo) / 2);
+            }
+        }
+        None
+    }
+
+    /// The mean, ns (None without samples).
+    pub fn mean_ns(&self) -> Option<u64> {
+        (self.count > 0).then(|| self.sum_ns / self.count)
+    }
+}
+
+/// How long frames stay in this node's proxy (timing hooks of the switch; the proxy's share of a call's
+/// time in the benchmarks' per-hop breakdown).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchTiming {
+    /// A frame from a VM port through the switch (checks, routing, queueing its outputs).
+    pub port_frame: Latency,
+    /// A frame from a peer link through the switch.
+    pub peer_frame: Latency,
+    /// A frame from a VM port (handed to the switch) until the write to the peer socket that carried it
+    /// (batching and the peer queue included).
+    pub port_to_peer_write: Latency,
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::Latency;
+    use std::time::Duration;
+
+    #[test]
+    fn buckets_are_ordered_and_cover_their_floors() {
+        for i in 0..super::LATENCY_BUCKETS - 1 {
+            let (lo, hi) = (Latency::bucket_floor(i), Latency::bucket_floor(i + 1));
+            assert!(lo < hi, "bucket {i}: {lo} !< {hi}");
+            assert_eq!(Latency::bucket(lo), i, "floor of bucket {i} ({lo} ns)");
+            assert_eq!(
+                Latency::bucket(hi - 1),
+                i,
+                "top of bucket {i} ({} ns)",
+                hi - 1
+            );
+        }
+    }
+
+    #[test]
+    fn quantiles_of_a_window() {
+        let mut h = Latency::default();
+        for _ in 0..90 {
+            h.add(Duration::from_micros(10));
+        }
+        let snap = h.clone();
+        for _ in 0..99 {
+            h.add(Duration::from_micros(100));
+        }
+        h.add(Duration::from_millis(5));
+        let w = h.since(&snap);
+        assert_eq!(w.count, 100);
+        let m = w.quantile_ns(0.5).unwrap();
+        assert!((90_000..=110_000).contains(&m), "median {m}");
+        let p = h.quantile_ns(0.999).unwrap();
+        assert!((4_000_000..=6_000_000).contains(&p), "p99.9 {p}");
+        assert!(Latency::default().quantile_ns(0.5).is_none());
     }
 }

@@ -1,6 +1,7 @@
 //! VM ports: the host end of an instance's fabric NIC. QEMU's `-netdev dgram` (one Ethernet frame per unix
-//! datagram) and `-netdev stream` (4-byte big-endian length, then the frame) are both here; a vhost-user
-//! backend would be one more [`VmPort`] without touching routing.
+//! datagram) and `-netdev stream` (4-byte big-endian length, then the frame) are here; `-netdev vhost-user`
+//! (the proxy serves the virtio-net device itself from shared guest memory) is [`crate::vhost`]. Routing sees
+//! each only as a [`VmPort`].
 
 use std::future::Future;
 use std::io;
@@ -13,8 +14,10 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixDatagram, UnixListener};
 
-/// The largest Ethernet frame a port takes (a little over 1514, for VLAN tags and slack).
-pub const MAX_ETH_FRAME: usize = 1600;
+/// The largest Ethernet frame a port takes: the MTU of a virtual link is ours, up to 64 KiB (65535 bytes of
+/// payload, the Ethernet header and slack for VLAN tags). Ports keep one receive buffer of this size; frames
+/// in backlogs take only their own length.
+pub const MAX_ETH_FRAME: usize = 65535 + 64;
 
 /// Which QEMU socket protocol a port speaks.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -32,6 +35,13 @@ pub enum PortKind {
         /// The proxy's listening socket.
         path: PathBuf,
     },
+    /// `-netdev vhost-user`: the proxy listens on `path` and serves the instance's virtio-net device from its
+    /// shared memory ([`crate::vhost`]).
+    #[serde(rename = "vhost-user")]
+    VhostUser {
+        /// The proxy's listening socket.
+        path: PathBuf,
+    },
 }
 
 /// The sending half of a VM port, as the proxy's data path sees it.
@@ -44,15 +54,21 @@ pub trait VmPort: Send + Sync + 'static {
 /// What a port's reader does with each frame the instance sends.
 pub type Sink = Arc<dyn Fn(Bytes) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-/// Opens a port of `kind`; frames the instance sends are given to `on_frame` in order. The returned task ends
-/// when the port is closed with [`PortHandle::close`].
-pub async fn open(kind: &PortKind, on_frame: Sink) -> io::Result<PortHandle> {
+/// Opens a port of `kind`; frames the instance sends are given to `on_frame` in order, and an instance that
+/// breaks its rings (vhost-user) is cut off and reported to `on_fault`. The port's tasks and threads end when
+/// it is closed with [`PortHandle::close`].
+pub async fn open(
+    kind: &PortKind,
+    on_frame: Sink,
+    on_fault: crate::vhost::FaultSink,
+) -> io::Result<PortHandle> {
     match kind {
         PortKind::Dgram {
             proxy_path,
             vm_path,
         } => DgramPort::open(proxy_path, vm_path, on_frame).await,
         PortKind::Stream { path } => StreamPort::open(path, on_frame).await,
+        PortKind::VhostUser { path } => crate::vhost::VhostPort::open(path, on_frame, on_fault),
     }
 }
 
@@ -62,13 +78,31 @@ pub struct PortHandle {
     pub tx: Arc<dyn VmPort>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     paths: Vec<PathBuf>,
+    closers: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl PortHandle {
+    /// A port run by its own threads: `close` runs `closer`, then removes `path`.
+    pub(crate) fn with_closer(
+        tx: Arc<dyn VmPort>,
+        path: PathBuf,
+        closer: Box<dyn FnOnce() + Send>,
+    ) -> PortHandle {
+        PortHandle {
+            tx,
+            tasks: Vec::new(),
+            paths: vec![path],
+            closers: vec![closer],
+        }
+    }
+
     /// Stops reading and removes the port's socket files.
     pub fn close(self) {
         for t in &self.tasks {
             t.abort();
+        }
+        for c in self.closers {
+            c();
         }
         for p in &self.paths {
             let _ = std::fs::remove_file(p);
@@ -108,7 +142,7 @@ impl DgramPort {
             wake: tokio::sync::Notify::new(),
         });
         let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 65536];
+            let mut buf = vec![0u8; MAX_ETH_FRAME];
             loop {
                 match sock.recv(&mut buf).await {
                     Ok(n) => on_frame(Bytes::copy_from_slice(&buf[..n])).await,
@@ -124,6 +158,7 @@ impl DgramPort {
             tx: port,
             tasks: vec![reader, flusher],
             paths: vec![proxy_path.to_owned()],
+            closers: Vec::new(),
         })
     }
 
@@ -226,7 +261,7 @@ impl StreamPort {
                 });
                 let flusher = tokio::spawn(me.clone().flush(wr));
                 let mut rd = tokio::io::BufReader::with_capacity(1 << 16, rd);
-                let mut frame = vec![0u8; 65536];
+                let mut frame = vec![0u8; MAX_ETH_FRAME];
                 while let Ok(len) = rd.read_u32().await {
                     let len = len as usize;
                     if len > frame.len() || rd.read_exact(&mut frame[..len]).await.is_err() {
@@ -242,6 +277,7 @@ impl StreamPort {
             tx: port,
             tasks: vec![task],
             paths: vec![path.to_owned()],
+            closers: Vec::new(),
         })
     }
 
@@ -333,7 +369,8 @@ pub enum VmEnd {
 }
 
 impl VmEnd {
-    /// Opens the instance's end of a port of `kind` (the proxy's end must exist for `Stream`).
+    /// Opens the instance's end of a port of `kind` (the proxy's end must exist for `Stream`; `VhostUser` has
+    /// no such end: `Unsupported`).
     pub async fn open(kind: &PortKind) -> io::Result<VmEnd> {
         match kind {
             PortKind::Dgram {
@@ -348,6 +385,10 @@ impl VmEnd {
             PortKind::Stream { path } => {
                 Ok(VmEnd::Stream(tokio::net::UnixStream::connect(path).await?))
             }
+            PortKind::VhostUser { .. } => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a vhost-user port's instance end is a vhost-user frontend (QEMU)",
+            )),
         }
     }
 

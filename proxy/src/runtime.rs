@@ -184,7 +184,11 @@ impl Proxy {
             let core = core.clone();
             Box::pin(async move { core.port_frame(id, frame).await })
         });
-        let handle = match port::open(kind, sink).await {
+        let core = self.core.clone();
+        let on_fault: crate::vhost::FaultSink = Arc::new(move |_| {
+            lock(&core.switch).count_drop(Via::Port(id), Drop::BadRing);
+        });
+        let handle = match port::open(kind, sink, on_fault).await {
             Ok(h) => h,
             Err(source) => {
                 // Nothing was announced yet (`out` is dropped), so there is nothing to take back from peers.

@@ -35,9 +35,17 @@ mod disk;
 #[path = "vos/fs.rs"]
 mod fs;
 
+/// The fabric NIC on the node's proxy: stream and vhost-user ports side by side.
+#[path = "vos/vhost.rs"]
+mod vhost;
+
 /// The web server on the file server (`services=[http, disk, fs]`), and with the file server away.
 #[path = "vos/web.rs"]
 mod web;
+
+/// The guest data path: jumbo vcopy frames (`mtu=`) and the adaptive poll (`call_spin_us=`).
+#[path = "vos/datapath.rs"]
+mod datapath;
 
 /// QEMU's exit status when the guest ends with `ExitCode::BadConfig` (2): isa-debug-exit turns
 /// value `v` into `2v + 1`.

@@ -14,6 +14,7 @@ use crate::services::disk::DiskStats;
 use crate::services::echo::EchoStats;
 use crate::services::fs::FsStats;
 use crate::services::http::HttpStats;
+use crate::services::ipc_bench::hops;
 use alloc::format;
 use alloc::rc::Rc;
 use alloc::string::String;
@@ -193,7 +194,10 @@ impl Kernel {
                 let mut ipc = self.ipc.borrow_mut();
                 for (i, port) in net.ports.iter_mut().enumerate() {
                     if i == 0 {
-                        work |= port.pump(&mut |f| ipc.on_frame(now, f));
+                        work |= port.pump(&mut |f| {
+                            hops::rx(f);
+                            ipc.on_frame(now, f)
+                        });
                     } else {
                         work |= port.pump(&mut |_| ipc.bad_ethernet += 1);
                     }
@@ -209,16 +213,26 @@ impl Kernel {
                 }
                 let mut ipc = self.ipc.borrow_mut();
                 work |= ipc.poll(now);
-                work |= ipc.flush(now, net.ports.first_mut().map(|p| p.nic.get_mut()));
+                let flushed = ipc.flush(now, net.ports.first_mut().map(|p| p.nic.get_mut()));
+                work |= flushed;
+                // One doorbell per queue per turn, after everything this turn sent.
                 for port in net.ports.iter_mut() {
                     port.nic.get_mut().settle();
+                }
+                if flushed {
+                    hops::tx();
                 }
             }
             if work {
                 last_work = now_us;
                 continue;
             }
-            if now_us.saturating_sub(last_work) < self.spin_us {
+            // Poll a while before halting: `spin_us` after the last work, longer while an
+            // answer from another instance is due soon (halting then costs a wake-up of
+            // 140-270 µs on this nested KVM, and the answer would wait for it).
+            let spin = self.ipc.borrow().spin_bound_us(self.spin_us);
+            if now_us.saturating_sub(last_work) < spin {
+                core::hint::spin_loop();
                 continue;
             }
             // Idle: refine the clock rate once, report changed counters (at most once per
@@ -231,6 +245,7 @@ impl Kernel {
                 }
                 deadline = deadline.min(t);
             }
+            hops::idle(now_us);
             let counters = self.counters();
             if last_stats.as_ref() != Some(&counters) {
                 if now_us >= last_stats_at + self.stats_every_us {
@@ -262,7 +277,9 @@ impl Kernel {
             let now_us = time::now_us();
             if !pending && deadline > now_us {
                 apic::arm_timer_ns((deadline - now_us) * 1000);
+                hops::halted();
                 interrupts::halt();
+                hops::woke();
                 prev_turn = time::now_us();
             }
             for p in net.ports.iter_mut() {

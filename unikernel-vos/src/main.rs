@@ -28,7 +28,7 @@ extern "C" fn vos_entry(start_info: u32) -> ! {
     // The host's configuration (a bad one ends the boot here).
     let config::Boot { cfg, mmio } = config::load(boot.cmdline);
     // Interrupt controllers, NICs and disks; the clock is calibrated meanwhile.
-    let devices = drivers::init(&mmio);
+    let devices = drivers::init(&mmio, cfg.mtu as usize);
     // One port per NIC, with its address.
     let net = net::Net::new(devices.nics, &cfg, time::rdtsc(), time::now_us());
     // The engine with the endpoints bound and their vcopy buffers.

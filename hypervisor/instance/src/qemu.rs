@@ -22,15 +22,28 @@ pub const CONTROL_IOBASE: u16 = 0x2f8;
 /// - the control channel on a second UART at 0x2f8 (IRQ 3), a unix socket chardev QEMU connects
 ///   to (`server=off`);
 /// - one `-netdev` and one `-device virtio-net-device` (microvm) or `virtio-net-pci` (q35) per NIC,
-///   ids `n0`, `n1`, ...;
+///   ids `n0`, `n1`, ...; a vhost-user NIC is `-chardev socket,id=c<i>,path=<path>` and
+///   `-netdev vhost-user,id=n<i>,chardev=c<i>`, and then guest RAM is a shared memfd
+///   (`-object memory-backend-memfd,id=mem,size=<MiB>M,share=on` and `memory-backend=mem` on the
+///   machine) so that the backend can map it;
 /// - after the NICs, one `-drive` (raw, `if=none`, see [`drive_arg`]) and one
 ///   `-device virtio-blk-device` (microvm) or `virtio-blk-pci` (q35) per drive, ids `blk0`, `blk1`, ...
 pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |words: &[&str]| a.extend(words.iter().map(|w| w.to_string()));
-    match spec.machine {
-        MachineType::Microvm => push(&["-M", "microvm,acpi=off"]),
-        MachineType::Q35 => push(&["-M", "q35", "-bios", "qboot.rom"]),
+    let shared = spec.shares_memory();
+    match (spec.machine, shared) {
+        (MachineType::Microvm, false) => push(&["-M", "microvm,acpi=off"]),
+        (MachineType::Microvm, true) => push(&["-M", "microvm,acpi=off,memory-backend=mem"]),
+        (MachineType::Q35, false) => push(&["-M", "q35", "-bios", "qboot.rom"]),
+        (MachineType::Q35, true) => push(&["-M", "q35,memory-backend=mem", "-bios", "qboot.rom"]),
+    }
+    let memfd = format!(
+        "memory-backend-memfd,id=mem,size={}M,share=on",
+        spec.memory_mib
+    );
+    if shared {
+        push(&["-object", &memfd]);
     }
     match spec.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
@@ -75,6 +88,12 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         MachineType::Q35 => "virtio-net-pci",
     };
     for (i, nic) in spec.nics.iter().enumerate() {
+        if let NicBackend::VhostUser { path } = &nic.backend {
+            a.extend([
+                "-chardev".into(),
+                format!("socket,id=c{i},path={}", path.display()),
+            ]);
+        }
         let netdev = match &nic.backend {
             NicBackend::Stream { path } => format!(
                 "stream,id=n{i},server=off,addr.type=unix,addr.path={}",
@@ -85,6 +104,7 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
                 local.display(),
                 remote.display()
             ),
+            NicBackend::VhostUser { .. } => format!("vhost-user,id=n{i},chardev=c{i}"),
         };
         a.extend([
             "-netdev".into(),
@@ -340,6 +360,58 @@ mod tests {
             "-serial stdio \
              -drive file=/v/d.img,format=raw,if=none,id=blk0,cache=writeback,discard=unmap,werror=report,rerror=report \
              -device virtio-blk-pci,drive=blk0",
+        ));
+        assert_eq!(qemu_args(&s), want);
+    }
+
+    #[test]
+    fn vhost_user_nics_share_guest_memory_microvm() {
+        let mut s = base(MachineType::Microvm, Accel::Kvm);
+        s.memory_mib = 48;
+        s.nics = vec![
+            Nic {
+                backend: NicBackend::VhostUser {
+                    path: "/run/a.sock".into(),
+                },
+                mac: [2, 0, 0, 0, 0, 1],
+            },
+            Nic {
+                backend: NicBackend::Stream { path: "/p".into() },
+                mac: [2, 0, 0, 0, 0, 2],
+            },
+        ];
+        let mut want = words(
+            "-M microvm,acpi=off,memory-backend=mem -object memory-backend-memfd,id=mem,size=48M,share=on \
+             -accel kvm -cpu host,-arch-capabilities -m 48M -smp 1 -nodefaults -no-user-config \
+             -display none -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=4 \
+             -kernel /img/vos.elf -append",
+        );
+        want.push("a=1 b".into());
+        want.extend(words(
+            "-serial stdio -chardev socket,id=c0,path=/run/a.sock -netdev vhost-user,id=n0,chardev=c0 \
+             -device virtio-net-device,netdev=n0,mac=02:00:00:00:00:01 \
+             -netdev stream,id=n1,server=off,addr.type=unix,addr.path=/p \
+             -device virtio-net-device,netdev=n1,mac=02:00:00:00:00:02",
+        ));
+        assert_eq!(qemu_args(&s), want);
+    }
+
+    #[test]
+    fn vhost_user_nics_share_guest_memory_q35() {
+        let mut s = base(MachineType::Q35, Accel::Tcg);
+        s.nics = vec![Nic {
+            backend: NicBackend::VhostUser { path: "/v".into() },
+            mac: [2, 0, 0, 0, 0, 1],
+        }];
+        let mut want = words(
+            "-M q35,memory-backend=mem -bios qboot.rom -object memory-backend-memfd,id=mem,size=16M,share=on \
+             -accel tcg -m 16M -smp 1 -nodefaults -no-user-config -display none -no-reboot \
+             -device isa-debug-exit,iobase=0xf4,iosize=4 -kernel /img/vos.elf -append",
+        );
+        want.push("a=1 b".into());
+        want.extend(words(
+            "-serial stdio -chardev socket,id=c0,path=/v -netdev vhost-user,id=n0,chardev=c0 \
+             -device virtio-net-pci,netdev=n0,mac=02:00:00:00:00:01",
         ));
         assert_eq!(qemu_args(&s), want);
     }

@@ -94,6 +94,22 @@ pub enum NicBackend {
         /// The path the host binds.
         remote: PathBuf,
     },
+    /// A vhost-user backend listening on `path` (the node's proxy) serves the device itself from
+    /// the guest's memory, which the machine then shares (a memfd backend): frames skip the VMM.
+    #[serde(rename = "vhost-user")]
+    VhostUser {
+        /// The backend's listening socket.
+        path: PathBuf,
+    },
+}
+
+impl VmSpec {
+    /// True if a NIC is served by a vhost-user backend (the guest's memory must be shared).
+    pub fn shares_memory(&self) -> bool {
+        self.nics
+            .iter()
+            .any(|n| matches!(n.backend, NicBackend::VhostUser { .. }))
+    }
 }
 
 /// One NIC of a machine.
@@ -258,7 +274,7 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<VmSpec>(&json).unwrap(), s);
         assert!(json.contains("\"accel\":\"tcg\""), "{json}");
-        assert!(s.cmdline().starts_with("dvs.cfg=02"));
+        assert!(s.cmdline().starts_with("dvs.cfg=03"));
     }
 
     #[test]

@@ -132,8 +132,28 @@ fn new_iface(cfg: &Config, dev: &mut LinkDevice, now: smoltcp::time::Instant) ->
     iface
 }
 
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
+/// What the error of a non-blocking socket call means for the loop around it.
+enum Next {
+    /// Call again now (interrupted, or the socket became ready meanwhile).
+    Again,
+    /// Nothing more now: the socket will wake the task.
+    Wait,
+    /// The socket is gone.
+    Gone(io::Error),
+}
+
+/// Sorts the error `e` of a non-blocking call; `ready` polls the socket's readiness for that
+/// direction when the call would have blocked.
+fn after_error(e: io::Error, ready: impl FnOnce() -> Poll<io::Result<()>>) -> Next {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => match ready() {
+            Poll::Ready(Ok(())) => Next::Again,
+            Poll::Ready(Err(e)) => Next::Gone(e),
+            Poll::Pending => Next::Wait,
+        },
+        io::ErrorKind::Interrupted => Next::Again,
+        _ => Next::Gone(e),
+    }
 }
 
 impl Engine {
@@ -476,19 +496,14 @@ impl Engine {
                         break;
                     }
                     Ok(_) => progress = true,
-                    Err(e) if would_block(&e) => match link.poll_read_ready(cx) {
-                        Poll::Ready(Ok(())) => continue,
-                        Poll::Ready(Err(e)) => {
+                    Err(e) => match after_error(e, || link.poll_read_ready(cx)) {
+                        Next::Again => continue,
+                        Next::Wait => break,
+                        Next::Gone(e) => {
                             gone = Some(e.to_string());
                             break;
                         }
-                        Poll::Pending => break,
                     },
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        gone = Some(e.to_string());
-                        break;
-                    }
                 }
             }
         }
@@ -553,19 +568,14 @@ impl Engine {
                         dev.tx_pos += n;
                         progress = true;
                     }
-                    Err(e) if would_block(&e) => match link.poll_write_ready(cx) {
-                        Poll::Ready(Ok(())) => continue,
-                        Poll::Ready(Err(e)) => {
+                    Err(e) => match after_error(e, || link.poll_write_ready(cx)) {
+                        Next::Again => continue,
+                        Next::Wait => break,
+                        Next::Gone(e) => {
                             gone = Some(e.to_string());
                             break;
                         }
-                        Poll::Pending => break,
                     },
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        gone = Some(e.to_string());
-                        break;
-                    }
                 }
             }
             dev.compact();
@@ -755,19 +765,14 @@ impl Engine {
                     self.c.bytes_to_guest += n as u64;
                     moved = true;
                 }
-                Ok(Err(e)) if would_block(&e) => match client.poll_read_ready(cx) {
-                    Poll::Ready(Ok(())) => continue,
-                    Poll::Ready(Err(_)) => {
+                Ok(Err(e)) => match after_error(e, || client.poll_read_ready(cx)) {
+                    Next::Again => continue,
+                    Next::Wait => break,
+                    Next::Gone(_) => {
                         client_gone = true;
                         break;
                     }
-                    Poll::Pending => break,
                 },
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(_)) => {
-                    client_gone = true;
-                    break;
-                }
             }
         }
         // Guest to client, while the client takes it.
@@ -787,13 +792,11 @@ impl Engine {
                     self.c.bytes_to_client += n as u64;
                     moved = true;
                 }
-                Ok(Err(e)) if would_block(&e) => match client.poll_write_ready(cx) {
-                    Poll::Ready(Ok(())) => continue,
-                    Poll::Ready(Err(_)) => client_gone = true,
-                    Poll::Pending => break,
+                Ok(Err(e)) => match after_error(e, || client.poll_write_ready(cx)) {
+                    Next::Again => continue,
+                    Next::Wait => break,
+                    Next::Gone(_) => client_gone = true,
                 },
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(_)) => client_gone = true,
                 Err(RecvError::Finished) => {
                     if !*guest_eof {
                         *guest_eof = true;

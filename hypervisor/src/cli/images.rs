@@ -36,6 +36,18 @@ fn hash_with_progress(bytes: &[u8]) -> String {
 }
 
 pub(super) async fn upload(c: &NodeClient, img: &LoadedImage, label: String) -> anyhow::Result<()> {
+    // Said before the upload: a node refuses an oversized image as it streams in, and the client may see
+    // only the closed connection then.
+    let len = img.bytes.len() as u64;
+    if let Some(max) = c.status().await.ok().and_then(|s| s.max_image) {
+        if len > max {
+            bail!(
+                "{} is {len} bytes: {} takes images of at most {max} bytes (max_image in its node.toml)",
+                img.manifest.name,
+                c.url()
+            );
+        }
+    }
     let pb = bar(img.bytes.len() as u64, label);
     let chunks: Vec<bytes::Bytes> = img
         .bytes

@@ -44,14 +44,15 @@ Exit codes: 0 ok, 1 failed, 2 usage, 3 node unreachable, 4 not found (image, ins
 #[derive(Parser, Debug)]
 #[command(name = "dvs", version, propagate_version = true, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// The node to talk to (host:port of its API).
-    #[arg(
-        long,
-        global = true,
-        env = "DVS_NODE",
-        default_value = "127.0.0.1:7070"
-    )]
-    node: String,
+    /// The node to talk to (host:port of its API; default: the `url` of the credential file, else
+    /// 127.0.0.1:7070).
+    #[arg(long, global = true, env = "DVS_NODE")]
+    node: Option<String>,
+    /// The credential file (API URL, CA, client certificate and key; from `dvs cluster credentials`, or the
+    /// `admin.toml` / `read-only.toml` a node writes in <data_dir>/api/). Default: DVS_CREDENTIALS, else
+    /// $XDG_CONFIG_HOME/dvs/credentials.toml (~/.config/dvs/credentials.toml).
+    #[arg(long, global = true, env = "DVS_CREDENTIALS", value_name = "FILE")]
+    credentials: Option<PathBuf>,
     /// Print JSON instead of tables (listing commands).
     #[arg(long, global = true)]
     json: bool,
@@ -290,9 +291,18 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
 struct Ctx {
     node: NodeClient,
     json: bool,
+    creds: Option<crate::auth::Credentials>,
 }
 
 impl Ctx {
+    /// A client of the node whose API is at `addr`, with the CLI's credentials.
+    fn client(&self, addr: &str) -> NodeClient {
+        match &self.creds {
+            Some(c) => NodeClient::with_credentials(addr, c),
+            None => NodeClient::plain(addr),
+        }
+    }
+
     async fn cluster(&self) -> anyhow::Result<ClusterMap> {
         self.node
             .cluster()
@@ -307,7 +317,7 @@ impl Ctx {
             .await?
             .nodes
             .iter()
-            .map(|n| (n.id, NodeClient::new(&n.api.to_string())))
+            .map(|n| (n.id, self.client(&n.api.to_string())))
             .collect())
     }
 
@@ -349,10 +359,47 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 
 /// Runs the CLI; returns the process exit code.
 pub async fn main(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Ctx {
-        node: NodeClient::new(&cli.node),
-        json: cli.json,
+    // Only the client commands need credentials (the daemon and the PKI commands make them).
+    let needs_api = !matches!(
+        cli.cmd,
+        Cmd::Cluster { .. }
+            | Cmd::Node {
+                config: Some(_),
+                ..
+            }
+            | Cmd::Node {
+                cmd: Some(NodeCmd::Cert(_)),
+                ..
+            }
+    );
+    let creds = if needs_api {
+        crate::auth::Credentials::discover(cli.credentials.as_deref())
+            .context("reading the credential file")?
+            .map(|(_, c)| c)
+    } else {
+        None
     };
+    if needs_api && creds.is_none() {
+        eprintln!(
+            "dvs: no credential file (--credentials FILE, DVS_CREDENTIALS, or {}): nodes serve their API over \
+             HTTPS with client certificates and will refuse this client (a node writes admin.toml in \
+             <data_dir>/api/)",
+            crate::auth::default_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "~/.config/dvs/credentials.toml".into())
+        );
+    }
+    let addr = cli
+        .node
+        .clone()
+        .or_else(|| creds.as_ref().map(|c| c.url.clone()))
+        .unwrap_or_else(|| "127.0.0.1:7070".into());
+    let mut ctx = Ctx {
+        node: NodeClient::plain(&addr),
+        json: cli.json,
+        creds,
+    };
+    ctx.node = ctx.client(&addr);
     match cli.cmd {
         Cmd::Node {
             config: Some(path), ..

@@ -29,6 +29,54 @@ and name them in each node.toml:
         #[arg(long)]
         force: bool,
     },
+    /// Issue a node's API server certificate (DIR/NAME-api.pem, DIR/NAME-api.key, 0600) from the CA in DIR,
+    /// naming the addresses clients reach the API at, for node.toml's `api_tls` (the node then holds no CA key).
+    #[command(after_help = "Example:
+  dvs cluster api-cert n1 --addr 10.0.0.1 --dir pki        -> pki/n1-api.pem, pki/n1-api.key
+  dvs cluster credentials n1 --role admin --dir pki       -> what n1 presents to other nodes (migration)
+In n1's node.toml:
+  api_listen = \"10.0.0.1:7070\"
+  api_tls = { ca = \"pki/ca.pem\", cert = \"pki/n1-api.pem\", key = \"pki/n1-api.key\", credentials = \"pki/n1.credentials.toml\" }")]
+    ApiCert {
+        /// The node's name (`[a-z0-9][a-z0-9-]{0,62}`): the files' names.
+        name: String,
+        /// An IP address or DNS name clients use for this node's API, repeatable (localhost, 127.0.0.1 and
+        /// ::1 are always in).
+        #[arg(long, required = true)]
+        addr: Vec<String>,
+        /// The folder of the CA (from `dvs cluster init`); the files go there too.
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue an API credential file (URL, CA, client certificate and key, role in the certificate) from the
+    /// CA in DIR, for nodes whose `api_ca` is that CA. Written 0600; never overwritten without --force.
+    #[command(after_help = "Example:
+  dvs cluster credentials alice --role read-only --url https://10.0.0.1:7070 --dir pki
+      -> pki/alice.credentials.toml; then: dvs --credentials pki/alice.credentials.toml ps
+In node.toml, to issue the nodes' API certificates from the same CA:
+  api_ca = { cert = \"pki/ca.pem\", key = \"pki/ca.key\" }")]
+    Credentials {
+        /// The client's name (`[a-z0-9][a-z0-9-]{0,62}`): the certificate's common name and the file's name.
+        name: String,
+        /// admin (everything) or read-only (GET only; changes are refused with 403).
+        #[arg(long)]
+        role: crate::auth::Role,
+        /// The API URL the file points at (the node `dvs` talks to without --node).
+        #[arg(long, default_value = "https://127.0.0.1:7070")]
+        url: String,
+        /// The folder of the CA (from `dvs cluster init`).
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// Where to write the file (default: DIR/NAME.credentials.toml).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `dvs node cert NAME --id ID`.
@@ -51,7 +99,23 @@ pub(super) struct CertArgs {
 
 /// Runs `dvs cluster ...`.
 pub(super) fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
-    let ClusterCmd::Init { dir, name, force } = cmd;
+    let (dir, name, force) = match cmd {
+        ClusterCmd::Init { dir, name, force } => (dir, name, force),
+        ClusterCmd::Credentials {
+            name,
+            role,
+            url,
+            dir,
+            out,
+            force,
+        } => return credentials(&name, role, &url, &dir, out, force),
+        ClusterCmd::ApiCert {
+            name,
+            addr,
+            dir,
+            force,
+        } => return api_cert(&name, &addr, &dir, force),
+    };
     let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
     refuse_overwrite(&[&cert, &key], force, "a cluster CA")?;
     let ca = new_cluster_ca(&name).context("making the cluster CA")?;
@@ -66,6 +130,107 @@ pub(super) fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// Runs `dvs cluster credentials`.
+fn credentials(
+    name: &str,
+    role: crate::auth::Role,
+    url: &str,
+    dir: &Path,
+    out: Option<PathBuf>,
+    force: bool,
+) -> anyhow::Result<()> {
+    if !valid_name(name) {
+        bail!("client name '{name}': use [a-z0-9][a-z0-9-]{{0,62}} (lower-case letters, digits, dashes)");
+    }
+    if !url.starts_with("https://") {
+        bail!("--url '{url}': the API is served over TLS: https://HOST:PORT");
+    }
+    let ca = read_ca(dir)?;
+    let out = out.unwrap_or_else(|| dir.join(format!("{name}.credentials.toml")));
+    refuse_overwrite(&[&out], force, &format!("credentials '{name}'"))?;
+    let creds = crate::auth::issue_credentials(&ca, name, role, url)
+        .with_context(|| format!("issuing credentials with the CA in {}", dir.display()))?;
+    creds
+        .save(&out, force)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "{role} credentials for '{name}' written: {} (0600; it holds a private key)",
+        out.display()
+    );
+    println!(
+        "use: dvs --credentials {} ps   (or DVS_CREDENTIALS)",
+        out.display()
+    );
+    Ok(())
+}
+
+/// Runs `dvs cluster api-cert`.
+fn api_cert(name: &str, addrs: &[String], dir: &Path, force: bool) -> anyhow::Result<()> {
+    if !valid_name(name) {
+        bail!("node name '{name}': use [a-z0-9][a-z0-9-]{{0,62}} (lower-case letters, digits, dashes)");
+    }
+    let mut names = crate::auth::server_names(&[]);
+    for a in addrs {
+        let ok = a.parse::<std::net::IpAddr>().is_ok()
+            || (!a.is_empty()
+                && a.len() <= 253
+                && a.split('.').all(|l| !l.is_empty() && valid_name(l)));
+        if !ok {
+            bail!(
+                "--addr '{}': an IP address or a DNS name",
+                crate::validate::shown(a)
+            );
+        }
+        if !names.contains(a) {
+            names.push(a.clone());
+        }
+    }
+    let ca = read_ca(dir)?;
+    let (cert, key) = (
+        dir.join(format!("{name}-api.pem")),
+        dir.join(format!("{name}-api.key")),
+    );
+    refuse_overwrite(
+        &[&cert, &key],
+        force,
+        &format!("node '{name}''s API certificate"),
+    )?;
+    let pem = crate::auth::issue_server_cert(&ca, &names)
+        .with_context(|| format!("issuing with the CA in {}", dir.display()))?;
+    write_pair(dir, &cert, &key, &pem, force)?;
+    println!(
+        "API certificate of '{name}' for {} written: {} and {} (0600)",
+        names.join(", "),
+        cert.display(),
+        key.display()
+    );
+    println!(
+        "in its node.toml: api_tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
+        dir.join("ca.pem").display(),
+        cert.display(),
+        key.display()
+    );
+    Ok(())
+}
+
+/// Reads the CA of `dvs cluster init` from `dir`.
+fn read_ca(dir: &Path) -> anyhow::Result<Pem> {
+    let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    if !ca_cert.exists() || !ca_key.exists() {
+        bail!(
+            "no cluster CA in {} (ca.pem and ca.key): run `dvs cluster init --dir {}` first",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    Ok(Pem {
+        cert: read(&ca_cert)?,
+        key: read(&ca_key)?,
+    })
 }
 
 /// Runs `dvs node cert`.

@@ -23,7 +23,7 @@ use dvs_vos_abi::BootConfig;
 use m3ipc_core::{DcId, Endpoint};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{BackendKind, NetdevKind, NodeConfig};
+use crate::config::{BackendKind, NetdevKind, NodeConfig, VmPortKind};
 use crate::images::ImageStore;
 use crate::volumes::VolumeStore;
 pub use spec::{
@@ -573,7 +573,15 @@ impl Manager {
         let cfg = boot_config(s, inc, is_vos)?;
         i.cmdline = cfg.to_cmdline_word();
         i.boot_config = Some(cfg.clone());
+        let vhost = is_vos && VmPortKind::resolve(self.cfg.vm_port) == VmPortKind::VhostUser;
         let (fabric, nic) = match self.cfg.netdev {
+            _ if vhost => {
+                let path = self.run_dir.join(format!("{name}-vu.sock"));
+                (
+                    PortKind::VhostUser { path: path.clone() },
+                    NicBackend::VhostUser { path },
+                )
+            }
             NetdevKind::Dgram => {
                 let proxy_path = self.run_dir.join(format!("{name}-p.sock"));
                 let vm_path = self.run_dir.join(format!("{name}-vm.sock"));

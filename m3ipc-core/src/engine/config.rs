@@ -1,6 +1,7 @@
 //! Engine tuning: retransmission, limits and vcopy windows.
 
 use crate::ids::DcId;
+use crate::wire::VCOPY_CHUNK;
 use core::time::Duration;
 
 /// How an engine behaves. `EngineConfig::new` gives defaults suited to VMs on one LAN.
@@ -25,8 +26,17 @@ pub struct EngineConfig {
     pub queue_limit: usize,
     /// Sources remembered per endpoint for duplicate suppression and reply caching.
     pub peer_limit: usize,
-    /// vcopy chunks in flight per transfer.
+    /// Most vcopy chunks in flight per transfer (the window adapts below this and
+    /// `vcopy_max_inflight`, to twice the measured bandwidth-delay product).
     pub vcopy_window: u32,
+    /// Most vcopy bytes in flight per transfer.
+    pub vcopy_max_inflight: u64,
+    /// The largest vcopy chunk (VcopyData payload) this engine sends and receives: from its
+    /// link's MTU ([`crate::wire::chunk_for_mtu`]), clamped to
+    /// [`VCOPY_CHUNK`]..=[`crate::wire::MAX_DATA_PAYLOAD`]. Each transfer uses the smaller of
+    /// both ends' values. Above [`VCOPY_CHUNK`], `poll_transmit` needs buffers of up to
+    /// `HEADER_LEN + vcopy_chunk` bytes ([`crate::wire::MAX_JUMBO_FRAME`] always suffices).
+    pub vcopy_chunk: u32,
     /// A vcopy transfer the peer drives is dropped after this long without progress.
     pub transfer_idle_timeout: Duration,
     /// Finished vcopy transfers remembered to re-answer duplicates.
@@ -47,6 +57,8 @@ impl EngineConfig {
             queue_limit: 64,
             peer_limit: 4096,
             vcopy_window: 64,
+            vcopy_max_inflight: 2 * 1024 * 1024,
+            vcopy_chunk: VCOPY_CHUNK as u32,
             transfer_idle_timeout: Duration::from_secs(10),
             finished_limit: 256,
         }

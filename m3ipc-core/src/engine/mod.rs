@@ -138,7 +138,7 @@ struct Tx {
 enum Body {
     None,
     Msg(Message),
-    Bytes([u8; 8], u8),
+    Bytes([u8; wire::VCOPY_ACK_MAX_LEN], u8),
     Open(VcopyOpen),
 }
 
@@ -686,6 +686,35 @@ impl Engine {
     /// True if `poll_transmit` has something to send.
     pub fn has_transmit(&self) -> bool {
         !self.tx.is_empty() || self.transfers.values().any(|t| t.wants_to_send())
+    }
+
+    /// The longest frame `poll_transmit` may emit next: [`wire::MAX_FRAME`] while control frames
+    /// wait, else the header plus the largest chunk a sending transfer uses (never more than
+    /// `HEADER_LEN + EngineConfig::vcopy_chunk`). Lets a caller with buffers of two sizes pick one.
+    pub fn next_transmit_max_len(&self) -> usize {
+        if !self.tx.is_empty() {
+            return wire::MAX_FRAME;
+        }
+        self.transfers
+            .values()
+            .filter(|t| t.wants_to_send())
+            .map(|t| wire::HEADER_LEN + t.chunk_bytes())
+            .max()
+            .unwrap_or(wire::MAX_FRAME)
+            .max(wire::MAX_FRAME)
+    }
+
+    /// True while an answer from a remote peer is due soon: a local endpoint's send, sendrec or
+    /// vcopy towards a remote endpoint has not ended, or a transfer for a peer is in progress.
+    /// (A `receive` waits for work that may never come: it does not count.) A caller that polls
+    /// before it sleeps can poll longer while this holds.
+    pub fn awaiting_remote(&self) -> bool {
+        !self.transfers.is_empty()
+            || self.locals.values().any(|l| {
+                l.op.as_ref().is_some_and(|op| {
+                    op.kind != OpKind::Receive && !self.locals.contains_key(&op.peer)
+                })
+            })
     }
 
     /// The earliest time `handle_timeout` must be called, if any.

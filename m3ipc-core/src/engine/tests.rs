@@ -747,3 +747,87 @@ fn a_prompt_reply_replaces_the_pending_delivered() {
         "one frame answers the call"
     );
 }
+
+#[test]
+fn awaiting_remote_holds_while_a_remote_answer_is_due() {
+    let mut p = Pair::new();
+    assert!(!p.a.awaiting_remote(), "idle");
+    let now = p.now;
+    p.b.receive(now, B, Endpoint::ANY, None).unwrap();
+    assert!(
+        !p.b.awaiting_remote(),
+        "a receive waits for work, not an answer"
+    );
+    p.a.sendrec(now, A, A2, Message::new(1), T).unwrap();
+    assert!(
+        !p.a.awaiting_remote(),
+        "a local call never waits on the network"
+    );
+    let mut p = Pair::new();
+    p.a.sendrec(now, A, B, Message::new(2), T).unwrap();
+    assert!(p.a.awaiting_remote(), "a remote sendrec is in flight");
+    p.b.receive(now, B, Endpoint::ANY, None).unwrap();
+    p.pump();
+    let Some(Event::Done {
+        result: Ok(Completion::Received { msg, .. }),
+        ..
+    }) = p.b.poll_event()
+    else {
+        panic!("B got the call")
+    };
+    p.b.reply(now, B, A, msg).unwrap();
+    p.pump();
+    assert!(!p.a.awaiting_remote(), "answered");
+}
+
+#[test]
+fn next_transmit_max_len_follows_the_agreed_chunk() {
+    let mut cfg = EngineConfig::new(DC, 1);
+    cfg.vcopy_chunk = crate::wire::chunk_for_mtu(9000) as u32;
+    let mut a = Engine::new(cfg.clone());
+    let mut b = Engine::new(cfg);
+    a.bind(A).unwrap();
+    b.bind(B).unwrap();
+    a.set_buffer(A, vec![5; 100_000]).unwrap();
+    b.set_buffer(B, vec![0; 100_000]).unwrap();
+    let now = t(1000);
+    let req = VcopyRequest {
+        src: A,
+        src_offset: 0,
+        dst: B,
+        dst_offset: 0,
+        len: 100_000,
+    };
+    a.vcopy(now, A, req, T).unwrap();
+    assert_eq!(a.next_transmit_max_len(), MAX_FRAME, "the open is small");
+    let mut buf = vec![0u8; crate::wire::MAX_JUMBO_FRAME];
+    let mut biggest = 0;
+    for _ in 0..1000 {
+        let mut moved = false;
+        while let Some(n) = a.poll_transmit(now, &mut buf) {
+            b.handle_frame(now, &buf[..n]);
+            biggest = biggest.max(n);
+            moved = true;
+            if a.has_transmit() {
+                assert!(a.next_transmit_max_len() >= MAX_FRAME);
+            }
+        }
+        while let Some(n) = b.poll_transmit(now, &mut buf) {
+            assert!(n <= MAX_FRAME, "the receiver sends only small frames");
+            a.handle_frame(now, &buf[..n]);
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert_eq!(biggest, crate::wire::HEADER_LEN + 8960, "jumbo data frames");
+    assert!(matches!(
+        a.poll_event(),
+        Some(Event::Done {
+            result: Ok(Completion::Copied { len: 100_000 }),
+            ..
+        })
+    ));
+    assert_eq!(b.buffer(B).unwrap(), &vec![5u8; 100_000][..]);
+}

@@ -1,7 +1,7 @@
 //! A deterministic network simulator for m3ipc-core engines: seeded loss, duplication, reordering
 //! (random delay), partitions, and a router that answers like the proxy (unknown endpoint → Error).
 
-use m3ipc_core::wire::{FrameRepr, MAX_FRAME};
+use m3ipc_core::wire::{FrameRepr, Kind, MAX_FRAME, MAX_JUMBO_FRAME};
 use m3ipc_core::{Endpoint, Engine, ErrorCode, Event, Instant};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -69,6 +69,20 @@ pub struct Sim {
     inflight: BinaryHeap<Reverse<InFlight>>,
     n: u64,
     pub frames_sent: u64,
+    /// VcopyData frames put on the network so far (the index the two lists below count by).
+    pub data_frames: u64,
+    /// VcopyData frames (by index) the network drops on purpose.
+    pub drop_data: Vec<u64>,
+    /// VcopyData frames (by index) the network holds back this many extra µs (they arrive after
+    /// later ones).
+    pub hold_data: Vec<(u64, u64)>,
+    /// Largest VcopyData payload seen.
+    pub max_data_payload: usize,
+    /// Link speed towards each engine in bytes per µs (0: infinite): frames to one engine queue
+    /// behind each other (FIFO), as on a real link, before the delay.
+    pub bytes_per_us: u64,
+    busy_until: Vec<u64>,
+    buf: Vec<u8>,
 }
 
 impl Sim {
@@ -89,6 +103,13 @@ impl Sim {
             inflight: BinaryHeap::new(),
             n: 0,
             frames_sent: 0,
+            data_frames: 0,
+            drop_data: Vec::new(),
+            hold_data: Vec::new(),
+            max_data_payload: 0,
+            bytes_per_us: 0,
+            busy_until: Vec::new(),
+            buf: vec![0u8; MAX_JUMBO_FRAME],
         }
     }
 
@@ -103,8 +124,22 @@ impl Sim {
     }
 
     fn schedule(&mut self, to: usize, bytes: Vec<u8>) {
+        self.schedule_after(to, bytes, 0);
+    }
+
+    fn schedule_after(&mut self, to: usize, bytes: Vec<u8>, extra_us: u64) {
         let (lo, hi) = self.faults.delay_us;
-        let at = self.now.as_micros() + self.rng.range(lo, hi);
+        let mut start = self.now.as_micros();
+        if self.bytes_per_us > 0 {
+            if self.busy_until.len() <= to {
+                self.busy_until.resize(to + 1, 0);
+            }
+            let done =
+                start.max(self.busy_until[to]) + (bytes.len() as u64).div_ceil(self.bytes_per_us);
+            self.busy_until[to] = done;
+            start = done;
+        }
+        let at = start + self.rng.range(lo, hi) + extra_us;
         self.n += 1;
         self.inflight.push(Reverse(InFlight {
             at,
@@ -116,12 +151,24 @@ impl Sim {
 
     /// Takes every frame the engines want to send and puts it on the network.
     pub fn flush(&mut self) {
-        let mut buf = [0u8; MAX_FRAME];
+        let mut buf = core::mem::take(&mut self.buf);
         for from in 0..self.engines.len() {
             while let Some(len) = self.engines[from].poll_transmit(self.now, &mut buf) {
                 self.frames_sent += 1;
                 let bytes = buf[..len].to_vec();
                 let f = FrameRepr::parse(&bytes).expect("engines emit valid frames");
+                let mut extra = 0;
+                if f.kind == Kind::VcopyData {
+                    let i = self.data_frames;
+                    self.data_frames += 1;
+                    self.max_data_payload = self.max_data_payload.max(f.payload.len());
+                    if self.drop_data.contains(&i) {
+                        continue;
+                    }
+                    if let Some(&(_, us)) = self.hold_data.iter().find(|(at, _)| *at == i) {
+                        extra = us;
+                    }
+                }
                 let Some(&to) = self.route.get(&f.dst) else {
                     // The router answers for endpoints nobody holds.
                     if f.wants_error_reply() {
@@ -140,9 +187,10 @@ impl Sim {
                 if self.rng.chance(self.faults.dup) {
                     self.schedule(to, bytes.clone());
                 }
-                self.schedule(to, bytes);
+                self.schedule_after(to, bytes, extra);
             }
         }
+        self.buf = buf;
     }
 
     /// Advances to the next frame arrival or timer, runs it, and returns the events it caused.

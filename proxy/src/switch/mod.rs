@@ -6,6 +6,7 @@
 mod lan;
 mod m3;
 mod pending;
+mod timing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -16,7 +17,9 @@ use m3ipc_core::{DcId, Endpoint, ErrorCode, Instant, NodeId};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterMap;
-use crate::counters::{DcCounters, Drop, LinkCounters, LinkRefusal, PeerCounters, PortCounters};
+use crate::counters::{
+    DcCounters, Drop, LinkCounters, LinkRefusal, PeerCounters, PortCounters, SwitchTiming,
+};
 use crate::placement::{Binding, DirMsg, Place, PlacementView, PortId};
 pub use lan::{MacConfig, MAC_AGEING, MAX_MACS_PER_DC};
 use pending::Pending;
@@ -135,6 +138,9 @@ pub struct Stats {
     /// Peer links refused at the handshake.
     #[serde(default)]
     pub links: LinkCounters,
+    /// How long frames stay in the switch (timing hooks).
+    #[serde(default)]
+    pub timing: SwitchTiming,
 }
 
 /// The owner `from` of an endpoint lets node `to` bind it with a generation of at least `gen`.
@@ -165,6 +171,7 @@ pub struct Switch {
     /// Bindings refused for want of a grant, kept in case the owner's handover arrives after them (the two come
     /// over different links): (DC, endpoint) → (claimant, generation).
     claims: HashMap<(DcId, Endpoint), (NodeId, u64)>,
+    timing: timing::Timing,
 }
 
 impl Switch {
@@ -197,6 +204,7 @@ impl Switch {
             left: HashMap::new(),
             grants: HashMap::new(),
             claims: HashMap::new(),
+            timing: timing::Timing::default(),
         }
     }
 
@@ -497,6 +505,7 @@ impl Switch {
     pub fn peer_down(&mut self, node: NodeId, out: &mut Vec<Out>) {
         self.peers_up.remove(&node);
         self.peers.entry(node.0).or_default().up = false;
+        self.timing.forget(node);
         self.macs.forget(Via::Peer(node));
         self.fail_pending(Via::Peer(node), ErrorCode::NodeUnreachable, out);
     }
@@ -739,7 +748,12 @@ impl Switch {
                     p.counters.drops.add(why);
                 }
             }
-            Via::Peer(n) => self.peers.entry(n.0).or_default().drops.add(why),
+            Via::Peer(n) => {
+                self.peers.entry(n.0).or_default().drops.add(why);
+                if why == Drop::QueueFull {
+                    self.timing.written(n, 1);
+                }
+            }
         }
     }
 
@@ -749,6 +763,7 @@ impl Switch {
         c.tx.frames += frames;
         c.tx.bytes += bytes;
         c.writes += 1;
+        self.timing.written(node, frames);
     }
 
     /// All counters.
@@ -766,6 +781,7 @@ impl Switch {
             dcs,
             peers: self.peers.clone(),
             links: self.links,
+            timing: self.timing.counters.clone(),
         }
     }
 
@@ -789,6 +805,12 @@ impl Switch {
     /// A frame from VM port `id`, arrived at `now`. Everything a guest writes is hostile input: checked, then
     /// routed.
     pub fn port_frame(&mut self, now: Instant, id: PortId, frame: Bytes, out: &mut Vec<Out>) {
+        let (t, first) = (std::time::Instant::now(), out.len());
+        self.port_frame_checked(now, id, frame, out);
+        self.timing.port_done(t, &out[first.min(out.len())..]);
+    }
+
+    fn port_frame_checked(&mut self, now: Instant, id: PortId, frame: Bytes, out: &mut Vec<Out>) {
         let Some(port) = self.ports.get_mut(&id) else {
             return;
         };
@@ -824,6 +846,20 @@ impl Switch {
     /// like a frame from a VM: an M3-IPC source must be one the peer holds (see [`Switch::handle_dir`] for how
     /// endpoints come to be held), a LAN source MAC must not be one of this node's ports.
     pub fn peer_frame(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        dc: DcId,
+        hops: u8,
+        frame: Bytes,
+        out: &mut Vec<Out>,
+    ) {
+        let t = std::time::Instant::now();
+        self.peer_frame_checked(now, node, dc, hops, frame, out);
+        self.timing.peer_done(t);
+    }
+
+    fn peer_frame_checked(
         &mut self,
         now: Instant,
         node: NodeId,

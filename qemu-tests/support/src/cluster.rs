@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use dvs_hypervisor::auth::Credentials;
 use dvs_hypervisor::client::NodeClient;
 use dvs_instance::spec::Accel;
 
@@ -175,6 +176,9 @@ pub struct Node {
     ns: String,
     config: PathBuf,
     log: PathBuf,
+    /// The admin credential file the node writes on its first start (`n<N>/api/admin.toml`).
+    credentials: PathBuf,
+    /// A client with those credentials, once the file is there ([`Cluster::up`] waits for it).
     client: NodeClient,
     daemon: Option<Daemon>,
 }
@@ -266,18 +270,30 @@ impl Cluster {
         }
         let path = c.work.join("cluster.toml");
         std::fs::write(&path, cluster_toml).map_err(io(format!("writing {}", path.display())))?;
+        // One API CA for all nodes (node.toml `api_ca`): each node issues its server certificate and its
+        // credential files from it, so that nodes accept each other's calls (migration).
+        let ca = dvs_proxy::tls::new_cluster_ca("cluster test").map_err(|e| FixtureError::Io {
+            what: "making the API CA".into(),
+            source: std::io::Error::other(e),
+        })?;
+        for (file, text) in [("api-ca.pem", &ca.cert), ("api-ca.key", &ca.key)] {
+            let path = c.work.join(file);
+            std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
+        }
         for n in 1..=cfg.nodes {
             let config = c.work.join(format!("node{n}.toml"));
+            let api_addr = format!("{}.{n}:7070", cfg.subnet);
             let text = format!(
-                "node = {n}\ncluster = \"cluster.toml\"\ndata_dir = \"n{n}\"\naccel = \"{}\"\n{}\n",
+                "node = {n}\ncluster = \"cluster.toml\"\ndata_dir = \"n{n}\"\naccel = \"{}\"\n\
+                 api_listen = \"{api_addr}\"\napi_ca = {{ cert = \"api-ca.pem\", key = \"api-ca.key\" }}\n{}\n",
                 cfg.accel.name(),
                 cfg.node_toml_extra
             );
             std::fs::write(&config, text).map_err(io(format!("writing {}", config.display())))?;
-            let api_addr = format!("{}.{n}:7070", cfg.subnet);
             c.nodes.push(Node {
                 id: n,
-                client: NodeClient::new(&api_addr),
+                client: NodeClient::plain(&api_addr),
+                credentials: c.work.join(format!("n{n}/api/admin.toml")),
                 api_addr,
                 ns: format!("{NS_PREFIX}{tag}-{n}"),
                 config,
@@ -289,6 +305,19 @@ impl Cluster {
             c.start_node(n)?;
         }
         let deadline = c.deadline(ready);
+        for n in 1..=cfg.nodes {
+            let creds = c
+                .wait_credentials(n, deadline)
+                .map_err(|source| FixtureError::NotUp {
+                    what: format!(
+                        "node {n} wrote no credentials (log: {})",
+                        c.node(n).log.display()
+                    ),
+                    source,
+                })?;
+            let node = c.node_mut(n);
+            node.client = NodeClient::with_credentials(&node.api_addr, &creds);
+        }
         for n in 1..=cfg.nodes {
             c.wait_api(n, deadline)
                 .map_err(|source| FixtureError::NotUp {
@@ -412,6 +441,23 @@ impl Cluster {
             .map_or_else(|| "was not running".into(), |d| d.stop(grace))
     }
 
+    /// Waits until node `n` has written its admin credential file, and reads it.
+    fn wait_credentials(
+        &self,
+        n: u16,
+        deadline: Deadline,
+    ) -> Result<Credentials, crate::wait::WaitError> {
+        let path = &self.node(n).credentials;
+        crate::wait::eventually(deadline, &format!("{}", path.display()), || {
+            Credentials::load(path).map_err(|e| e.to_string())
+        })
+    }
+
+    /// Node `n`'s admin credential file (`n<N>/api/admin.toml` in the work directory).
+    pub fn credentials(&self, n: u16) -> &Path {
+        &self.node(n).credentials
+    }
+
     /// Waits until node `n` answers `GET /v1/node`.
     pub fn wait_api(&self, n: u16, deadline: Deadline) -> Result<(), crate::wait::WaitError> {
         let api = self.api(n);
@@ -442,11 +488,14 @@ impl Cluster {
         })
     }
 
-    /// Runs the `dvs` CLI against node `n` (`dvs --node ADDR ARGS`), from the root namespace.
+    /// Runs the `dvs` CLI against node `n` (`dvs --node ADDR --credentials n<N>/api/admin.toml ARGS`), from
+    /// the root namespace.
     pub fn cli(&self, n: u16, args: &[&str]) -> Result<Output, String> {
         Command::new(&self.dvs)
             .arg("--node")
             .arg(&self.node(n).api_addr)
+            .arg("--credentials")
+            .arg(&self.node(n).credentials)
             .args(args)
             .current_dir(&self.work)
             .stdin(Stdio::null())

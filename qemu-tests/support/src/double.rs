@@ -236,6 +236,12 @@ impl Double {
                 DgramPort::bind(local, remote)
                     .map_err(io_err(format!("NIC {}", local.display())))?,
             ),
+            NicBackend::VhostUser { path } => {
+                return Err(DoubleError::Usage(format!(
+                    "NIC {}: a process double cannot be a vhost-user frontend (the node gives doubles stream NICs)",
+                    path.display()
+                )))
+            }
         };
         let eps: Vec<Endpoint> = endpoints.iter().map(|&e| Endpoint(e)).collect();
         let mut ep = EnginePort::with_incarnation(

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub const CMDLINE_KEY: &str = "dvs.cfg";
 
 /// Version of the encoding; the first byte of the encoded value. A guest refuses any other.
-pub const BOOT_CONFIG_VERSION: u8 = 2;
+pub const BOOT_CONFIG_VERSION: u8 = 3;
 
 /// Largest vcopy buffer a configuration may ask for (the guest's RAM bounds it further).
 pub const MAX_BUFFER: u32 = 1 << 30;
@@ -208,7 +208,22 @@ pub struct BootConfig {
     pub storage: StorageConfig,
     /// The web server's limits and timeouts.
     pub http: HttpConfig,
+    /// The fabric NIC's MTU (`mtu=`): the largest Ethernet payload (M3-IPC header + data) it
+    /// sends and receives, [`MIN_MTU`]..=[`MAX_MTU`]. Above 1500 only vcopy data frames grow;
+    /// the host must set it only when the port behind the NIC carries frames that large.
+    pub mtu: u32,
+    /// Longest the loop polls, µs, before it halts while an answer from another instance is due
+    /// (`call_spin_us=`; a sendrec, send or vcopy in flight): it polls for twice the recent
+    /// median answer time, at least `spin_us`, at most this. 0 (the default): only `spin_us` —
+    /// on a 2-core host the longer poll was bimodal guest to guest (0.75x or 2.5x the median),
+    /// as two polling vCPUs starve the QEMU threads that carry their frames.
+    pub call_spin_us: u32,
 }
+
+/// Smallest fabric MTU (plain Ethernet).
+pub const MIN_MTU: u32 = 1500;
+/// Largest fabric MTU (the largest frame a virtual link carries).
+pub const MAX_MTU: u32 = 65535;
 
 /// The web server's connection slots and timeouts (`http_slots=`, `http_idle_ms=`,
 /// `http_head_ms=`, `http_body_ms=`).
@@ -252,6 +267,11 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("local_n", "iterations of the in-guest local sendrec loop"),
     ("stats", "seconds between counter records"),
     ("spin_us", "microseconds of polling before the loop halts"),
+    (
+        "call_spin_us",
+        "most microseconds of polling before halting while a remote answer is due",
+    ),
+    ("mtu", "fabric NIC MTU, 1500..=65535 (larger vcopy frames)"),
     (
         "disk_ep",
         "endpoint of the disk server (served here with service disk)",
@@ -387,6 +407,8 @@ impl BootConfig {
             spin_us: 300,
             storage: StorageConfig::default(),
             http: HttpConfig::default(),
+            mtu: MIN_MTU,
+            call_spin_us: 0,
         }
     }
 
@@ -416,6 +438,8 @@ impl BootConfig {
             "local_n" => self.local_sendrecs = num("local_n", v)?,
             "stats" => self.stats_interval_s = num("stats", v)?,
             "spin_us" => self.spin_us = num("spin_us", v)?,
+            "call_spin_us" => self.call_spin_us = num("call_spin_us", v)?,
+            "mtu" => self.mtu = num("mtu", v)?,
             "disk_ep" => self.storage.disk = Some(num("disk_ep", v)?),
             "fs_ep" => self.storage.fs = Some(num("fs_ep", v)?),
             "http_slots" => self.http.slots = num("http_slots", v)?,
@@ -514,6 +538,13 @@ impl BootConfig {
                     why: "a timeout of 0 ms would close every connection at once",
                 });
             }
+        }
+        if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
+            return Err(ConfigError::BadValue {
+                key: "mtu",
+                value: format!("{}", self.mtu),
+                why: "not in 1500..=65535",
+            });
         }
         for (key, v) in [("buf", self.echo_buffer), ("vcopy", self.bench.vcopy)] {
             if v > MAX_BUFFER {
@@ -667,7 +698,7 @@ mod tests {
             Err(ConfigError::Version(7))
         );
         assert_eq!(
-            BootConfig::from_cmdline("dvs.cfg=02ff"),
+            BootConfig::from_cmdline("dvs.cfg=03ff"),
             Err(ConfigError::Decode)
         );
         let mut long = w.clone();
@@ -721,6 +752,18 @@ mod tests {
         assert_eq!(c.http, HttpConfig::default());
         c.apply("http_slots=4").unwrap();
         c.apply("http_body_ms=700").unwrap();
+        c.apply("mtu=9000").unwrap();
+        c.apply("call_spin_us=800").unwrap();
+        assert_eq!((c.mtu, c.call_spin_us), (9000, 800));
+        assert!(c.validate().is_ok());
+        for bad in ["mtu=1499", "mtu=65536"] {
+            let mut d = c.clone();
+            d.apply(bad).unwrap();
+            assert!(
+                matches!(d.validate(), Err(ConfigError::BadValue { key: "mtu", .. })),
+                "{bad} is refused"
+            );
+        }
         assert_eq!((c.http.slots, c.http.body_ms), (4, 700));
         let line = c.to_cmdline_word();
         assert_eq!(BootConfig::from_cmdline(&line), Ok(c.clone()));

@@ -208,6 +208,60 @@ pub enum Report {
         /// What they were, in words (`as endpoint 301 to 301`).
         what: String,
     },
+    /// Where the ipc-bench client's sendrecs spent their time, from its own TSC (medians over the
+    /// calls of the `Sendrecs` report before it; 0 where the kernel set no stamp).
+    Hops {
+        /// Calls measured.
+        n: u32,
+        /// Call issued → the loop handed the request to the NIC, notify included.
+        issue_to_tx_ns: u64,
+        /// Request handed to the NIC → the reply frame seen by the guest: everything outside it.
+        tx_to_rx_ns: u64,
+        /// Reply frame seen → the calling task running again.
+        rx_to_woken_ns: u64,
+        /// Calls during which the guest halted, per mille.
+        halted_permille: u32,
+        /// Over the calls that halted: wake-up (after `hlt`) → the reply frame seen.
+        wake_to_rx_ns: u64,
+    },
+    /// A server instance's side of the calls it answered (sent at most once a second while
+    /// there are new samples; cumulative over the instance's life).
+    ServerHops {
+        /// Request frames answered (a frame seen, then frames handed to the NIC).
+        n: u64,
+        /// Median frame seen → answer handed to the NIC, notify included.
+        rx_to_tx_ns: u64,
+        /// 99th percentile of the same.
+        rx_to_tx_p99_ns: u64,
+        /// Requests that found the guest halted, per mille.
+        halted_permille: u32,
+        /// Over those: wake-up (after `hlt`) → the frame seen.
+        wake_to_rx_ns: u64,
+    },
+    /// Sendrecs from a second endpoint of the ipc-bench client while its first one runs a vcopy
+    /// of `vcopy_bytes` to the same peer (both verified); compare with the `Sendrecs` report.
+    LoadedSendrecs {
+        /// Calls made while the vcopy ran.
+        n: u32,
+        /// Median latency.
+        median_ns: u64,
+        /// 99th percentile latency.
+        p99_ns: u64,
+        /// Bytes the concurrent vcopy moved.
+        vcopy_bytes: u64,
+        /// Duration of that vcopy.
+        vcopy_us: u64,
+    },
+    /// The guest's timer wake-up: the task asked to run at a time, the loop halted with the
+    /// LAPIC timer armed for it; how late the task ran.
+    TimerWake {
+        /// Sleeps measured.
+        n: u32,
+        /// Median lateness.
+        median_ns: u64,
+        /// 99th percentile lateness.
+        p99_ns: u64,
+    },
 }
 
 /// Why bytes from the control channel did not make a record.

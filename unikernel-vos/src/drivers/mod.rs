@@ -29,13 +29,17 @@ pub struct Devices {
     pub clock: Calibration,
 }
 
-/// Sets up the interrupt controllers and the NICs. The TSC is calibrated against the PIT over
+/// MTU of every NIC but the fabric NIC.
+pub const PLAIN_MTU: usize = 1500;
+
+/// Sets up the interrupt controllers and the NICs (the first, the fabric NIC, for frames of
+/// `fabric_mtu`). The TSC is calibrated against the PIT over
 /// the NIC set-up (at least 2 ms): the PIT counts while virtio initialises, so the measurement
 /// costs no extra boot time. A clock that cannot be calibrated is fatal.
-pub fn init(mmio: &[MmioDevice]) -> Devices {
+pub fn init(mmio: &[MmioDevice], fabric_mtu: usize) -> Devices {
     apic::init();
     let calibration = time::Calibrator::start();
-    let (nics, disks) = discover(mmio);
+    let (nics, disks) = discover(mmio, fabric_mtu);
     let clock = calibration
         .finish(2000)
         .unwrap_or_else(|e| arch::fatal(ExitCode::Fault, format_args!("{e}")));
@@ -45,12 +49,21 @@ pub fn init(mmio: &[MmioDevice]) -> Devices {
 /// Finds and initialises the virtio-net and virtio-blk devices, each kind in `-device` order:
 /// the virtio-mmio devices QEMU announced on the command line (microvm), else those on PCI bus 0
 /// (q35). NIC interrupts are routed to the IOAPIC (disks are polled, their interrupts stay off);
-/// a device that fails is reported and skipped.
-pub fn discover(mmio: &[MmioDevice]) -> (Vec<Nic>, Vec<Disk>) {
+/// a device that fails is reported and skipped. The first NIC gets `fabric_mtu`, the others
+/// [`PLAIN_MTU`].
+pub fn discover(mmio: &[MmioDevice], fabric_mtu: usize) -> (Vec<Nic>, Vec<Disk>) {
     let (mut nics, mut disks) = (Vec::new(), Vec::new());
+    let mtu = |nics: &Vec<Nic>| {
+        if nics.is_empty() {
+            fabric_mtu
+        } else {
+            PLAIN_MTU
+        }
+    };
     if !mmio.is_empty() {
         for &d in mmio {
-            mmio_device(d, &mut nics, &mut disks);
+            let m = mtu(&nics);
+            mmio_device(d, m, &mut nics, &mut disks);
         }
         return (nics, disks);
     }
@@ -61,7 +74,7 @@ pub fn discover(mmio: &[MmioDevice]) -> (Vec<Nic>, Vec<Disk>) {
     for dev in pci::scan(&mut root) {
         let r = match dev.kind {
             DeviceType::Network => transport::CachedPci::new(&mut root, dev.df)
-                .and_then(|t| Nic::new(VosTransport::pci(t)))
+                .and_then(|t| Nic::new(VosTransport::pci(t), mtu(&nics)))
                 .map(|nic| nics.push(nic)),
             DeviceType::Block => transport::CachedPci::new(&mut root, dev.df)
                 .and_then(|t| Disk::new(VosTransport::pci(t)))
@@ -81,12 +94,12 @@ pub fn discover(mmio: &[MmioDevice]) -> (Vec<Nic>, Vec<Disk>) {
     (nics, disks)
 }
 
-fn mmio_device(d: MmioDevice, nics: &mut Vec<Nic>, disks: &mut Vec<Disk>) {
+fn mmio_device(d: MmioDevice, mtu: usize, nics: &mut Vec<Nic>, disks: &mut Vec<Disk>) {
     let Ok(t) = VosTransport::mmio(d.base, d.size) else {
         return;
     };
     let r = match t.device_type() {
-        DeviceType::Network => Nic::new(t).map(|nic| {
+        DeviceType::Network => Nic::new(t, mtu).map(|nic| {
             if apic::route_irq(d.irq).is_err() {
                 println!("dvs: virtio-mmio {:#x}: irq {} out of range", d.base, d.irq);
             }

@@ -114,6 +114,11 @@ pub struct QueueProbe {
     pub notifies: [Cell<u64>; 2],
     /// Notify register of each queue and whether it is 16-bit (PCI) rather than 32-bit (mmio).
     pub doorbell: [Cell<(usize, bool)>; 2],
+    /// Available-ring (driver area) address of queues 0 and 1.
+    pub avail: [Cell<usize>; 2],
+    /// Batched notifications: the crate's doorbell writes are only counted; the driver rings
+    /// once per loop turn (`Nic::settle`).
+    pub batch: Cell<bool>,
 }
 
 impl QueueProbe {
@@ -129,6 +134,18 @@ impl QueueProbe {
         // is its first u16, written by the device.
         let flags = unsafe { read_volatile(used as *const u16) };
         flags & 1 == 0
+    }
+
+    /// Asks the device not to interrupt for `queue` (VRING_AVAIL_F_NO_INTERRUPT; the flags
+    /// protocol, as VIRTIO_F_EVENT_IDX is not negotiated).
+    pub fn suppress_interrupts(&self, queue: usize) {
+        let avail = self.avail[queue].get();
+        if avail == 0 {
+            return;
+        }
+        // SAFETY: the available ring the crate allocated for this queue (identity mapped);
+        // `flags` is its first u16, written only by the driver.
+        unsafe { write_volatile(avail as *mut u16, 1) };
     }
 
     /// Rings the doorbell of `queue`.
@@ -240,6 +257,9 @@ impl Transport for VosTransport {
         if let Some(n) = self.probe.notifies.get(q as usize) {
             n.set(n.get() + 1);
         }
+        if self.probe.batch.get() {
+            return;
+        }
         match &mut self.inner {
             Inner::Mmio(t) => t.notify(q),
             Inner::Pci(p) => {
@@ -264,6 +284,9 @@ impl Transport for VosTransport {
     fn queue_set(&mut self, q: u16, size: u32, desc: PhysAddr, driver: PhysAddr, device: PhysAddr) {
         if let Some(u) = self.probe.used.get(q as usize) {
             u.set(device as usize);
+        }
+        if let Some(a) = self.probe.avail.get(q as usize) {
+            a.set(driver as usize);
         }
         each!(self, t => t.queue_set(q, size, desc, driver, device))
     }

@@ -18,7 +18,7 @@ use core::task::Poll;
 use core::time::Duration;
 use m3ipc_core::engine::{Completion, Engine, EngineConfig, Event};
 use m3ipc_core::wire::ethernet::{EthernetHeader, BROADCAST, ETH_HEADER_LEN};
-use m3ipc_core::wire::{ETHERTYPE_M3IPC, MAX_FRAME};
+use m3ipc_core::wire::{self, ETHERTYPE_M3IPC};
 use m3ipc_core::{DcId, Endpoint, ErrorCode, Instant, Message, VcopyRequest};
 
 /// The IPC host state shared by the main loop and the tasks.
@@ -35,7 +35,18 @@ pub struct Ipc {
     /// Frames lost because the NIC had no free transmit buffer (the engine retransmits).
     pub tx_dropped: u64,
     mac: [u8; 6],
+    /// Recent answer times of calls to remote endpoints, µs (a ring of `ANSWER_SAMPLES`).
+    answers: [u32; ANSWER_SAMPLES],
+    answers_at: usize,
+    answers_n: usize,
+    /// Most µs the loop polls while an answer is due (`call_spin_us`), and the bound it uses
+    /// now (twice the median answer time, when that fits under the cap; else 0).
+    call_spin_cap_us: u64,
+    call_spin_us: u64,
 }
+
+/// Answer times the adaptive poll keeps.
+const ANSWER_SAMPLES: usize = 16;
 
 /// Shared handle to the IPC state.
 pub type IpcRef = Rc<RefCell<Ipc>>;
@@ -51,7 +62,9 @@ impl Ipc {
     /// larger of that and the bench's vcopy size). Frames go out from `mac`. The error names
     /// the endpoint that could not be set up.
     pub fn start(cfg: &BootConfig, mac: [u8; 6]) -> Result<Ipc, String> {
-        let mut engine = Engine::new(EngineConfig::new(DcId(cfg.dc), config::incarnation(cfg)));
+        let mut ecfg = EngineConfig::new(DcId(cfg.dc), config::incarnation(cfg));
+        ecfg.vcopy_chunk = wire::chunk_for_mtu(cfg.mtu as usize) as u32;
+        let mut engine = Engine::new(ecfg);
         for &ep in &cfg.endpoints {
             engine
                 .bind(Endpoint(ep))
@@ -67,7 +80,38 @@ impl Ipc {
                 .set_buffer(Endpoint(ep), vec![0u8; size as usize])
                 .map_err(|e| format!("vcopy buffer of {size} bytes for endpoint {ep}: {e:?}"))?;
         }
-        Ok(Ipc::new(engine, mac))
+        let mut ipc = Ipc::new(engine, mac);
+        ipc.call_spin_cap_us = u64::from(cfg.call_spin_us);
+        ipc.call_spin_us = ipc.call_spin_cap_us;
+        Ok(ipc)
+    }
+
+    /// Notes that a call to a remote endpoint took `us` to be answered, and updates the poll
+    /// bound: twice the median of the recent answer times, if that is within the cap (an
+    /// answer usually further off is not worth polling for: the loop halts after `spin_us`).
+    pub fn record_answer(&mut self, us: u64) {
+        self.answers[self.answers_at] = us.min(u64::from(u32::MAX)) as u32;
+        self.answers_at = (self.answers_at + 1) % ANSWER_SAMPLES;
+        self.answers_n = (self.answers_n + 1).min(ANSWER_SAMPLES);
+        let mut recent = self.answers;
+        let recent = &mut recent[..self.answers_n];
+        recent.sort_unstable();
+        let bound = 2 * u64::from(recent[recent.len() / 2]);
+        self.call_spin_us = if bound <= self.call_spin_cap_us {
+            bound
+        } else {
+            0
+        };
+    }
+
+    /// How long the loop should poll after its last work before halting, µs: `spin_us`, or
+    /// longer while the engine awaits an answer from another instance (see `record_answer`).
+    pub fn spin_bound_us(&self, spin_us: u64) -> u64 {
+        if self.call_spin_us > spin_us && self.engine.awaiting_remote() {
+            self.call_spin_us
+        } else {
+            spin_us
+        }
     }
 
     /// An IPC host around `engine`, sending from MAC `mac`.
@@ -79,6 +123,11 @@ impl Ipc {
             notify_failed: 0,
             tx_dropped: 0,
             mac,
+            answers: [0; ANSWER_SAMPLES],
+            answers_at: 0,
+            answers_n: 0,
+            call_spin_cap_us: 0,
+            call_spin_us: 0,
         }
     }
 
@@ -125,7 +174,7 @@ impl Ipc {
         }
         let Some(nic) = nic else {
             // No fabric NIC: remote frames have nowhere to go.
-            let mut scratch = [0u8; MAX_FRAME];
+            let mut scratch = vec![0u8; wire::MAX_JUMBO_FRAME];
             while self.engine.poll_transmit(now, &mut scratch).is_some() {}
             return true;
         };
@@ -138,7 +187,9 @@ impl Ipc {
         let mut sent = 0;
         while sent < room && self.engine.has_transmit() {
             let engine = &mut self.engine;
-            let ok = nic.send_with(ETH_HEADER_LEN + MAX_FRAME, |buf| {
+            // A small buffer for control frames, a large one (jumbo MTU) for vcopy data.
+            let max = ETH_HEADER_LEN + engine.next_transmit_max_len();
+            let ok = nic.send_with(max, |buf| {
                 match engine.poll_transmit(now, &mut buf[ETH_HEADER_LEN..]) {
                     Some(n) if hdr.emit(buf).is_ok() => ETH_HEADER_LEN + n,
                     _ => 0,
@@ -150,6 +201,8 @@ impl Ipc {
             }
             sent += 1;
         }
+        // Frames still waiting for a buffer: a finished transmission must wake a halted loop.
+        nic.want_tx_interrupts(self.engine.has_transmit());
         sent > 0
     }
 
@@ -190,11 +243,19 @@ pub async fn sendrec(
     msg: Message,
     timeout: Option<Duration>,
 ) -> Result<Message, ErrorCode> {
-    ipc.borrow_mut()
-        .engine
-        .sendrec(now(), src, dst, msg, timeout)?;
+    let t0 = crate::arch::time::now_us();
+    let remote = {
+        let mut i = ipc.borrow_mut();
+        i.engine.sendrec(now(), src, dst, msg, timeout)?;
+        !i.engine.is_bound(dst)
+    };
     executor::progress();
-    match wait(ipc, src).await? {
+    let r = wait(ipc, src).await;
+    if remote && r.is_ok() {
+        ipc.borrow_mut()
+            .record_answer(crate::arch::time::now_us().saturating_sub(t0));
+    }
+    match r? {
         Completion::Replied(m) => Ok(m),
         _ => Err(ErrorCode::InvalidArgument),
     }

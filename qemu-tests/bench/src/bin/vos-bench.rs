@@ -253,6 +253,23 @@ impl Bench {
         Ok((median(&mut lat), p99(&mut lat)))
     }
 
+    /// Host sendrec round trips to echo in a guest that polls instead of halting (`spin_us` of
+    /// 10 s): the QEMU I/O-thread floor of the path, without vCPU wake-ups (median µs, p99 µs).
+    fn polling_rtt(&self, accel: Accel) -> Result<(f64, f64), String> {
+        let (_vm, mut h) = self.echo_with_port(accel, &["spin_us=10000000"])?;
+        let to = accel.timeout(Duration::from_secs(2));
+        for i in 0..200 {
+            h.sendrec(HOST_EP, GUEST_EP, Message::new(i), to)?;
+        }
+        let mut lat = Vec::with_capacity(RTT_N);
+        for i in 0..RTT_N as u32 {
+            let t0 = Instant::now();
+            h.sendrec(HOST_EP, GUEST_EP, Message::new(i), to)?;
+            lat.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok((median(&mut lat), p99(&mut lat)))
+    }
+
     /// Host sendrec to a guest that halted before each call (5 ms apart): the cost of waking it
     /// through the device interrupt (median µs, p99 µs).
     fn halted_rtt(&self, accel: Accel) -> Result<(f64, f64), String> {
@@ -400,6 +417,33 @@ fn tcp_rtt() -> Result<(f64, f64), String> {
     Ok((median(&mut lat), p99(&mut lat)))
 }
 
+/// Raw unix datagram socket ping-pong of 96-byte messages between two host threads (µs): the
+/// socket floor under QEMU's datagram and stream netdevs.
+fn unix_rtt() -> Result<(f64, f64), String> {
+    use std::os::unix::net::UnixDatagram;
+    let (a, b) = UnixDatagram::pair().map_err(|e| e.to_string())?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = [0u8; 96];
+        for _ in 0..RTT_N + 200 {
+            let n = b.recv(&mut buf)?;
+            b.send(&buf[..n])?;
+        }
+        Ok(())
+    });
+    let mut buf = [7u8; 96];
+    let mut lat = Vec::with_capacity(RTT_N);
+    for i in 0..RTT_N + 200 {
+        let t0 = Instant::now();
+        a.send(&buf).map_err(|e| e.to_string())?;
+        a.recv(&mut buf).map_err(|e| e.to_string())?;
+        if i >= 200 {
+            lat.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let _ = server.join();
+    Ok((median(&mut lat), p99(&mut lat)))
+}
+
 /// A table cell: the figure as `show` writes it, or why it could not be measured.
 fn cell<T: Clone>(r: &Result<T, String>, show: impl FnOnce(T) -> String) -> String {
     r.clone()
@@ -519,6 +563,22 @@ fn main() -> Result<(), String> {
         &mut |a| {
             let r = b.guest_rtt(a);
             pair(&mut figs, a, "host_guest_sendrec", &r);
+            cell(&r, median_p99)
+        },
+    );
+    let unix = unix_rtt();
+    figs.set_result("unix_dgram.median_us", &unix.clone().map(|v| round1(v.0)));
+    figs.set_result("unix_dgram.p99_us", &unix.clone().map(|v| round1(v.1)));
+    let unix = cell(&unix, |(m, p)| {
+        format!("floor: raw unix datagram RTT {m:.1} / {p:.1} µs")
+    });
+    measured(
+        &mut rows,
+        "  same, guest polling (no halts)",
+        unix,
+        &mut |a| {
+            let r = b.polling_rtt(a);
+            pair(&mut figs, a, "host_guest_sendrec_polling", &r);
             cell(&r, median_p99)
         },
     );

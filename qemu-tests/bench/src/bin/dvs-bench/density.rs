@@ -82,6 +82,11 @@ fn start_daemon(dvs: &Path) -> anyhow::Result<Daemon> {
 fn dvs_cli(dvs: &Path, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(dvs)
         .args(["--node", API])
+        .arg("--credentials")
+        .arg(std::env::temp_dir().join(format!(
+            "dvs-density.{}/data/api/admin.toml",
+            std::process::id()
+        )))
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -109,15 +114,22 @@ pub fn run(max: usize) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let daemon = start_daemon(&dvs)?;
-    let client = NodeClient::new(API);
+    let creds = daemon.dir.join("data/api/admin.toml");
+    let connect = || {
+        dvs_hypervisor::auth::Credentials::load(&creds)
+            .map(|c| NodeClient::with_credentials(API, &c))
+    };
     let up = Instant::now();
-    while rt.block_on(client.status()).is_err() {
+    let client = loop {
+        if let Some(c) = connect().ok().filter(|c| rt.block_on(c.status()).is_ok()) {
+            break c;
+        }
         if up.elapsed() > Duration::from_secs(20) {
             let log = std::fs::read_to_string(daemon.dir.join("node.log")).unwrap_or_default();
             bail!("the density node did not answer on {API} in 20 s: {log}");
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
     let manifest = root.join("images/vos.manifest.json");
     dvs_cli(
         &dvs,

@@ -356,6 +356,11 @@ fn start_nginx(small: &[u8], large: &[u8]) -> anyhow::Result<(Server, bool)> {
 fn dvs_cli(dvs: &Path, api: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(dvs)
         .args(["--node", api])
+        .arg("--credentials")
+        .arg(std::env::temp_dir().join(format!(
+            "dvs-bench-http.{}/data/api/admin.toml",
+            std::process::id()
+        )))
         .args(args)
         .stdin(Stdio::null())
         .output()

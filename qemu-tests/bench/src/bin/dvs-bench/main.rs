@@ -3,10 +3,18 @@
 //!       waits on the node's typed instance view (`guest.ready`, `guest.reports`, long-polling with
 //!       `wait_after`) and prints the figure as `key=value` words; fails on a Failed report, a fatal
 //!       record or a dead instance, saying which.
+//!   dvs-bench wait ... hops|server-hops|loaded|timer-wake [--min-n N]
+//!       the per-hop records of ipc-bench and of a server instance (the latest ServerHops with n ≥ N)
+//!   dvs-bench proxy-timing --node ADDR (--save FILE | --since FILE)
+//!       the switch's timing histograms (`/v1/counters` → `timing`): saved, or the window since the
+//!       saved ones as key=value words (medians, p99, counts)
 //!   dvs-bench settle --node ADDR [--ep DC:EP]...
 //!       waits until the node's peer links are all up and the endpoints are in its directory
 //!   dvs-bench put PART KEY=VALUE...      writes figures to target/bench/PART.json
-//!   dvs-bench summary                    merges target/bench/*.json into target/bench/summary.json
+//!   dvs-bench summary                    merges target/bench/*.json into target/bench/summary.json,
+//!                                        with the data-path and http ratios under "ratios"
+//!   dvs-bench merge PART SRC...          adds parts SRC to PART (bench-cluster's per-port-kind runs)
+//!   dvs-bench breakdown                  the per-hop tables of one sendrec against the floors
 //!   dvs-bench density [--max N]          the density benchmark (own daemon on 127.0.0.1:7170)
 //!   dvs-bench http [--secs S] [--warmup S] [--targets nginx,aio,factored]
 //!       the web server benchmark against nginx (scripts/bench-http.sh) → target/bench/http.json
@@ -21,6 +29,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dvs_bench::{out_dir, Figures};
 use dvs_vos_abi::Report;
 
+mod datapath;
 mod density;
 mod http;
 mod view;
@@ -47,6 +56,21 @@ enum Cmd {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// server-hops: wait for a report covering at least this many requests.
+        #[arg(long, default_value_t = 1)]
+        min_n: u64,
+    },
+    /// The switch's timing histograms: save them, or print the window since saved ones.
+    ProxyTiming {
+        /// The node's API (host:port).
+        #[arg(long, env = "DVS_NODE", default_value = "127.0.0.1:7070")]
+        node: String,
+        /// Write the histograms to this file.
+        #[arg(long, conflicts_with = "since")]
+        save: Option<std::path::PathBuf>,
+        /// Print medians and p99 of the samples added since this file's histograms.
+        #[arg(long)]
+        since: Option<std::path::PathBuf>,
     },
     /// Wait until the node's peer links are up and the endpoints are in its directory.
     Settle {
@@ -69,6 +93,15 @@ enum Cmd {
     },
     /// Merge target/bench/*.json into target/bench/summary.json.
     Summary,
+    /// Add the figures of parts SRC to part PART (the SRC files go).
+    Merge {
+        /// The part that takes the figures.
+        part: String,
+        /// The parts merged into it.
+        srcs: Vec<String>,
+    },
+    /// The per-hop breakdown of one sendrec and the floors, from cluster.json and vos.json.
+    Breakdown,
     /// The density benchmark: idle VOS instances on one node until --max or < 1 GiB free.
     Density {
         /// Most instances to boot.
@@ -124,6 +157,15 @@ enum What {
     Vcopy,
     /// A LocalSendrec report: calls, ns_per_call.
     LocalSendrec,
+    /// A Hops report: n, issue_to_tx_ns, tx_to_rx_ns, rx_to_woken_ns, halted_permille, wake_to_rx_ns.
+    Hops,
+    /// The latest ServerHops report (n ≥ --min-n): n, rx_to_tx_ns, rx_to_tx_p99_ns, halted_permille,
+    /// wake_to_rx_ns.
+    ServerHops,
+    /// A LoadedSendrecs report: n, median_ns, p99_ns, vcopy_bytes, vcopy_us.
+    Loaded,
+    /// A TimerWake report: n, median_ns, p99_ns.
+    TimerWake,
 }
 
 /// The `key=value` words of a report `what` takes.
@@ -155,11 +197,57 @@ fn pick(what: What, r: &Report) -> Option<String> {
         (What::LocalSendrec, Report::LocalSendrec { calls, ns_per_call }) => {
             Some(format!("calls={calls} ns_per_call={ns_per_call}"))
         }
+        (
+            What::Hops,
+            Report::Hops {
+                n,
+                issue_to_tx_ns,
+                tx_to_rx_ns,
+                rx_to_woken_ns,
+                halted_permille,
+                wake_to_rx_ns,
+            },
+        ) => Some(format!(
+            "n={n} issue_to_tx_ns={issue_to_tx_ns} tx_to_rx_ns={tx_to_rx_ns} rx_to_woken_ns={rx_to_woken_ns} halted_permille={halted_permille} wake_to_rx_ns={wake_to_rx_ns}"
+        )),
+        (
+            What::ServerHops,
+            Report::ServerHops {
+                n,
+                rx_to_tx_ns,
+                rx_to_tx_p99_ns,
+                halted_permille,
+                wake_to_rx_ns,
+            },
+        ) => Some(format!(
+            "n={n} rx_to_tx_ns={rx_to_tx_ns} rx_to_tx_p99_ns={rx_to_tx_p99_ns} halted_permille={halted_permille} wake_to_rx_ns={wake_to_rx_ns}"
+        )),
+        (
+            What::Loaded,
+            Report::LoadedSendrecs {
+                n,
+                median_ns,
+                p99_ns,
+                vcopy_bytes,
+                vcopy_us,
+            },
+        ) => Some(format!(
+            "n={n} median_ns={median_ns} p99_ns={p99_ns} vcopy_bytes={vcopy_bytes} vcopy_us={vcopy_us} vcopy_mb_s={}",
+            vcopy_bytes / (*vcopy_us).max(1)
+        )),
+        (
+            What::TimerWake,
+            Report::TimerWake {
+                n,
+                median_ns,
+                p99_ns,
+            },
+        ) => Some(format!("n={n} median_ns={median_ns} p99_ns={p99_ns}")),
         _ => None,
     }
 }
 
-fn wait(node: &str, name: &str, what: What, timeout: Duration) -> anyhow::Result<()> {
+fn wait(node: &str, name: &str, what: What, timeout: Duration, min_n: u64) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -172,9 +260,64 @@ fn wait(node: &str, name: &str, what: What, timeout: Duration) -> anyhow::Result
                 .as_ref()
                 .map(|r| format!("ready init_us={} tsc_mhz={}", r.init_us, r.tsc_mhz));
         }
+        if what == What::ServerHops {
+            // Sent again as requests come in: the latest one, once it covers enough of them.
+            return v.guest.reports.iter().rev().find_map(|r| match r {
+                Report::ServerHops { n, .. } if *n >= min_n => pick(what, r),
+                _ => None,
+            });
+        }
         v.guest.reports.iter().find_map(|r| pick(what, r))
     }))?;
     println!("{line}");
+    Ok(())
+}
+
+/// `proxy-timing`: the switch's histograms saved to a file, or the window since a saved copy.
+fn proxy_timing(
+    node: &str,
+    save: Option<std::path::PathBuf>,
+    since: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use dvs_proxy::counters::{Latency, SwitchTiming};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = dvs_hypervisor::client::NodeClient::new(node);
+    let v = rt.block_on(client.get_json("/v1/counters"))?;
+    let now: SwitchTiming = serde_json::from_value(v.get("timing").cloned().unwrap_or_default())
+        .context("the node's counters have no switch timing")?;
+    if let Some(path) = save {
+        return std::fs::write(&path, serde_json::to_string(&now)?)
+            .with_context(|| format!("writing {}", path.display()));
+    }
+    let before: SwitchTiming = match since {
+        Some(path) => serde_json::from_str(
+            &std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?,
+        None => SwitchTiming::default(),
+    };
+    let words = |key: &str, a: &Latency, b: &Latency| {
+        let w = a.since(b);
+        format!(
+            "{key}.n={} {key}.median_ns={} {key}.p99_ns={}",
+            w.count,
+            w.quantile_ns(0.5).unwrap_or(0),
+            w.quantile_ns(0.99).unwrap_or(0)
+        )
+    };
+    println!(
+        "{} {} {}",
+        words("port_frame", &now.port_frame, &before.port_frame),
+        words("peer_frame", &now.peer_frame, &before.peer_frame),
+        words(
+            "port_to_peer_write",
+            &now.port_to_peer_write,
+            &before.port_to_peer_write
+        )
+    );
     Ok(())
 }
 
@@ -275,6 +418,9 @@ fn summary() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let accel = dvs_instance::Accel::detect().name();
     let mut ratios = serde_json::Map::new();
+    for (k, v) in datapath::ratios(&parts) {
+        ratios.insert(k, serde_json::json!(v));
+    }
     if let Some(h) = parts.get("http") {
         for (k, v) in http::ratios(h) {
             ratios.insert(k, serde_json::json!(v));
@@ -359,14 +505,18 @@ fn main() -> anyhow::Result<()> {
             name,
             what,
             timeout,
+            min_n,
         } => {
             let t0 = Instant::now();
-            wait(&node, &name, what, Duration::from_secs(timeout))
+            wait(&node, &name, what, Duration::from_secs(timeout), min_n)
                 .with_context(|| format!("waiting {:?} for {name}'s {what:?}", t0.elapsed()))
         }
+        Cmd::ProxyTiming { node, save, since } => proxy_timing(&node, save, since),
         Cmd::Settle { node, ep, timeout } => settle(&node, &ep, Duration::from_secs(timeout)),
         Cmd::Put { part, figures } => put(&part, &figures),
         Cmd::Summary => summary(),
+        Cmd::Merge { part, srcs } => datapath::merge(&part, &srcs),
+        Cmd::Breakdown => datapath::breakdown(),
         Cmd::Density { max } => density::run(max),
         Cmd::Http {
             secs,

@@ -177,6 +177,8 @@ impl Kernel {
     /// record), at most once per stats interval.
     pub fn run(mut self) -> ! {
         let mut last_work = time::now_us();
+        // When this instance last sent frames: an answer is due soon only after a send.
+        let mut last_tx = 0u64;
         let mut last_stats: Option<Counters> = None;
         let mut last_stats_at = 0u64;
         let mut prev_turn = time::now_us();
@@ -221,6 +223,7 @@ impl Kernel {
                 }
                 if flushed {
                     hops::tx();
+                    last_tx = now_us;
                 }
             }
             if work {
@@ -230,7 +233,10 @@ impl Kernel {
             // Poll a while before halting: `spin_us` after the last work, longer while an
             // answer from another instance is due soon (halting then costs a wake-up of
             // 140-270 µs on this nested KVM, and the answer would wait for it).
-            let spin = self.ipc.borrow().spin_bound_us(self.spin_us);
+            let spin = self
+                .ipc
+                .borrow()
+                .spin_bound_us(self.spin_us, now_us.saturating_sub(last_tx));
             if now_us.saturating_sub(last_work) < spin {
                 core::hint::spin_loop();
                 continue;
@@ -253,6 +259,10 @@ impl Kernel {
                     control::send(&ControlRecord::Counters(counters.clone()));
                     last_stats = Some(counters);
                     last_stats_at = now_us;
+                    // The report itself (a serial byte is an exit: tens of ms here) is not a
+                    // stall of work; counted as one, it would change the counters again and
+                    // print another report an interval later.
+                    prev_turn = time::now_us();
                 } else {
                     deadline = deadline.min(last_stats_at + self.stats_every_us);
                 }

@@ -535,6 +535,24 @@ fn vcopy_push_and_pull_across_engines() {
 }
 
 #[test]
+fn a_finished_vcopy_leaves_nothing_awaited() {
+    for push in [true, false] {
+        for requester_is_a in [true, false] {
+            let mut p = Pair::new();
+            run_vcopy(&mut p, requester_is_a, push, 100_000);
+            for (who, e) in [("a", &p.a), ("b", &p.b)] {
+                let what = alloc::format!(
+                    "{who} after a vcopy (push {push}, requester a {requester_is_a})"
+                );
+                assert!(!e.awaiting_remote(), "{what}: awaiting_remote");
+                assert!(!e.has_transmit(), "{what}: has_transmit");
+                assert_eq!(e.poll_timeout(), None, "{what}: poll_timeout");
+            }
+        }
+    }
+}
+
+#[test]
 fn vcopy_local_and_range_errors() {
     let mut e = engine(1, &[A, B]);
     e.set_buffer(A, pattern(64, 1)).unwrap();

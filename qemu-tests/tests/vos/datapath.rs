@@ -78,6 +78,12 @@ fn pair(a: Accel, settings: &[&str], n: u32, idle_secs: u64) -> Run {
     assert_eq!(bytes, u64::from(COPY), "vcopy bytes ({settings:?})");
     let mut idle_pct = (0.0, 0.0);
     if idle_secs > 0 {
+        // The bench's last phase (the timer wake-ups, after the loaded sendrecs) reports
+        // TimerWake: only then is the client done.
+        wait_report(&mut cli, t, "TimerWake", |r| match r {
+            Report::TimerWake { n, .. } => Some(*n),
+            _ => None,
+        });
         let pids = (
             cli.pid().expect("a QEMU machine has a pid"),
             srv.pid().expect("a QEMU machine has a pid"),
@@ -85,29 +91,26 @@ fn pair(a: Accel, settings: &[&str], n: u32, idle_secs: u64) -> Run {
         // The calls are over; wait (at most 5 s) until neither QEMU used CPU for 300 ms, so the
         // window below measures the instances idle, not the end of the bench.
         let quiet_by = Instant::now() + Duration::from_secs(5);
-        let ticks = || {
-            (
-                cpu_ticks(pids.0).unwrap_or(0),
-                cpu_ticks(pids.1).unwrap_or(0),
-            )
-        };
-        let mut last = ticks();
+        let used = || (cpu_ns(pids.0).unwrap_or(0), cpu_ns(pids.1).unwrap_or(0));
+        let mut last = used();
         while Instant::now() < quiet_by {
             std::thread::sleep(Duration::from_millis(300));
-            let now = ticks();
-            if now == last {
+            let now = used();
+            // Quiet: under 0.1% of a core each in that 300 ms.
+            if now.0.saturating_sub(last.0) < 300_000 && now.1.saturating_sub(last.1) < 300_000 {
                 break;
             }
             last = now;
         }
         let before = (
-            cpu_ticks(pids.0).expect("cpu ticks"),
-            cpu_ticks(pids.1).expect("cpu ticks"),
+            cpu_ns(pids.0).expect("cpu time"),
+            cpu_ns(pids.1).expect("cpu time"),
         );
         let t0 = Instant::now();
         std::thread::sleep(Duration::from_secs(idle_secs));
         let wall = t0.elapsed().as_secs_f64();
-        let pct = |pid, b| (cpu_ticks(pid).expect("cpu ticks") - b) as f64 / wall;
+        let pct =
+            |pid, b: u64| cpu_ns(pid).expect("cpu time").saturating_sub(b) as f64 / (wall * 1e7);
         idle_pct = (pct(pids.0, before.0), pct(pids.1, before.1));
     }
     Run {
@@ -175,10 +178,9 @@ fn adaptive_poll_keeps_instances_idle() {
         a.name()
     );
     // 0.5% of a core each (200 instances per node): once the calls are over, the longer poll
-    // must stop with them. /proc counts in 10 ms ticks (0.17% of a 6 s window) and the host's
-    // accounting of a nested vCPU jitters by a tick or two, so each side is held to 0.5% or to
-    // what it used without the adaptive poll in this test, whichever is more, plus one tick.
-    let tick = 100.0 / (6.0 * 100.0);
+    // must stop with them. Each side is held to 0.5% or to what it used without the adaptive
+    // poll in this test, whichever is more, plus 0.1% for the host's accounting of a nested vCPU.
+    let tick = 0.1;
     for (who, with, without) in [
         ("client", adaptive.idle_pct.0, fixed.idle_pct.0),
         ("server", adaptive.idle_pct.1, fixed.idle_pct.1),

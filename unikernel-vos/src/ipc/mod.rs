@@ -105,9 +105,14 @@ impl Ipc {
     }
 
     /// How long the loop should poll after its last work before halting, µs: `spin_us`, or
-    /// longer while the engine awaits an answer from another instance (see `record_answer`).
-    pub fn spin_bound_us(&self, spin_us: u64) -> u64 {
-        if self.call_spin_us > spin_us && self.engine.awaiting_remote() {
+    /// longer while the engine awaits an answer from another instance and its last send was
+    /// `since_tx_us` ago, within the bound (see `record_answer`). A wake-up for a timer or a
+    /// retransmission long after the send does not poll: idle instances stay halted.
+    pub fn spin_bound_us(&self, spin_us: u64, since_tx_us: u64) -> u64 {
+        if self.call_spin_us > spin_us
+            && since_tx_us < self.call_spin_us
+            && self.engine.awaiting_remote()
+        {
             self.call_spin_us
         } else {
             spin_us

@@ -10,7 +10,8 @@ pub enum ErrorCode {
     UnknownDestination = 1,
     /// The endpoint existed but its task has ended.
     DeadDestination = 2,
-    /// The endpoint exists, but in another DC: nothing crosses DCs.
+    /// Reserved (wire value kept): the routers answer `UnknownDestination` for an endpoint of
+    /// another DC, so that a caller learns nothing about other DCs.
     NotInDc = 3,
     /// The call's deadline passed without an answer (the outcome at the peer is unknown).
     Timeout = 4,

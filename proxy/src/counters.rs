@@ -167,8 +167,9 @@ pub struct MacCounters {
 pub struct Refusals {
     /// Error UnknownDestination.
     pub unknown_destination: u64,
-    /// Error NotInDc.
-    pub not_in_dc: u64,
+    /// Of those answered UnknownDestination, calls to an endpoint that exists in another DC
+    /// (a cross-DC probe; the caller is told nothing more than for a missing endpoint).
+    pub other_dc: u64,
     /// Error NodeUnreachable.
     pub node_unreachable: u64,
     /// Error DeadDestination (the instance went away with a call in progress).

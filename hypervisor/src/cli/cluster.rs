@@ -33,11 +33,11 @@ pub(super) async fn node_status(ctx: &Ctx) -> anyhow::Result<()> {
     for (id, d) in &c.dcs {
         let r = &d.refused;
         println!(
-            "  DC {id}: {} M3-IPC and {} LAN frames; refused: unknown {} not-in-DC {} unreachable {} dead {} migrated {}; drops: {}",
+            "  DC {id}: {} M3-IPC and {} LAN frames; refused: unknown {} (of which to another DC's endpoints {}) unreachable {} dead {} migrated {}; drops: {}",
             d.m3ipc.frames,
             d.lan.frames,
             r.unknown_destination,
-            r.not_in_dc,
+            r.other_dc,
             r.node_unreachable,
             r.dead_destination,
             r.migrated,

@@ -71,10 +71,14 @@ impl Switch {
                     frame,
                 });
             }
-            None if self.exists_in_other_dc(dc, repr.dst) => {
-                self.refuse(from, eth, repr, ErrorCode::NotInDc, out)
+            // An endpoint of another DC gets the same answer as one that does not exist: the
+            // caller learns nothing about other DCs. The operator's counters tell them apart.
+            None => {
+                if self.exists_in_other_dc(dc, repr.dst) {
+                    self.dcs.entry(dc.0).or_default().refused.other_dc += 1;
+                }
+                self.refuse(from, eth, repr, ErrorCode::UnknownDestination, out)
             }
-            None => self.refuse(from, eth, repr, ErrorCode::UnknownDestination, out),
         }
     }
 
@@ -112,7 +116,6 @@ impl Switch {
         }
         let r = &mut c.refused;
         match code {
-            ErrorCode::NotInDc => r.not_in_dc += 1,
             ErrorCode::NodeUnreachable => r.node_unreachable += 1,
             ErrorCode::DeadDestination => r.dead_destination += 1,
             ErrorCode::Migrated => r.migrated += 1,

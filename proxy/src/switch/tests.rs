@@ -186,8 +186,10 @@ fn unknown_and_other_dc_endpoints_are_refused() {
     s.port_frame(T0, c, m3(Kind::SendRec, DC2, 30, 10, 1), &mut out);
     assert_eq!(
         answer(&out[0]),
-        (Kind::Error, ErrorCode::NotInDc as u16, 10, 30, 1)
+        (Kind::Error, ErrorCode::UnknownDestination as u16, 10, 30, 1),
+        "an endpoint of another DC looks like one that does not exist"
     );
+    assert_eq!(s.stats().dcs[&2].refused.other_dc, 1);
     assert!(matches!(out[0], Out::Port(p, _) if p == c));
     // Answers are never answered.
     let mut out = vec![];

@@ -532,10 +532,10 @@ fn checks(cl: &mut Cluster, r: &mut Runner, image: &Path) {
     });
 
     // ---- 4. isolation ----
-    r.check("4_other_dc_endpoint_is_not_in_dc", || {
+    r.check("4_other_dc_endpoint_looks_unknown", || {
         t.run(1, client("xdc", 2, 511, 301, 1, &[]))?;
         let v = t.bench(1, "xdc", 30)?;
-        failed_with(&v, 301, ErrorCode::NotInDc)
+        failed_with(&v, 301, ErrorCode::UnknownDestination)
     });
     // LAN hosts: real VOS instances with a fabric address (they answer ARP). 10.1.0.3 only in DC 1,
     // 10.1.0.1 in both DCs.

@@ -127,6 +127,36 @@ pub struct NodeConfig {
     /// which only a one-node cluster should use.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// Confinement of QEMU instances (a cgroup with limits each, an unprivileged uid of their own, QEMU's
+    /// seccomp sandbox and an empty chroot; see `dvs_instance::confine`): `"auto"` (the default: on where the
+    /// daemon runs as root and the cgroup controllers are there, else off with a warning), `"on"` (refuse
+    /// to start without it), `"off"`.
+    #[serde(default)]
+    pub confine: ConfineMode,
+    /// The first uid (and gid) of confined instances: instance slot `s` of node `n` runs as
+    /// `confine_uid_base + 4096 n + s` (ids of no account; default 800000).
+    #[serde(default = "default_uid_base")]
+    pub confine_uid_base: u32,
+}
+
+/// Whether QEMU instances are confined (`confine` in node.toml).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfineMode {
+    /// Where it can be.
+    #[default]
+    Auto,
+    /// Always; the daemon does not start if it cannot be.
+    On,
+    /// Never.
+    Off,
+}
+
+/// Instance slots per node in the uid range of confined instances.
+pub const UIDS_PER_NODE: u32 = 4096;
+
+fn default_uid_base() -> u32 {
+    800_000
 }
 
 impl NodeConfig {
@@ -139,6 +169,16 @@ impl NodeConfig {
             anyhow::bail!(
                 "api_ca and api_tls: give one (api_ca: the node issues its API certificates; api_tls: they \
                  were issued elsewhere)"
+            );
+        }
+        if self.confine_uid_base == 0
+            || u64::from(self.confine_uid_base) + u64::from(UIDS_PER_NODE) * 65_536
+                > u64::from(u32::MAX)
+        {
+            anyhow::bail!(
+                "confine_uid_base = {}: from 1 to {} (4096 uids for each of 65536 nodes above it)",
+                self.confine_uid_base,
+                u32::MAX - UIDS_PER_NODE * 65_536
             );
         }
         if self.max_volume.0 < crate::volumes::MIN_VOLUME {

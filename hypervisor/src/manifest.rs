@@ -87,6 +87,10 @@ pub struct InstanceEntry {
     /// `dvs volume rm`; they stay on `node` (an instance with volumes is not moved to another node).
     #[serde(default)]
     pub volumes: Vec<VolumeRequest>,
+    /// Host limits of its machine where the node confines instances:
+    /// `limits = { memory_mib = 160, cpu_percent = 100, pids = 64 }` (each optional).
+    #[serde(default)]
+    pub limits: crate::instances::LimitsSpec,
 }
 
 /// A loaded image: bytes and manifest with its sha256.
@@ -205,6 +209,7 @@ impl DcManifest {
             backend: entry.backend,
             process_args: entry.process_args.clone(),
             volumes: entry.volumes.clone(),
+            limits: entry.limits,
         })
     }
 }

@@ -240,6 +240,8 @@ fn node_config(dir: &std::path::Path) -> NodeConfig {
         max_image: ByteSize(1 << 20),
         max_volume: ByteSize(256 << 20),
         tls: None,
+        confine: Default::default(),
+        confine_uid_base: 800_000,
     }
 }
 

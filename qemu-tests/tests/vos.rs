@@ -43,6 +43,10 @@ mod vhost;
 #[path = "vos/web.rs"]
 mod web;
 
+/// A VOS confined on the host: cgroup limits, an unprivileged uid, seccomp, an empty chroot.
+#[path = "vos/confine.rs"]
+mod confine;
+
 /// The guest data path: jumbo vcopy frames (`mtu=`) and the adaptive poll (`call_spin_us=`).
 #[path = "vos/datapath.rs"]
 mod datapath;

@@ -11,8 +11,9 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::confine::{Cgroup, ConfineError, Confinement};
 use crate::machine::{ConsoleSetup, Machine};
 use crate::spec::{ConsoleSink, VmSpec};
 use crate::InstanceError;
@@ -201,12 +202,130 @@ pub(crate) fn spawn_machine(
             ConsoleSetup::Capture { stderr_prefix }
         }
     };
+    let cgroup = match &spec.confine {
+        Some(c) => Some(confine(&mut cmd, spec, c)?),
+        None => None,
+    };
+    // After the cgroup join: a change of credentials would clear the death signal.
     guard(&mut cmd);
+    // A confined QEMU drops to its uid once started, and that clears its death signal: a watcher
+    // kills it when this process goes away instead.
+    let lifeline = match &cgroup {
+        Some(_) => Some(watch_parent(&mut cmd).map_err(|e| InstanceError::Spawn {
+            name: spec.name.clone(),
+            program: PathBuf::from(cmd.get_program()),
+            error: e,
+        })?),
+        None => None,
+    };
     let program = PathBuf::from(cmd.get_program());
-    let child = spawn_from_spawner(cmd).map_err(|e| InstanceError::Spawn {
-        name: spec.name.clone(),
-        program,
-        error: e,
+    let child = spawn_from_spawner(cmd).map_err(|e| {
+        if let Some(cg) = &cgroup {
+            cg.remove();
+        }
+        InstanceError::Spawn {
+            name: spec.name.clone(),
+            program,
+            error: e,
+        }
     })?;
-    Ok(Machine::adopt(child, console, listener))
+    Ok(Machine::adopt(child, console, listener, cgroup, lifeline))
+}
+
+/// Has `cmd`'s child fork, just before it execs, a watcher that stays root and keeps the read end
+/// of a pipe whose write end only this process holds (returned): when this process ends (the
+/// write end closes, however it ends), the watcher SIGKILLs the machine; when the machine ends
+/// first, the watcher dies with it (its own death signal). This stands in for the machine's death
+/// signal, which the kernel clears when the machine changes its credentials (QEMU's `-runas`).
+fn watch_parent(cmd: &mut Command) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two fds on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and owned here.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let r = read.as_raw_fd();
+    // The read end is closed in this process once the child has forked (the closure's copy goes
+    // with the Command).
+    let read = std::sync::Arc::new(read);
+    // SAFETY: runs in the forked child before exec. The watcher (a fork of it that never execs)
+    // makes only async-signal-safe calls: fork, prctl, getppid, getrlimit, close, read, kill, _exit.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &read;
+            let machine = libc::getpid();
+            match libc::fork() {
+                -1 => return Err(std::io::Error::last_os_error()),
+                0 => {}
+                _ => return Ok(()), // the machine goes on to exec
+            }
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            if libc::getppid() != machine {
+                libc::_exit(0);
+            }
+            // Keep only the read end: copies of other machines' write ends would keep their
+            // watchers from ever seeing the end of this process.
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur.min(65_536) as i32
+            } else {
+                1024
+            };
+            for fd in 0..top {
+                if fd != r {
+                    libc::close(fd);
+                }
+            }
+            let mut b = [0u8; 1];
+            loop {
+                let n = libc::read(r, b.as_mut_ptr().cast(), 1);
+                if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
+                    break;
+                }
+            }
+            if libc::getppid() == machine {
+                libc::kill(machine, libc::SIGKILL);
+            }
+            libc::_exit(0);
+        });
+    }
+    Ok(write)
+}
+
+/// Makes the machine's cgroup and chroot directory, and has the child join the cgroup before
+/// it execs, so that everything the machine allocates is counted against its limits.
+fn confine(
+    cmd: &mut Command,
+    spec: &VmSpec,
+    c: &Confinement,
+) -> Result<Arc<Cgroup>, InstanceError> {
+    let err = |error| InstanceError::Confine {
+        name: spec.name.clone(),
+        error,
+    };
+    std::fs::create_dir_all(&c.root).map_err(|e| {
+        err(ConfineError::Io {
+            path: c.root.clone(),
+            error: e,
+        })
+    })?;
+    let cg = Arc::new(Cgroup::create(&c.cgroup, &c.limits).map_err(err)?);
+    let joined = cg.clone();
+    // SAFETY: runs in the forked child before exec; `join_in_child` makes only
+    // async-signal-safe calls and does not allocate.
+    unsafe {
+        cmd.pre_exec(move || joined.join_in_child());
+    }
+    Ok(cg)
 }

@@ -8,6 +8,7 @@
 //!   QEMU's flags) and [`QemuBackend`];
 //! - [`backend`]: the [`VmBackend`] trait and [`ProcessBackend`] (a host program as the machine,
 //!   for test doubles named for their role);
+//! - [`confine`]: a machine's cgroup and limits, and what QEMU drops to once started;
 //! - [`machine`]: the [`Machine`] handle (exit, stop, control records, readiness, console);
 //! - [`port`]: the one engine-over-a-port loop ([`EnginePort`] on a [`DgramPort`] or
 //!   [`StreamPort`]).
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod confine;
 pub mod machine;
 pub mod port;
 pub mod qemu;
@@ -25,6 +27,7 @@ pub mod spec;
 use std::path::PathBuf;
 
 pub use backend::{die_with_parent, ProcessBackend, VmBackend, SPEC_ENV};
+pub use confine::{Cgroup, ConfineError, Confinement, Limits};
 pub use machine::{Exit, ExitWatch, Machine, MachineEvent, ReadyError};
 pub use port::{DgramPort, EnginePort, FramePort, StreamPort};
 pub use qemu::{qemu_args, QemuBackend};
@@ -68,6 +71,14 @@ pub enum InstanceError {
         name: String,
         /// Why.
         error: String,
+    },
+    /// The machine could not be confined (its cgroup).
+    #[error("confining machine '{name}': {error}")]
+    Confine {
+        /// The instance.
+        name: String,
+        /// Why.
+        error: ConfineError,
     },
     /// An engine could not bind an endpoint.
     #[error("binding endpoint {ep} of DC {dc}: {code}")]

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::confine::Cgroup;
 use dvs_vos_abi::control::RecordError;
 use dvs_vos_abi::{ControlRecord, Ready, RecordReader};
 use tokio::sync::{mpsc, watch};
@@ -29,6 +30,11 @@ pub enum Exit {
     Code(i32),
     /// It was killed by this signal.
     Signal(i32),
+    /// The kernel killed it for its cgroup's memory limit ([`crate::Limits::memory_mib`]).
+    MemoryLimit {
+        /// The limit, MiB.
+        limit_mib: u64,
+    },
     /// It could not be waited for.
     Error(String),
 }
@@ -65,6 +71,9 @@ impl fmt::Display for Exit {
                     _ => "",
                 };
                 write!(f, "killed by signal {s}{name}")
+            }
+            Exit::MemoryLimit { limit_mib } => {
+                write!(f, "killed by its memory limit ({limit_mib} MiB)")
             }
             Exit::Error(e) => f.write_str(e),
         }
@@ -156,6 +165,9 @@ pub struct Machine {
     console: Option<Arc<Lines>>,
     console_path: Option<PathBuf>,
     control: Option<(PathBuf, (u64, u64))>,
+    /// The write end of a confined machine's watcher pipe: when it closes (this process ends),
+    /// the watcher kills the machine.
+    _lifeline: Option<std::os::fd::OwnedFd>,
     started: Instant,
     waiter: Option<JoinHandle<()>>,
 }
@@ -243,6 +255,8 @@ impl Machine {
         mut child: Child,
         console: ConsoleSetup,
         listener: Option<(UnixListener, PathBuf)>,
+        cgroup: Option<Arc<Cgroup>>,
+        lifeline: Option<std::os::fd::OwnedFd>,
     ) -> Machine {
         let pid = child.id();
         let (exit_tx, exit_rx) = watch::channel(None);
@@ -270,9 +284,17 @@ impl Machine {
         });
         let wake = control.as_ref().map(|(p, _)| p.clone());
         let waiter = thread("dvs-waiter", move || {
-            let exit = Exit::of(child.wait());
+            let mut exit = Exit::of(child.wait());
             // Whatever the machine left in its process group goes with it.
             kill_group(pid, libc::SIGKILL);
+            if let Some(cg) = cgroup {
+                if exit == Exit::Signal(libc::SIGKILL) && cg.oom_kills() > 0 {
+                    exit = Exit::MemoryLimit {
+                        limit_mib: cg.limits().memory_mib,
+                    };
+                }
+                cg.remove();
+            }
             if let Some(p) = wake {
                 // Wakes the control thread if the machine never connected.
                 let _ = UnixStream::connect(p);
@@ -291,6 +313,7 @@ impl Machine {
             console: lines,
             console_path,
             control,
+            _lifeline: lifeline,
             started: Instant::now(),
             waiter,
         }

@@ -26,6 +26,12 @@ pub const CONTROL_IOBASE: u16 = 0x2f8;
 ///   `-netdev vhost-user,id=n<i>,chardev=c<i>`, and then guest RAM is a shared memfd
 ///   (`-object memory-backend-memfd,id=mem,size=<MiB>M,share=on` and `memory-backend=mem` on the
 ///   machine) so that the backend can map it;
+/// - confined ([`VmSpec::confine`]): `-sandbox on,obsolete=deny,elevateprivileges=allow,
+///   spawn=deny,resourcecontrol=deny` (QEMU's seccomp filter: no exec, no obsolete or
+///   scheduler-changing calls), `-runas <uid>:<gid>` and `-chroot <root>`: QEMU opens its files,
+///   sockets and `/dev/kvm` as root, then drops to the uid in the empty root before the guest
+///   runs. `elevateprivileges=allow` because `-runas` itself calls setuid after the filter is
+///   in place; once dropped, the process has no capabilities to regain and cannot exec;
 /// - after the NICs, one `-drive` (raw, `if=none`, see [`drive_arg`]) and one
 ///   `-device virtio-blk-device` (microvm) or `virtio-blk-pci` (q35) per drive, ids `blk0`, `blk1`, ...
 pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
@@ -81,6 +87,16 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
             format!("socket,id=ctl,path={},server=off", ctl.display()),
             "-device".into(),
             format!("isa-serial,chardev=ctl,iobase={CONTROL_IOBASE:#x},irq=3"),
+        ]);
+    }
+    if let Some(c) = &spec.confine {
+        a.extend([
+            "-sandbox".into(),
+            "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny".into(),
+            "-runas".into(),
+            format!("{}:{}", c.uid, c.gid),
+            "-chroot".into(),
+            c.root.display().to_string(),
         ]);
     }
     let dev = match spec.machine {
@@ -414,6 +430,30 @@ mod tests {
              -device virtio-net-pci,netdev=n0,mac=02:00:00:00:00:01",
         ));
         assert_eq!(qemu_args(&s), want);
+    }
+
+    #[test]
+    fn a_confined_machine_drops_to_its_uid_in_its_root_under_seccomp() {
+        let mut s = base(MachineType::Microvm, Accel::Kvm);
+        s.confine = Some(crate::Confinement {
+            uid: 800_001,
+            gid: 800_002,
+            root: "/run/dvs/root".into(),
+            cgroup: "dvs/1.42/web".into(),
+            limits: crate::Limits {
+                memory_mib: 64,
+                cpu_percent: 100,
+                pids: 32,
+            },
+        });
+        let a = qemu_args(&s).join(" ");
+        assert!(
+            a.ends_with(
+                "-serial stdio -sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny \
+                 -runas 800001:800002 -chroot /run/dvs/root"
+            ),
+            "{a}"
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dvs_vos_abi::BootConfig;
+
+use crate::confine::Confinement;
 use serde::{Deserialize, Serialize};
 
 /// The accelerator a machine runs with.
@@ -176,6 +178,10 @@ pub struct VmSpec {
     /// Block devices in order (`blk0`, `blk1`, ...); absent in JSON: none.
     #[serde(default)]
     pub drives: Vec<Drive>,
+    /// How the machine is confined on the host (a cgroup with limits; QEMU also drops to an
+    /// unprivileged uid in an empty chroot under its seccomp sandbox); None: not confined.
+    #[serde(default)]
+    pub confine: Option<Confinement>,
 }
 
 impl VmSpec {
@@ -193,6 +199,7 @@ impl VmSpec {
             console: ConsoleSink::Capture,
             control: None,
             drives: Vec::new(),
+            confine: None,
         }
     }
 

@@ -47,6 +47,7 @@ pub(super) async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         backend: (a.process || !a.process_arg.is_empty()).then_some(BackendKind::Process),
         process_args: a.process_arg,
         volumes: a.volume,
+        limits: Default::default(),
     };
     let c = match a.on {
         Some(id) => ctx.client_of(id).await?,

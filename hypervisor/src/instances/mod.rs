@@ -23,14 +23,17 @@ use dvs_vos_abi::BootConfig;
 use m3ipc_core::{DcId, Endpoint};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{BackendKind, NetdevKind, NodeConfig, VmPortKind};
+use crate::config::{BackendKind, ConfineMode, NetdevKind, NodeConfig, VmPortKind, UIDS_PER_NODE};
 use crate::images::ImageStore;
 use crate::volumes::VolumeStore;
 pub use spec::{
-    boot_config, GuestView, InstanceError, InstanceSpec, InstanceView, Publish, RestartPolicy,
-    RunRequest, State, PUBLISH_GW, PUBLISH_IP, REPORTS_KEPT,
+    boot_config, GuestView, InstanceError, InstanceSpec, InstanceView, LimitsSpec, Publish,
+    RestartPolicy, RunRequest, State, PUBLISH_GW, PUBLISH_IP, REPORTS_KEPT,
 };
 use spec::{mac_for, valid_name};
+
+/// The cgroup every confined instance's cgroup is under: `dvs/<node>.<daemon pid>/<instance>`.
+const CGROUP_PARENT: &str = "dvs";
 
 /// The longest a `wait_after` request may wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -54,6 +57,8 @@ struct Instance {
     rev: u64,
     /// The published ports' gateway (bound at `run`, across reboots).
     gateway: Option<GatewayHandle>,
+    /// Its slot among the node's instances: its uid when confined (`confine_uid_base`).
+    slot: u32,
 }
 
 /// What a boot needs: the machine's spec, the port of the proxy it plugs into, and the backend that starts it.
@@ -75,6 +80,8 @@ pub struct Manager {
     accel: dvs_instance::Accel,
     run_dir: PathBuf,
     dir: PathBuf,
+    /// QEMU instances are confined (`confine` in node.toml, resolved at start).
+    confine: bool,
     inner: Mutex<BTreeMap<String, Instance>>,
     /// The last revision handed out; every change of an instance takes the next one.
     rev: watch::Sender<u64>,
@@ -102,7 +109,36 @@ impl Manager {
         std::fs::create_dir_all(&run_dir)?;
         cfg.check()?;
         let volumes = VolumeStore::open(&cfg.data_dir, cfg.max_volume)?;
+        let confine = match (cfg.confine, dvs_instance::confine::available()) {
+            (ConfineMode::Off, _) => false,
+            (_, Ok(())) => true,
+            (ConfineMode::On, Err(e)) => {
+                anyhow::bail!("confine = \"on\", but this host cannot confine instances: {e}")
+            }
+            (ConfineMode::Auto, Err(e)) => {
+                tracing::warn!(
+                    "QEMU instances run unconfined (no cgroup limits, as this daemon's user): {e}"
+                );
+                false
+            }
+        };
+        if confine {
+            let swept = dvs_instance::confine::sweep_stale(CGROUP_PARENT);
+            if swept > 0 {
+                tracing::info!("removed {swept} cgroups left by daemons that are gone");
+            }
+            let root = run_dir.join("root");
+            std::fs::create_dir_all(&root)?;
+            tracing::info!(
+                "QEMU instances are confined: cgroups {CGROUP_PARENT}/{}.{}/<instance>, uids from {}, seccomp, chroot {}",
+                cfg.node,
+                std::process::id(),
+                cfg.confine_uid_base + u32::from(cfg.node) * UIDS_PER_NODE,
+                root.display()
+            );
+        }
         Ok(Arc::new(Manager {
+            confine,
             node: cfg.node,
             proxy,
             images,
@@ -234,6 +270,9 @@ impl Manager {
         }
         let image = self.images.find(&spec.image)?;
         self.backend_for(&spec)?;
+        spec.limits
+            .resolve(guest_memory(&spec, &image))
+            .map_err(|e| InstanceError::Invalid(format!("instance '{}': {e}", spec.name)))?;
         let is_vos = spec.backend.unwrap_or(self.cfg.backend) == BackendKind::Qemu;
         let first = boot_config(&spec, 1, is_vos)?;
         self.volumes.check(&spec.volumes)?;
@@ -298,7 +337,15 @@ impl Manager {
             return Err(e);
         }
         let (stop_tx, stop_rx) = mpsc::channel(1);
+        let used: std::collections::BTreeSet<u32> = inner.values().map(|i| i.slot).collect();
+        let Some(slot) = (0..UIDS_PER_NODE).find(|s| !used.contains(s)) else {
+            self.volumes.release(spec.dc, &spec.name);
+            return Err(InstanceError::Invalid(format!(
+                "this node holds {UIDS_PER_NODE} instances, the most it can"
+            )));
+        };
         let inst = Instance {
+            slot,
             mac: mac_for(spec.dc, &spec.name),
             image_sha256: image.manifest.sha256.clone(),
             state: State::Starting,
@@ -618,11 +665,32 @@ impl Manager {
                 mac: [0x52, 0x54, 0x00, i.mac[3], i.mac[4], i.mac[5]],
             });
         }
+        let memory_mib = guest_memory(s, &image);
+        let confine = if self.confine && is_vos {
+            let uid = self.cfg.confine_uid_base + u32::from(self.node) * UIDS_PER_NODE + i.slot;
+            let limits = s
+                .limits
+                .resolve(memory_mib)
+                .map_err(InstanceError::Invalid)?;
+            Some(dvs_instance::Confinement {
+                uid,
+                gid: uid,
+                root: self.run_dir.join("root"),
+                cgroup: format!(
+                    "{CGROUP_PARENT}/{}.{}/{name}",
+                    self.node,
+                    std::process::id()
+                ),
+                limits,
+            })
+        } else {
+            None
+        };
         let vm = VmSpec {
             name: name.into(),
             machine: MachineType::Microvm,
             accel: self.accel,
-            memory_mib: s.memory.unwrap_or(image.manifest.memory).max(16),
+            memory_mib,
             kernel_path: image.kernel.clone(),
             kernel: Kernel::Config(cfg),
             nics,
@@ -637,6 +705,7 @@ impl Manager {
                     read_only: false,
                 })
                 .collect(),
+            confine,
         };
         let port = PortSpec {
             name: name.into(),
@@ -665,6 +734,11 @@ impl Manager {
             i.rev = self.next_rev();
         }
     }
+}
+
+/// The guest RAM of an instance, MiB: its spec's, else its image's (at least 16).
+fn guest_memory(spec: &InstanceSpec, image: &crate::images::Image) -> u32 {
+    spec.memory.unwrap_or(image.manifest.memory).max(16)
 }
 
 /// `data, logs`: the names of `spec`'s volumes.

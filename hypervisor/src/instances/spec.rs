@@ -135,6 +135,62 @@ pub struct InstanceSpec {
     /// kept until `dvs volume rm`; see `crate::volumes`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeRequest>,
+    /// Host limits of its machine where the node confines instances (see [`LimitsSpec`]).
+    #[serde(default, skip_serializing_if = "LimitsSpec::is_default")]
+    pub limits: LimitsSpec,
+}
+
+/// Host limits of an instance's machine (its cgroup), where the node confines instances; each one
+/// absent takes its default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Memory of the machine process, MiB: guest RAM plus QEMU's own (default: the guest's memory
+    /// plus [`LimitsSpec::OVERHEAD_MIB`]). Past it the kernel kills the machine, and `dvs ps` says so.
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    /// CPU, percent of one core (default 150: the vCPU and QEMU's I/O thread).
+    #[serde(default)]
+    pub cpu_percent: Option<u32>,
+    /// Processes and threads (default 128).
+    #[serde(default)]
+    pub pids: Option<u32>,
+}
+
+impl LimitsSpec {
+    /// What QEMU itself needs beside guest RAM, MiB (a microvm VOS: about 20).
+    pub const OVERHEAD_MIB: u32 = 96;
+
+    /// True when every limit takes its default.
+    pub fn is_default(&self) -> bool {
+        *self == LimitsSpec::default()
+    }
+
+    /// The limits of a machine with `guest_mib` of RAM, or why they cannot be.
+    pub fn resolve(&self, guest_mib: u32) -> Result<dvs_instance::Limits, String> {
+        let memory = self
+            .memory_mib
+            .unwrap_or(guest_mib.saturating_add(Self::OVERHEAD_MIB));
+        let min = guest_mib.saturating_add(16);
+        if memory < min {
+            return Err(format!(
+                "limits.memory_mib = {memory}: at least the guest's {guest_mib} MiB and 16 MiB for QEMU ({min})"
+            ));
+        }
+        let cpu = self.cpu_percent.unwrap_or(150);
+        if !(1..=6400).contains(&cpu) {
+            return Err(format!("limits.cpu_percent = {cpu}: from 1 to 6400"));
+        }
+        let pids = self.pids.unwrap_or(128);
+        if !(16..=4096).contains(&pids) {
+            return Err(format!("limits.pids = {pids}: from 16 to 4096"));
+        }
+        Ok(dvs_instance::Limits {
+            memory_mib: u64::from(memory),
+            cpu_percent: cpu,
+            pids,
+        })
+    }
 }
 
 impl InstanceSpec {
@@ -154,6 +210,7 @@ impl InstanceSpec {
             backend: None,
             process_args: Vec::new(),
             volumes: Vec::new(),
+            limits: LimitsSpec::default(),
         }
     }
 }
@@ -367,7 +424,32 @@ mod tests {
             backend: None,
             process_args: vec![],
             volumes: vec![],
+            limits: LimitsSpec::default(),
         }
+    }
+
+    #[test]
+    fn limits_take_defaults_and_refuse_what_cannot_run() {
+        let l = LimitsSpec::default().resolve(64).unwrap();
+        assert_eq!(
+            (l.memory_mib, l.cpu_percent, l.pids),
+            (64 + u64::from(LimitsSpec::OVERHEAD_MIB), 150, 128)
+        );
+        let mut s = LimitsSpec {
+            memory_mib: Some(70),
+            ..Default::default()
+        };
+        assert!(s.resolve(64).unwrap_err().contains("at least"));
+        s.memory_mib = Some(80);
+        assert_eq!(s.resolve(64).unwrap().memory_mib, 80);
+        s.cpu_percent = Some(0);
+        assert!(s.resolve(64).unwrap_err().contains("cpu_percent"));
+        s.cpu_percent = None;
+        s.pids = Some(8);
+        assert!(s.resolve(64).unwrap_err().contains("pids"));
+        let toml: LimitsSpec = serde_json::from_str(r#"{"memory_mib": 128}"#).unwrap();
+        assert_eq!(toml.memory_mib, Some(128));
+        assert!(serde_json::from_str::<LimitsSpec>(r#"{"memory": 1}"#).is_err());
     }
 
     #[test]

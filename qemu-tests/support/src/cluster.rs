@@ -403,16 +403,38 @@ impl Cluster {
         let log2 = log
             .try_clone()
             .map_err(io(format!("opening {}", node.log.display())))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &node.ns])
-            .arg(&dvs)
-            .arg("node")
+        // Into the node's network namespace only (setns before exec), not `ip netns exec`: that also
+        // remounts /sys in a mount namespace of its own, which hides the cgroup hierarchies the daemon
+        // confines its machines in.
+        let netns = std::ffi::CString::new(format!("/run/netns/{}", node.ns)).map_err(|_| {
+            io(format!("namespace name {:?}", node.ns))(std::io::ErrorKind::InvalidInput.into())
+        })?;
+        let mut cmd = Command::new(&dvs);
+        // SAFETY: runs in the forked child before exec; open, setns and close are async-signal-safe,
+        // and the path was made before the fork.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                let fd = libc::open(netns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let r = libc::setns(fd, libc::CLONE_NEWNET);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if r != 0 {
+                    return Err(err);
+                }
+                Ok(())
+            });
+        }
+        cmd.arg("node")
             .arg("--config")
             .arg(&node.config)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        // The daemon (`ip netns exec` execs it in place) dies with the test process even if the test is
+        // The daemon dies with the test process even if the test is
         // killed before its guards run.
         dvs_instance::die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(io(format!(

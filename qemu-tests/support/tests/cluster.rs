@@ -532,6 +532,57 @@ fn checks(cl: &mut Cluster, r: &mut Runner, image: &Path) {
     });
 
     // ---- 4. isolation ----
+    r.check("4_machines_confined_unprivileged_in_their_cgroups", || {
+        let mut uids = std::collections::BTreeSet::new();
+        let running: Vec<_> =
+            t.c.api(1)
+                .instances()?
+                .into_iter()
+                .filter(|v| v.state == State::Running && v.pid.is_some())
+                // QEMU instances: host-program doubles are not machines to confine.
+                .filter(|v| v.spec.backend != Some(BackendKind::Process))
+                .collect();
+        expect(!running.is_empty(), || {
+            "no running QEMU instance on node 1".into()
+        })?;
+        for v in &running {
+            let pid = v.pid.unwrap_or_default();
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .map_err(|e| format!("{}: /proc/{pid}/status: {e}", v.spec.name))?;
+            let field = |f: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{f}:")))
+                    .map(|v| v.split_whitespace().map(String::from).collect::<Vec<_>>())
+                    .unwrap_or_default()
+            };
+            let cgroups =
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let uid = field("Uid");
+            let in_cgroup = cgroups
+                .lines()
+                .any(|l| l.contains("/dvs/1.") && l.ends_with(&format!("/{}", v.spec.name)));
+            println!(
+                "-- {} (pid {pid}): uid {uid:?} seccomp {:?} in its cgroup {in_cgroup}",
+                v.spec.name,
+                field("Seccomp")
+            );
+            expect(
+                uid.first().is_some_and(|u| u != "0")
+                    && uid.iter().all(|u| Some(u) == uid.first())
+                    && field("Seccomp") == ["2"]
+                    && in_cgroup
+                    && uids.insert(uid[0].clone()),
+                || {
+                    format!(
+                        "{} is not confined (or shares a uid):\n{status}\n{cgroups}",
+                        v.spec.name
+                    )
+                },
+            )?;
+        }
+        Ok(())
+    });
     r.check("4_other_dc_endpoint_looks_unknown", || {
         t.run(1, client("xdc", 2, 511, 301, 1, &[]))?;
         let v = t.bench(1, "xdc", 30)?;

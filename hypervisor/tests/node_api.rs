@@ -212,11 +212,13 @@ fn one_node_cluster() -> ClusterMap {
                 id: 1,
                 name: "one".into(),
                 nodes: vec![1],
+                limit: Default::default(),
             },
             DcInfo {
                 id: 2,
                 name: "elsewhere".into(),
                 nodes: vec![],
+                limit: Default::default(),
             },
         ],
     }

@@ -61,6 +61,7 @@ async fn run(tls: bool) -> anyhow::Result<(Duration, Duration, f64)> {
             id: 1,
             name: "one".into(),
             nodes: vec![1, 2],
+            limit: Default::default(),
         }],
     };
     let ca = new_cluster_ca("bench")?;

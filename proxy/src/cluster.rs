@@ -26,6 +26,49 @@ pub struct DcInfo {
     pub name: String,
     /// The nodes the DC spans.
     pub nodes: Vec<u16>,
+    /// How fast the DC's instances may send on each node (`limit = { frames_per_s = ..., ... }`); absent or 0
+    /// fields take the defaults of [`DcLimit`].
+    #[serde(default)]
+    pub limit: DcLimit,
+}
+
+/// Default frames per second a DC's instances may send on one node.
+pub const DEFAULT_FRAMES_PER_S: u64 = 1_000_000;
+/// Default bytes per second a DC's instances may send on one node (4 GB/s).
+pub const DEFAULT_BYTES_PER_S: u64 = 4_000_000_000;
+/// Default burst: this fraction (1/10, i.e. 100 ms worth of the rate) of a second's allowance can be sent at once.
+pub const DEFAULT_BURST_DIVISOR: u64 = 10;
+
+/// The rate limit of one DC on each node it spans: a frame bucket and a byte bucket, both charged by every frame
+/// a VM port of the DC sends into the switch. 0 in any field means its default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DcLimit {
+    /// Frames per second (default [`DEFAULT_FRAMES_PER_S`]).
+    #[serde(default)]
+    pub frames_per_s: u64,
+    /// Bytes per second (default [`DEFAULT_BYTES_PER_S`]).
+    #[serde(default)]
+    pub bytes_per_s: u64,
+    /// Frames that may be sent at once after a quiet spell (default a tenth of `frames_per_s`).
+    #[serde(default)]
+    pub burst_frames: u64,
+    /// Bytes that may be sent at once after a quiet spell (default a tenth of `bytes_per_s`, at least one
+    /// largest frame).
+    #[serde(default)]
+    pub burst_bytes: u64,
+}
+
+impl DcLimit {
+    /// The limit with every 0 replaced by its default: (frames/s, bytes/s, burst frames, burst bytes).
+    pub fn effective(&self) -> (u64, u64, u64, u64) {
+        let or = |v: u64, d: u64| if v == 0 { d } else { v };
+        let fps = or(self.frames_per_s, DEFAULT_FRAMES_PER_S);
+        let bps = or(self.bytes_per_s, DEFAULT_BYTES_PER_S);
+        let bf = or(self.burst_frames, (fps / DEFAULT_BURST_DIVISOR).max(1));
+        let bb = or(self.burst_bytes, bps / DEFAULT_BURST_DIVISOR)
+            .max(crate::port::MAX_ETH_FRAME as u64);
+        (fps, bps, bf, bb)
+    }
 }
 
 /// Nodes and DCs: everything about the cluster that does not change while it runs.

@@ -23,6 +23,8 @@ pub enum Drop {
     /// A vhost-user instance broke its virtqueues (a descriptor outside its memory, a bad chain, an oversized
     /// frame, garbage in a ring): the port cut it off.
     BadRing,
+    /// A VM port's frame came over its DC's rate limit on this node (the DC's token bucket was empty).
+    RateLimited,
 }
 
 /// Drops by reason.
@@ -46,6 +48,9 @@ pub struct Drops {
     /// Instances cut off for breaking their vhost-user virtqueues.
     #[serde(default)]
     pub bad_ring: u64,
+    /// Frames from VM ports over their DC's rate limit on this node.
+    #[serde(default)]
+    pub rate_limited: u64,
 }
 
 impl Drops {
@@ -60,6 +65,7 @@ impl Drops {
             Drop::Loop => &mut self.loop_guard,
             Drop::PeerSpoofed => &mut self.peer_spoofed,
             Drop::BadRing => &mut self.bad_ring,
+            Drop::RateLimited => &mut self.rate_limited,
         };
         *c += 1;
     }
@@ -74,6 +80,7 @@ impl Drops {
             + self.loop_guard
             + self.peer_spoofed
             + self.bad_ring
+            + self.rate_limited
     }
 }
 
@@ -89,6 +96,7 @@ impl std::fmt::Display for Drops {
             ("loop_guard", self.loop_guard),
             ("peer_spoofed", self.peer_spoofed),
             ("bad_ring", self.bad_ring),
+            ("rate_limited", self.rate_limited),
         ];
         let parts: Vec<String> = all
             .iter()

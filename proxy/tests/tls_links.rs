@@ -41,6 +41,7 @@ fn cluster(nodes: &[u16]) -> ClusterMap {
             id: 1,
             name: "one".into(),
             nodes: nodes.to_vec(),
+            limit: Default::default(),
         }],
     }
 }

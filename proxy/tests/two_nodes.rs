@@ -31,6 +31,7 @@ fn cluster() -> ClusterMap {
             id: 1,
             name: "one".into(),
             nodes: vec![1, 2],
+            limit: Default::default(),
         }],
     }
 }

@@ -6,6 +6,7 @@
 mod lan;
 mod m3;
 mod pending;
+mod rate;
 mod timing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -172,6 +173,8 @@ pub struct Switch {
     /// over different links): (DC, endpoint) → (claimant, generation).
     claims: HashMap<(DcId, Endpoint), (NodeId, u64)>,
     timing: timing::Timing,
+    /// Per DC (by number), the token buckets its VM ports' frames are charged to (made at a DC's first frame).
+    rates: HashMap<u16, rate::DcBuckets>,
 }
 
 impl Switch {
@@ -205,6 +208,7 @@ impl Switch {
             grants: HashMap::new(),
             claims: HashMap::new(),
             timing: timing::Timing::default(),
+            rates: HashMap::new(),
         }
     }
 
@@ -819,6 +823,9 @@ impl Switch {
         if !port.announced {
             self.announce_port(id, out);
         }
+        if !self.admit(now, dc, frame.len()) {
+            return self.drop_from(Via::Port(id), dc, Drop::RateLimited);
+        }
         let Ok((eth, payload)) = EthernetHeader::parse(&frame) else {
             return self.drop_from(Via::Port(id), dc, Drop::Malformed);
         };
@@ -899,6 +906,19 @@ impl Switch {
             return self.drop_from(Via::Peer(node), dc, Drop::PeerSpoofed);
         }
         self.route_m3(Via::Peer(node), eth, &repr, frame.clone(), hops, out);
+    }
+
+    /// Charges a frame of `len` bytes from a VM port of `dc` to the DC's buckets ([`crate::cluster::DcLimit`]);
+    /// false when the DC is over its limit on this node.
+    fn admit(&mut self, now: Instant, dc: DcId, len: usize) -> bool {
+        let cluster = &self.cluster;
+        self.rates
+            .entry(dc.0)
+            .or_insert_with(|| {
+                let limit = cluster.dc(dc).map(|d| d.limit).unwrap_or_default();
+                rate::DcBuckets::new(&limit, now)
+            })
+            .admit(now, len)
     }
 
     fn drop_from(&mut self, from: Via, dc: DcId, why: Drop) {

@@ -1,7 +1,7 @@
 //! Switch behaviour on plain byte vectors.
 
 use super::*;
-use crate::cluster::{DcInfo, NodeInfo};
+use crate::cluster::{DcInfo, DcLimit, NodeInfo};
 use m3ipc_core::wire::ethernet::ETH_HEADER_LEN;
 use m3ipc_core::wire::{Kind, HEADER_LEN};
 use proptest::prelude::*;
@@ -31,11 +31,13 @@ fn cluster() -> ClusterMap {
                 id: 1,
                 name: "one".into(),
                 nodes: vec![1, 2, 3],
+                limit: Default::default(),
             },
             DcInfo {
                 id: 2,
                 name: "two".into(),
                 nodes: vec![1, 2],
+                limit: Default::default(),
             },
         ],
     }
@@ -1014,4 +1016,166 @@ proptest! {
             }
         }
     }
+}
+
+// ---- per-DC rate limit ----
+
+/// Node 1 with DC 1 limited to 100 frames/s, burst 10 (and `burst_bytes`), DC 2 at the defaults; ports a, b of
+/// DC 1 (ep 10, 20) and c, d of DC 2 (ep 30, 31).
+fn limited(burst_bytes: u64) -> (Switch, [PortId; 4]) {
+    let mut map = cluster();
+    map.dcs[0].limit = DcLimit {
+        frames_per_s: 100,
+        burst_frames: 10,
+        burst_bytes,
+        ..DcLimit::default()
+    };
+    let mut s = Switch::new(N1, map);
+    let mut out = Vec::new();
+    let a = s.add_port(T0, spec("a", DC1, &[10], 10), &mut out).unwrap();
+    let b = s.add_port(T0, spec("b", DC1, &[20], 20), &mut out).unwrap();
+    let c = s.add_port(T0, spec("c", DC2, &[30], 30), &mut out).unwrap();
+    let d = s.add_port(T0, spec("d", DC2, &[31], 31), &mut out).unwrap();
+    (s, [a, b, c, d])
+}
+
+/// Sends `n` Sends from `src` (port `from`) to `dst` at `now`; how many reached port `to`.
+#[allow(clippy::too_many_arguments)]
+fn send_n(
+    s: &mut Switch,
+    now: Instant,
+    from: PortId,
+    to: PortId,
+    dc: DcId,
+    src: u32,
+    dst: u32,
+    n: u64,
+) -> usize {
+    let mut out = Vec::new();
+    for seq in 0..n {
+        s.port_frame(now, from, m3(Kind::Send, dc, src, dst, seq), &mut out);
+    }
+    out.iter()
+        .filter(|o| matches!(o, Out::Port(p, _) if *p == to))
+        .count()
+}
+
+fn rate_limited(s: &Switch, port: &str, dc: DcId) -> (u64, u64) {
+    let st = s.stats();
+    (
+        st.ports[port].drops.rate_limited,
+        st.dcs.get(&dc.0).map_or(0, |d| d.drops.rate_limited),
+    )
+}
+
+#[test]
+fn a_flooding_dc_is_limited_and_counted_while_another_dc_passes() {
+    let (mut s, [a, b, c, d]) = limited(0);
+    let mut to_b = 0;
+    let mut to_d = 0;
+    // Interleaved in the same instant: DC 1 floods, DC 2 sends as much.
+    for _ in 0..100 {
+        to_b += send_n(&mut s, T0, a, b, DC1, 10, 20, 10);
+        to_d += send_n(&mut s, T0, c, d, DC2, 30, 31, 10);
+    }
+    assert_eq!(to_b, 10, "DC 1 gets its burst, no more");
+    assert_eq!(rate_limited(&s, "a", DC1), (990, 990));
+    assert_eq!(to_d, 1000, "DC 2's frames all pass");
+    assert_eq!(rate_limited(&s, "c", DC2), (0, 0));
+    assert_eq!(s.stats().dcs[&DC1.0].drops.total(), 990);
+    assert_eq!(s.stats().ports["a"].drops.to_string(), "rate_limited=990");
+}
+
+#[test]
+fn the_bucket_refills_with_time_up_to_the_burst() {
+    let (mut s, [a, b, ..]) = limited(0);
+    assert_eq!(send_n(&mut s, T0, a, b, DC1, 10, 20, 20), 10);
+    assert_eq!(send_n(&mut s, T0, a, b, DC1, 10, 20, 5), 0, "empty");
+    // 100 frames/s: 50 ms bring 5 frames.
+    let t = T0 + std::time::Duration::from_millis(50);
+    assert_eq!(send_n(&mut s, t, a, b, DC1, 10, 20, 20), 5);
+    // A time going backwards brings nothing.
+    assert_eq!(send_n(&mut s, T0, a, b, DC1, 10, 20, 5), 0);
+    // A long quiet spell fills the bucket only up to its burst.
+    assert_eq!(send_n(&mut s, at(100), a, b, DC1, 10, 20, 50), 10);
+    assert_eq!(rate_limited(&s, "a", DC1).0, 10 + 5 + 15 + 5 + 40);
+}
+
+#[test]
+fn a_burst_at_the_limit_passes_and_one_more_frame_does_not() {
+    let (mut s, [a, b, ..]) = limited(0);
+    // Spread at exactly the rate (one frame each 10 ms), nothing is dropped however long it goes on.
+    for i in 0..300 {
+        let t = T0 + std::time::Duration::from_millis(10 * i);
+        assert_eq!(send_n(&mut s, t, a, b, DC1, 10, 20, 1), 1, "frame {i}");
+    }
+    // Then a full burst: after 100 ms of quiet, 10 frames at once pass, the 11th is dropped.
+    let t = T0 + std::time::Duration::from_millis(10 * 299 + 100);
+    assert_eq!(send_n(&mut s, t, a, b, DC1, 10, 20, 10), 10);
+    assert_eq!(send_n(&mut s, t, a, b, DC1, 10, 20, 1), 0);
+    assert_eq!(rate_limited(&s, "a", DC1), (1, 1));
+}
+
+#[test]
+fn the_byte_bucket_limits_too() {
+    let len = m3(Kind::Send, DC1, 10, 20, 0).len() as u64;
+    // Frames plenty, bytes scarce: a byte burst of one largest frame, refilled at 1000 bytes/s.
+    let burst = crate::port::MAX_ETH_FRAME as u64;
+    let fit = burst / len;
+    let mut map = cluster();
+    map.dcs[0].limit = DcLimit {
+        frames_per_s: 1_000_000,
+        burst_frames: 1_000_000,
+        bytes_per_s: 1000,
+        burst_bytes: burst,
+    };
+    let mut s = Switch::new(N1, map);
+    let mut out = Vec::new();
+    let a = s.add_port(T0, spec("a", DC1, &[10], 10), &mut out).unwrap();
+    let b = s.add_port(T0, spec("b", DC1, &[20], 20), &mut out).unwrap();
+    assert_eq!(send_n(&mut s, T0, a, b, DC1, 10, 20, fit + 5) as u64, fit);
+    assert_eq!(rate_limited(&s, "a", DC1), (5, 5));
+    // One frame's bytes come back in len ms.
+    let t = T0 + std::time::Duration::from_millis(len);
+    assert_eq!(send_n(&mut s, t, a, b, DC1, 10, 20, 2), 1);
+}
+
+#[test]
+fn the_default_limit_is_not_hit_by_a_normal_burst() {
+    let (mut s, [_, _, c, d]) = limited(0);
+    assert_eq!(send_n(&mut s, T0, c, d, DC2, 30, 31, 5000), 5000);
+    assert_eq!(rate_limited(&s, "c", DC2), (0, 0));
+}
+
+#[test]
+fn a_limit_reads_from_the_cluster_file_and_defaults_when_absent() {
+    let map: ClusterMap = toml::from_str(
+        r#"
+        [[node]]
+        id = 1
+        proxy = "127.0.0.1:7001"
+        api = "127.0.0.1:8001"
+        [[dc]]
+        id = 1
+        name = "one"
+        nodes = [1]
+        limit = { frames_per_s = 100, burst_frames = 0 }
+        [[dc]]
+        id = 2
+        name = "two"
+        nodes = [1]
+        "#,
+    )
+    .unwrap();
+    assert_eq!(map.dcs[0].limit.frames_per_s, 100);
+    assert_eq!(
+        map.dcs[0].limit.effective(),
+        (
+            100,
+            crate::cluster::DEFAULT_BYTES_PER_S,
+            10,
+            crate::cluster::DEFAULT_BYTES_PER_S / 10
+        )
+    );
+    assert_eq!(map.dcs[1].limit, DcLimit::default());
 }

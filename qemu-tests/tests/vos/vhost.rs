@@ -62,6 +62,7 @@ impl Node {
                 id: DC,
                 name: "test".into(),
                 nodes: vec![1],
+                limit: Default::default(),
             }],
         };
         let cfg = ProxyConfig::new(m3ipc_core::NodeId(1), cluster)

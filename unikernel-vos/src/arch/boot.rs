@@ -60,14 +60,16 @@ long_mode_entry:
     mov ax, 0x28
     ltr ax
     lidt [idt_ptr]
-    /* IOPL=3 set by popfq first (paravirtual KVM keeps IOPL from popf), then iretq to
-       ring 3 with IOPL=3, IF=0: ss, rsp, rflags, cs, rip */
-    push 0x3002
+    /* IOPL=0 (popfq first: paravirtual KVM keeps IOPL from popf), then iretq to ring 3 with
+       IOPL=0, IF=0: ss, rsp, rflags, cs, rip. With IOPL below 3 every CPU, paravirtual or
+       not, checks ring 3's port I/O against the TSS I/O bitmap (below); ring 3 never needs
+       cli/sti (it runs with IF=0 and halts through the #GP handler). */
+    push 0x0002
     popfq
     push 0x1b
     mov rax, offset user_stack_top - 8
     push rax
-    push 0x3002
+    push 0x0002
     push 0x23
     mov rax, offset vos_entry
     push rax
@@ -126,8 +128,26 @@ tss:
     .quad kernel_stack_top             /* RSP0: stack for ring 3 -> ring 0 entries */
     .fill 11, 8, 0
     .word 0
-    .word 104                          /* I/O bitmap right after: all ports allowed */
-    .fill 8192, 1, 0
+    .word 104                          /* I/O bitmap right after */
+    /* The I/O permission bitmap (a set bit denies the port to ring 3): only the ports the VOS
+       uses are open. Any other port faults (#GP), and the #GP handler reports it as fatal. */
+    .fill 4, 1, 0xFF                   /* bytes 0-3:   0x00-0x1f */
+    .byte 0xFD                         /* byte 4:      0x21, master PIC mask */
+    .fill 3, 1, 0xFF
+    .byte 0xF0                         /* byte 8:      0x40-0x43, PIT channel 0 and command */
+    .fill 5, 1, 0xFF
+    .byte 0xFC                         /* byte 14:     0x70-0x71, CMOS clock */
+    .fill 5, 1, 0xFF
+    .byte 0xFD                         /* byte 20:     0xa1, slave PIC mask */
+    .fill 9, 1, 0xFF
+    .byte 0x0F                         /* byte 30:     0xf4-0xf7, isa-debug-exit */
+    .fill 64, 1, 0xFF
+    .byte 0x00                         /* byte 95:     0x2f8-0x2ff, COM2 (control channel) */
+    .fill 31, 1, 0xFF
+    .byte 0x00                         /* byte 127:    0x3f8-0x3ff, COM1 (console) */
+    .fill 287, 1, 0xFF
+    .byte 0x00                         /* byte 415:    0xcf8-0xcff, PCI configuration */
+    .fill 7776, 1, 0xFF                /* bytes 416-8191 */
     .byte 0xFF
 tss_end:
 

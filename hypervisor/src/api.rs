@@ -63,6 +63,7 @@ impl From<InstanceError> for ApiError {
             InstanceError::EndpointTaken { .. } => (StatusCode::CONFLICT, "endpoint_taken"),
             InstanceError::PortTaken { .. } => (StatusCode::CONFLICT, "port_taken"),
             InstanceError::Dc(_) => (StatusCode::BAD_REQUEST, "dc"),
+            InstanceError::Quota(_) => (StatusCode::CONFLICT, "quota"),
             InstanceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             InstanceError::Image(ImageError::NotFound(_)) => (StatusCode::NOT_FOUND, "image"),
             InstanceError::Image(ImageError::Taken(_)) => (StatusCode::CONFLICT, "image_taken"),

@@ -213,12 +213,14 @@ fn one_node_cluster() -> ClusterMap {
                 name: "one".into(),
                 nodes: vec![1],
                 limit: Default::default(),
+                quota: Default::default(),
             },
             DcInfo {
                 id: 2,
                 name: "elsewhere".into(),
                 nodes: vec![],
                 limit: Default::default(),
+                quota: Default::default(),
             },
         ],
     }

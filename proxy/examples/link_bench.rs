@@ -62,6 +62,7 @@ async fn run(tls: bool) -> anyhow::Result<(Duration, Duration, f64)> {
             name: "one".into(),
             nodes: vec![1, 2],
             limit: Default::default(),
+            quota: Default::default(),
         }],
     };
     let ca = new_cluster_ca("bench")?;

@@ -30,6 +30,23 @@ pub struct DcInfo {
     /// fields take the defaults of [`DcLimit`].
     #[serde(default)]
     pub limit: DcLimit,
+    /// What the DC's machines together may use on each node where machines are confined
+    /// (`quota = { memory_mib = 2048, cpu_percent = 200 }`); absent fields: no quota.
+    #[serde(default)]
+    pub quota: DcQuota,
+}
+
+/// A DC's quota on each node it spans: the sum of its machines' limits is held to it when an
+/// instance starts, and the kernel holds the machines to it (a cgroup of the DC above theirs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcQuota {
+    /// Memory of all the DC's machines on the node, MiB.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// CPU of all the DC's machines on the node, percent of one core.
+    #[serde(default)]
+    pub cpu_percent: Option<u32>,
 }
 
 /// Default frames per second a DC's instances may send on one node.

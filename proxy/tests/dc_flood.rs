@@ -26,6 +26,7 @@ fn cluster() -> ClusterMap {
         name: format!("dc{id}"),
         nodes: vec![1],
         limit,
+        quota: Default::default(),
     };
     ClusterMap {
         nodes: vec![NodeInfo {

@@ -42,6 +42,7 @@ fn cluster(nodes: &[u16]) -> ClusterMap {
             name: "one".into(),
             nodes: nodes.to_vec(),
             limit: Default::default(),
+            quota: Default::default(),
         }],
     }
 }

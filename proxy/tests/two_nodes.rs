@@ -32,6 +32,7 @@ fn cluster() -> ClusterMap {
             name: "one".into(),
             nodes: vec![1, 2],
             limit: Default::default(),
+            quota: Default::default(),
         }],
     }
 }

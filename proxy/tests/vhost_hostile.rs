@@ -85,6 +85,7 @@ async fn a_descriptor_outside_guest_memory_cuts_the_port_off_and_others_go_on() 
             name: "t".into(),
             nodes: vec![1],
             limit: Default::default(),
+            quota: Default::default(),
         }],
     };
     let proxy = Proxy::start(ProxyConfig::new(NodeId(1), cluster).unwrap())

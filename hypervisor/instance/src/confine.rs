@@ -150,6 +150,73 @@ pub fn available() -> Result<(), ConfineError> {
     Ok(())
 }
 
+/// Makes cgroup `name` (a relative path: `dvs/node1.4242/dc1`), meant as the parent of
+/// machines' cgroups, and holds everything below it to `memory_mib` and `cpu_percent` (None:
+/// no limit of its own). Written again on every call: the last call's limits hold.
+pub fn set_group_limits(
+    name: &str,
+    memory_mib: Option<u64>,
+    cpu_percent: Option<u32>,
+) -> Result<(), ConfineError> {
+    let dirs = make_dirs(name)?;
+    let layout = Layout::detect()?;
+    let bytes = memory_mib.map(|m| m.saturating_mul(1 << 20));
+    let quota = cpu_percent.map(|c| u64::from(c.max(1)) * CPU_PERIOD_US / 100);
+    match layout {
+        Layout::V2(_) => {
+            let d = &dirs[0];
+            enable_v2_controllers(d)?;
+            let mem = bytes.map_or("max".to_string(), |b| b.to_string());
+            write(&d.join("memory.max"), &mem)?;
+            let cpu = quota.map_or("max".to_string(), |q| q.to_string());
+            write(&d.join("cpu.max"), &format!("{cpu} {CPU_PERIOD_US}"))?;
+        }
+        Layout::V1 { .. } => {
+            let (mem, cpu) = (&dirs[0], &dirs[1]);
+            let b = bytes.map_or("-1".to_string(), |b| b.to_string());
+            let memsw = mem.join("memory.memsw.limit_in_bytes");
+            let _ = std::fs::write(&memsw, &b);
+            write(&mem.join("memory.limit_in_bytes"), &b)?;
+            write_if_present(&memsw, &b)?;
+            write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+            let q = quota.map_or("-1".to_string(), |q| q.to_string());
+            write(&cpu.join("cpu.cfs_quota_us"), &q)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes cgroup `name` and its parents in every hierarchy (v2: handing the controllers down);
+/// returns its directories in the order of [`Layout::roots`].
+fn make_dirs(name: &str) -> Result<Vec<PathBuf>, ConfineError> {
+    let rel = Path::new(name);
+    let plain = !name.is_empty()
+        && rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        return Err(ConfineError::BadName(name.into()));
+    }
+    let layout = Layout::detect()?;
+    let mut dirs = Vec::new();
+    for root in layout.roots() {
+        if let Layout::V2(_) = layout {
+            // Each level down to this one must hand the controllers on.
+            let mut d = root.clone();
+            for c in rel.parent().into_iter().flat_map(Path::components) {
+                enable_v2_controllers(&d)?;
+                d.push(c);
+                mkdir(&d)?;
+            }
+            enable_v2_controllers(&d)?;
+        }
+        let dir = root.join(rel);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        dirs.push(dir);
+    }
+    Ok(dirs)
+}
+
 /// One machine's cgroup, in every hierarchy it needs.
 #[derive(Debug)]
 pub struct Cgroup {
@@ -165,31 +232,8 @@ impl Cgroup {
     /// Makes cgroup `name` (a relative path: `dvs/node1.4242/web`) with `limits`. A cgroup left
     /// by an earlier machine of the same name is reused if empty.
     pub fn create(name: &str, limits: &Limits) -> Result<Cgroup, ConfineError> {
-        let rel = Path::new(name);
-        let plain = !name.is_empty()
-            && rel
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-        if !plain {
-            return Err(ConfineError::BadName(name.into()));
-        }
+        let dirs = make_dirs(name)?;
         let layout = Layout::detect()?;
-        let mut dirs = Vec::new();
-        for root in layout.roots() {
-            if let Layout::V2(_) = layout {
-                // Each level down to the machine's must hand the controllers on.
-                let mut d = root.clone();
-                for c in rel.parent().into_iter().flat_map(Path::components) {
-                    enable_v2_controllers(&d)?;
-                    d.push(c);
-                    mkdir(&d)?;
-                }
-                enable_v2_controllers(&d)?;
-            }
-            let dir = root.join(rel);
-            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-            dirs.push(dir);
-        }
         let procs = dirs
             .iter()
             .map(|d| {

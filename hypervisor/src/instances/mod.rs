@@ -59,6 +59,8 @@ struct Instance {
     gateway: Option<GatewayHandle>,
     /// Its slot among the node's instances: its uid when confined (`confine_uid_base`).
     slot: u32,
+    /// Its machine's host limits, when it is a confined machine (counted against its DC's quota).
+    limits: Option<dvs_instance::Limits>,
 }
 
 /// What a boot needs: the machine's spec, the port of the proxy it plugs into, and the backend that starts it.
@@ -270,10 +272,13 @@ impl Manager {
         }
         let image = self.images.find(&spec.image)?;
         self.backend_for(&spec)?;
-        spec.limits
+        let limits = spec
+            .limits
             .resolve(guest_memory(&spec, &image))
             .map_err(|e| InstanceError::Invalid(format!("instance '{}': {e}", spec.name)))?;
+        let quota = dc.quota;
         let is_vos = spec.backend.unwrap_or(self.cfg.backend) == BackendKind::Qemu;
+        let limits = (self.confine && is_vos).then_some(limits);
         let first = boot_config(&spec, 1, is_vos)?;
         self.volumes.check(&spec.volumes)?;
         if !spec.volumes.is_empty() && req.takeover_gen.is_some() {
@@ -321,6 +326,10 @@ impl Manager {
                 }
             }
         }
+        // Under the instances' lock: two instances cannot both take the DC's last room.
+        if let Some(l) = &limits {
+            fits_quota(&inner, &spec, l, &quota)?;
+        }
         // Bound under the instances' lock, before anything else is claimed: a port in use refuses the run.
         let gateway = self.publish(&spec, &first)?;
         // Claimed under the instances' lock: two instances asking for one volume cannot both get it.
@@ -346,6 +355,7 @@ impl Manager {
         };
         let inst = Instance {
             slot,
+            limits,
             mac: mac_for(spec.dc, &spec.name),
             image_sha256: image.manifest.sha256.clone(),
             state: State::Starting,
@@ -672,15 +682,26 @@ impl Manager {
                 .limits
                 .resolve(memory_mib)
                 .map_err(InstanceError::Invalid)?;
+            // The DC's cgroup above the machine's holds all its machines here to its quota.
+            let dc_group = format!(
+                "{CGROUP_PARENT}/{}.{}/dc{}",
+                self.node,
+                std::process::id(),
+                s.dc
+            );
+            let quota = self
+                .proxy
+                .cluster()
+                .dc(DcId(s.dc))
+                .map(|d| d.quota)
+                .unwrap_or_default();
+            dvs_instance::confine::set_group_limits(&dc_group, quota.memory_mib, quota.cpu_percent)
+                .map_err(|e| InstanceError::Other(format!("the cgroup of DC {}: {e}", s.dc)))?;
             Some(dvs_instance::Confinement {
                 uid,
                 gid: uid,
                 root: self.run_dir.join("root"),
-                cgroup: format!(
-                    "{CGROUP_PARENT}/{}.{}/{name}",
-                    self.node,
-                    std::process::id()
-                ),
+                cgroup: format!("{dc_group}/{name}"),
                 limits,
             })
         } else {
@@ -734,6 +755,41 @@ impl Manager {
             i.rev = self.next_rev();
         }
     }
+}
+
+/// Whether an instance with `limits` fits its DC's quota on this node beside the DC's instances
+/// the node already holds (running or not: each keeps its share until it is stopped).
+fn fits_quota(
+    inner: &BTreeMap<String, Instance>,
+    spec: &InstanceSpec,
+    limits: &dvs_instance::Limits,
+    quota: &dvs_proxy::cluster::DcQuota,
+) -> Result<(), InstanceError> {
+    let others = inner
+        .values()
+        .filter(|i| i.spec.dc == spec.dc)
+        .filter_map(|i| i.limits);
+    let (mem, cpu) = others.fold(
+        (limits.memory_mib, u64::from(limits.cpu_percent)),
+        |(m, c), l| (m + l.memory_mib, c + u64::from(l.cpu_percent)),
+    );
+    if let Some(q) = quota.memory_mib {
+        if mem > q {
+            return Err(InstanceError::Quota(format!(
+                "instance '{}' (memory limit {} MiB) would take DC {} to {mem} MiB on this node, past its quota of {q} MiB",
+                spec.name, limits.memory_mib, spec.dc
+            )));
+        }
+    }
+    if let Some(q) = quota.cpu_percent {
+        if cpu > u64::from(q) {
+            return Err(InstanceError::Quota(format!(
+                "instance '{}' (CPU limit {}%) would take DC {} to {cpu}% on this node, past its quota of {q}%",
+                spec.name, limits.cpu_percent, spec.dc
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The guest RAM of an instance, MiB: its spec's, else its image's (at least 16).

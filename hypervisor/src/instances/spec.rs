@@ -333,6 +333,9 @@ pub enum InstanceError {
     /// DC unknown or not on this node.
     #[error("{0}")]
     Dc(String),
+    /// The instance would take its DC past the DC's quota on this node.
+    #[error("{0}")]
+    Quota(String),
     /// No such instance.
     #[error("no instance '{0}' on this node")]
     NotFound(String),

@@ -32,12 +32,14 @@ fn cluster() -> ClusterMap {
                 name: "one".into(),
                 nodes: vec![1, 2, 3],
                 limit: Default::default(),
+                quota: Default::default(),
             },
             DcInfo {
                 id: 2,
                 name: "two".into(),
                 nodes: vec![1, 2],
                 limit: Default::default(),
+                quota: Default::default(),
             },
         ],
     }

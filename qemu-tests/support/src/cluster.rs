@@ -75,6 +75,8 @@ pub struct DcDef {
     pub name: String,
     /// Nodes it spans.
     pub nodes: Vec<u16>,
+    /// More lines of its `[[dc]]` table (`quota = {...}`, `limit = {...}`).
+    pub extra: String,
 }
 
 /// What cluster to make.
@@ -113,7 +115,17 @@ impl ClusterConfig {
             id,
             name: name.into(),
             nodes: nodes.to_vec(),
+            extra: String::new(),
         });
+        self
+    }
+
+    /// Adds DC `id` like [`ClusterConfig::dc`], with `extra` lines in its `[[dc]]` table.
+    pub fn dc_with(mut self, id: u16, name: &str, nodes: &[u16], extra: &str) -> ClusterConfig {
+        self = self.dc(id, name, nodes);
+        if let Some(d) = self.dcs.last_mut() {
+            d.extra = extra.into();
+        }
         self
     }
 }
@@ -262,10 +274,11 @@ impl Cluster {
         for dc in &cfg.dcs {
             let nodes: Vec<String> = dc.nodes.iter().map(u16::to_string).collect();
             cluster_toml.push_str(&format!(
-                "[[dc]]\nid = {}\nname = \"{}\"\nnodes = [{}]\n\n",
+                "[[dc]]\nid = {}\nname = \"{}\"\nnodes = [{}]\n{}\n\n",
                 dc.id,
                 dc.name,
-                nodes.join(", ")
+                nodes.join(", "),
+                dc.extra
             ));
         }
         let path = c.work.join("cluster.toml");

@@ -276,7 +276,13 @@ fn main() -> ExitCode {
     let mut cfg = ClusterConfig::new(3, dvs_bin())
         .dc(1, "alpha", &[1, 2, 3])
         .dc(2, "beta", &[1, 2])
-        .dc(3, "web", &[1, 2, 3]);
+        .dc(3, "web", &[1, 2, 3])
+        .dc_with(
+            4,
+            "quota",
+            &[1],
+            "quota = { memory_mib = 300, cpu_percent = 300 }",
+        );
     cfg.accel = accel;
     cfg.node_toml_extra = format!(
         "backend = \"qemu\"\nprocess_program = \"{}\"\n",
@@ -582,6 +588,46 @@ fn checks(cl: &mut Cluster, r: &mut Runner, image: &Path) {
             )?;
         }
         Ok(())
+    });
+    r.check("4_dc_quota_refuses_what_does_not_fit", || {
+        let mut q1 = vos("q1", 4, &[10], &["echo"], Some(32), &[]);
+        q1.limits.memory_mib = Some(200);
+        t.run(1, q1)?;
+        let v = t.wait(1, "q1", "running", 20, |v| v.state == State::Running)?;
+        let mut q2 = vos("q2", 4, &[11], &["echo"], Some(32), &[]);
+        q2.limits.memory_mib = Some(150);
+        let refused = t.run(1, q2);
+        println!("-- q2 (150 MiB beside q1's 200 in a DC of 300): {refused:?}");
+        expect(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("past its quota of 300 MiB")),
+            || format!("expected a quota refusal, got {refused:?}"),
+        )?;
+        // The kernel holds the DC's machines to the quota too: the DC's cgroup above q1's.
+        let pid = v.pid.unwrap_or_default();
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let mem = cgroups
+            .lines()
+            .find(|l| l.contains(":memory:") || l.starts_with("0::"))
+            .and_then(|l| l.rsplit_once(':'))
+            .map(|(_, p)| p.trim_end_matches("/q1").to_string())
+            .unwrap_or_default();
+        let root = if cgroups.contains(":memory:") {
+            "/sys/fs/cgroup/memory"
+        } else {
+            "/sys/fs/cgroup"
+        };
+        let limit = ["memory.limit_in_bytes", "memory.max"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(format!("{root}{mem}/{f}")).ok())
+            .unwrap_or_default();
+        println!("-- DC 4's cgroup {mem}: memory limit {}", limit.trim());
+        t.c.api(1).stop("q1")?;
+        expect(
+            mem.ends_with("/dc4") && limit.trim() == (300u64 << 20).to_string(),
+            || format!("DC 4's cgroup {mem:?} limit {limit:?}; q1's cgroups:\n{cgroups}"),
+        )
     });
     r.check("4_other_dc_endpoint_looks_unknown", || {
         t.run(1, client("xdc", 2, 511, 301, 1, &[]))?;

@@ -63,6 +63,7 @@ impl Node {
                 name: "test".into(),
                 nodes: vec![1],
                 limit: Default::default(),
+                quota: Default::default(),
             }],
         };
         let cfg = ProxyConfig::new(m3ipc_core::NodeId(1), cluster)

@@ -47,7 +47,11 @@ pub(super) async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         backend: (a.process || !a.process_arg.is_empty()).then_some(BackendKind::Process),
         process_args: a.process_arg,
         volumes: a.volume,
-        limits: Default::default(),
+        limits: crate::instances::LimitsSpec {
+            memory_mib: a.limit_mem,
+            cpu_percent: a.limit_cpu,
+            pids: a.limit_pids,
+        },
     };
     let c = match a.on {
         Some(id) => ctx.client_of(id).await?,

@@ -240,6 +240,16 @@ struct RunArgs {
     /// migration and is never resized (asking for another size is refused).
     #[arg(long = "volume", value_name = "NAME:SIZE")]
     volume: Vec<VolumeRequest>,
+    /// Memory limit of the machine process in MiB, where the node confines instances (default: the guest's
+    /// memory plus 96); past it the kernel kills the machine and `dvs ps` says so.
+    #[arg(long, value_name = "MiB")]
+    limit_mem: Option<u32>,
+    /// CPU limit of the machine, percent of one core (default 150).
+    #[arg(long, value_name = "PERCENT")]
+    limit_cpu: Option<u32>,
+    /// Most processes and threads of the machine (default 128).
+    #[arg(long, value_name = "N")]
+    limit_pids: Option<u32>,
 }
 
 impl Cli {

@@ -32,7 +32,7 @@ pub use spec::{
 };
 use spec::{mac_for, valid_name};
 
-/// The cgroup every confined instance's cgroup is under: `dvs/<node>.<daemon pid>/<instance>`.
+/// The cgroup every confined instance's cgroup is under: `dvs/<node>.<daemon pid>/dc<N>/<instance>`.
 const CGROUP_PARENT: &str = "dvs";
 
 /// The longest a `wait_after` request may wait.
@@ -132,7 +132,7 @@ impl Manager {
             let root = run_dir.join("root");
             std::fs::create_dir_all(&root)?;
             tracing::info!(
-                "QEMU instances are confined: cgroups {CGROUP_PARENT}/{}.{}/<instance>, uids from {}, seccomp, chroot {}",
+                "QEMU instances are confined: cgroups {CGROUP_PARENT}/{}.{}/dc<N>/<instance>, uids from {}, seccomp, chroot {}",
                 cfg.node,
                 std::process::id(),
                 cfg.confine_uid_base + u32::from(cfg.node) * UIDS_PER_NODE,

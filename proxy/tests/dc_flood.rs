@@ -1,23 +1,17 @@
 //! One proxy on a real runtime, two DCs: one DC's instance floods, the other DC's frames all get through, and
 //! the flood is dropped at its DC's rate limit and counted.
 
-use std::net::TcpListener;
+mod common;
+
+use common::{free_port, m3_frame};
 use std::time::Duration;
 
 use dvs_proxy::cluster::DcLimit;
 use dvs_proxy::port::{PortKind, VmEnd};
 use dvs_proxy::{Announce, ClusterMap, DcInfo, NodeInfo, PortSpec, Proxy, ProxyConfig};
-use m3ipc_core::wire::ethernet::{EthernetHeader, ETH_HEADER_LEN};
-use m3ipc_core::wire::{FrameRepr, Kind, ETHERTYPE_M3IPC};
+use m3ipc_core::wire::ethernet::ETH_HEADER_LEN;
+use m3ipc_core::wire::{FrameRepr, Kind};
 use m3ipc_core::{DcId, Endpoint, NodeId};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One node; DC 1 limited to 100 frames/s with a burst of 10, DC 2 at the defaults.
 fn cluster() -> ClusterMap {
@@ -49,28 +43,7 @@ fn cluster() -> ClusterMap {
 }
 
 fn send(dc: u16, src: u32, dst: u32, seq: u64) -> Vec<u8> {
-    let payload = [7u8; 60];
-    let repr = FrameRepr {
-        kind: Kind::Send,
-        dc: DcId(dc),
-        flags: 0,
-        src: Endpoint(src),
-        dst: Endpoint(dst),
-        seq,
-        aux: 0,
-        code: 0,
-        payload: &payload,
-    };
-    let mut buf = vec![0u8; ETH_HEADER_LEN + repr.buffer_len()];
-    EthernetHeader {
-        dst: [0xff; 6],
-        src: [2, 0, 0, 0, 0, src as u8],
-        ethertype: ETHERTYPE_M3IPC,
-    }
-    .emit(&mut buf)
-    .unwrap();
-    repr.emit(&mut buf[ETH_HEADER_LEN..]).unwrap();
-    buf
+    m3_frame(Kind::Send, dc, src, dst, seq)
 }
 
 fn spec(name: &str, dc: u16, ep: u32) -> PortSpec {

@@ -2,7 +2,9 @@
 //! (no TLS, a certificate of another CA, a real node's certificate claiming another node) are refused at the
 //! handshake and counted; an authenticated peer cannot send as, or bind, an endpoint it does not hold.
 
-use std::net::TcpListener;
+mod common;
+
+use common::{free_port, m3_frame};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,20 +14,12 @@ use dvs_proxy::placement::Binding;
 use dvs_proxy::port::{PortKind, VmEnd};
 use dvs_proxy::tls::{issue_node_cert, new_cluster_ca, PeerTls, Pem};
 use dvs_proxy::{Announce, ClusterMap, DcInfo, DirMsg, NodeInfo, PortSpec, Proxy, ProxyConfig};
-use m3ipc_core::wire::ethernet::{EthernetHeader, ETH_HEADER_LEN};
-use m3ipc_core::wire::{FrameRepr, Kind, ETHERTYPE_M3IPC};
+use m3ipc_core::wire::ethernet::ETH_HEADER_LEN;
+use m3ipc_core::wire::{FrameRepr, Kind};
 use m3ipc_core::{DcId, Endpoint, NodeId};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn cluster(nodes: &[u16]) -> ClusterMap {
     ClusterMap {
@@ -86,28 +80,7 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn frame(kind: Kind, src: u32, dst: u32, seq: u64) -> Vec<u8> {
-    let payload = [7u8; 60];
-    let repr = FrameRepr {
-        kind,
-        dc: DcId(1),
-        flags: 0,
-        src: Endpoint(src),
-        dst: Endpoint(dst),
-        seq,
-        aux: 0,
-        code: 0,
-        payload: &payload,
-    };
-    let mut buf = vec![0u8; ETH_HEADER_LEN + repr.buffer_len()];
-    EthernetHeader {
-        dst: [0xff; 6],
-        src: [2, 0, 0, 0, 0, src as u8],
-        ethertype: ETHERTYPE_M3IPC,
-    }
-    .emit(&mut buf)
-    .unwrap();
-    repr.emit(&mut buf[ETH_HEADER_LEN..]).unwrap();
-    buf
+    m3_frame(kind, 1, src, dst, seq)
 }
 
 fn spec(name: &str, ep: u32) -> PortSpec {

@@ -1,23 +1,17 @@
 //! Two proxies on loopback, instances as raw sockets: routing across a peer link, LAN flooding, and a peer
 //! going down.
 
-use std::net::TcpListener;
+mod common;
+
+use common::{free_port, m3_frame};
 use std::path::Path;
 use std::time::Duration;
 
 use dvs_proxy::port::{PortKind, VmEnd};
 use dvs_proxy::{Announce, ClusterMap, DcInfo, NodeInfo, PortSpec, Proxy, ProxyConfig};
-use m3ipc_core::wire::ethernet::{EthernetHeader, ETH_HEADER_LEN};
-use m3ipc_core::wire::{FrameRepr, Kind, ETHERTYPE_M3IPC};
+use m3ipc_core::wire::ethernet::ETH_HEADER_LEN;
+use m3ipc_core::wire::{FrameRepr, Kind};
 use m3ipc_core::{DcId, Endpoint, ErrorCode, NodeId};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn cluster() -> ClusterMap {
     let node = |id: u16| NodeInfo {
@@ -38,28 +32,7 @@ fn cluster() -> ClusterMap {
 }
 
 fn sendrec(src: u32, dst: u32, seq: u64) -> Vec<u8> {
-    let payload = [7u8; 60];
-    let repr = FrameRepr {
-        kind: Kind::SendRec,
-        dc: DcId(1),
-        flags: 0,
-        src: Endpoint(src),
-        dst: Endpoint(dst),
-        seq,
-        aux: 0,
-        code: 0,
-        payload: &payload,
-    };
-    let mut buf = vec![0u8; ETH_HEADER_LEN + repr.buffer_len()];
-    EthernetHeader {
-        dst: [0xff; 6],
-        src: [2, 0, 0, 0, 0, src as u8],
-        ethertype: ETHERTYPE_M3IPC,
-    }
-    .emit(&mut buf)
-    .unwrap();
-    repr.emit(&mut buf[ETH_HEADER_LEN..]).unwrap();
-    buf
+    m3_frame(Kind::SendRec, 1, src, dst, seq)
 }
 
 fn spec(name: &str, ep: u32) -> PortSpec {

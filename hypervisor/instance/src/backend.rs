@@ -211,10 +211,13 @@ pub(crate) fn spawn_machine(
     // A confined QEMU drops to its uid once started, and that clears its death signal: a watcher
     // kills it when this process goes away instead.
     let lifeline = match &cgroup {
-        Some(_) => Some(watch_parent(&mut cmd).map_err(|e| InstanceError::Spawn {
-            name: spec.name.clone(),
-            program: PathBuf::from(cmd.get_program()),
-            error: e,
+        Some(cg) => Some(watch_parent(&mut cmd).map_err(|e| {
+            cg.remove();
+            InstanceError::Spawn {
+                name: spec.name.clone(),
+                program: PathBuf::from(cmd.get_program()),
+                error: e,
+            }
         })?),
         None => None,
     };

@@ -158,37 +158,53 @@ pub fn set_group_limits(
     memory_mib: Option<u64>,
     cpu_percent: Option<u32>,
 ) -> Result<(), ConfineError> {
-    let dirs = make_dirs(name)?;
-    let layout = Layout::detect()?;
-    let bytes = memory_mib.map(|m| m.saturating_mul(1 << 20));
-    let quota = cpu_percent.map(|c| u64::from(c.max(1)) * CPU_PERIOD_US / 100);
+    let (layout, dirs) = make_dirs(name)?;
+    if let Layout::V2(_) = layout {
+        // A parent: its children get the controllers.
+        enable_v2_controllers(&dirs[0])?;
+    }
+    write_memory_and_cpu(&layout, &dirs, memory_mib, cpu_percent)
+}
+
+/// Writes the memory limit (MiB) and the CPU limit (percent of one core) of the cgroup in
+/// `dirs` (in the order of [`Layout::roots`]); None lifts that limit.
+fn write_memory_and_cpu(
+    layout: &Layout,
+    dirs: &[PathBuf],
+    memory_mib: Option<u64>,
+    cpu_percent: Option<u32>,
+) -> Result<(), ConfineError> {
+    let bytes = memory_mib.map(|m| m.saturating_mul(1 << 20).to_string());
+    let quota = cpu_percent.map(|c| (u64::from(c.max(1)) * CPU_PERIOD_US / 100).to_string());
     match layout {
         Layout::V2(_) => {
             let d = &dirs[0];
-            enable_v2_controllers(d)?;
-            let mem = bytes.map_or("max".to_string(), |b| b.to_string());
-            write(&d.join("memory.max"), &mem)?;
-            let cpu = quota.map_or("max".to_string(), |q| q.to_string());
+            write(&d.join("memory.max"), bytes.as_deref().unwrap_or("max"))?;
+            let cpu = quota.as_deref().unwrap_or("max");
             write(&d.join("cpu.max"), &format!("{cpu} {CPU_PERIOD_US}"))?;
         }
         Layout::V1 { .. } => {
             let (mem, cpu) = (&dirs[0], &dirs[1]);
-            let b = bytes.map_or("-1".to_string(), |b| b.to_string());
+            let b = bytes.as_deref().unwrap_or("-1");
+            // memsw (memory + swap) must stay >= the memory limit: lower it last, raise it
+            // first.
             let memsw = mem.join("memory.memsw.limit_in_bytes");
-            let _ = std::fs::write(&memsw, &b);
-            write(&mem.join("memory.limit_in_bytes"), &b)?;
-            write_if_present(&memsw, &b)?;
+            let _ = std::fs::write(&memsw, b);
+            write(&mem.join("memory.limit_in_bytes"), b)?;
+            write_if_present(&memsw, b)?;
             write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-            let q = quota.map_or("-1".to_string(), |q| q.to_string());
-            write(&cpu.join("cpu.cfs_quota_us"), &q)?;
+            write(
+                &cpu.join("cpu.cfs_quota_us"),
+                quota.as_deref().unwrap_or("-1"),
+            )?;
         }
     }
     Ok(())
 }
 
 /// Makes cgroup `name` and its parents in every hierarchy (v2: handing the controllers down);
-/// returns its directories in the order of [`Layout::roots`].
-fn make_dirs(name: &str) -> Result<Vec<PathBuf>, ConfineError> {
+/// returns the layout and its directories in the order of [`Layout::roots`].
+fn make_dirs(name: &str) -> Result<(Layout, Vec<PathBuf>), ConfineError> {
     let rel = Path::new(name);
     let plain = !name.is_empty()
         && rel
@@ -214,7 +230,7 @@ fn make_dirs(name: &str) -> Result<Vec<PathBuf>, ConfineError> {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         dirs.push(dir);
     }
-    Ok(dirs)
+    Ok((layout, dirs))
 }
 
 /// One machine's cgroup, in every hierarchy it needs.
@@ -232,8 +248,7 @@ impl Cgroup {
     /// Makes cgroup `name` (a relative path: `dvs/node1.4242/web`) with `limits`. A cgroup left
     /// by an earlier machine of the same name is reused if empty.
     pub fn create(name: &str, limits: &Limits) -> Result<Cgroup, ConfineError> {
-        let dirs = make_dirs(name)?;
-        let layout = Layout::detect()?;
+        let (layout, dirs) = make_dirs(name)?;
         let procs = dirs
             .iter()
             .map(|d| {
@@ -253,31 +268,21 @@ impl Cgroup {
 
     fn write_limits(&self) -> Result<(), ConfineError> {
         let l = &self.limits;
-        let bytes = l.memory_mib.saturating_mul(1 << 20);
-        let quota = u64::from(l.cpu_percent.max(1)) * CPU_PERIOD_US / 100;
-        match &self.layout {
+        write_memory_and_cpu(
+            &self.layout,
+            &self.dirs,
+            Some(l.memory_mib),
+            Some(l.cpu_percent),
+        )?;
+        let pids = match &self.layout {
             Layout::V2(_) => {
-                let d = &self.dirs[0];
-                write(&d.join("memory.max"), &bytes.to_string())?;
                 // No swap: the limit is the memory the machine has.
-                write_if_present(&d.join("memory.swap.max"), "0")?;
-                write(&d.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
-                write(&d.join("pids.max"), &l.pids.to_string())?;
+                write_if_present(&self.dirs[0].join("memory.swap.max"), "0")?;
+                &self.dirs[0]
             }
-            Layout::V1 { .. } => {
-                let (mem, cpu, pids) = (&self.dirs[0], &self.dirs[1], &self.dirs[2]);
-                // memsw (memory + swap) must stay >= the memory limit: lower it last, raise it
-                // first.
-                let memsw = mem.join("memory.memsw.limit_in_bytes");
-                let _ = std::fs::write(&memsw, bytes.to_string());
-                write(&mem.join("memory.limit_in_bytes"), &bytes.to_string())?;
-                write_if_present(&memsw, &bytes.to_string())?;
-                write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                write(&pids.join("pids.max"), &l.pids.to_string())?;
-            }
-        }
-        Ok(())
+            Layout::V1 { .. } => &self.dirs[2],
+        };
+        write(&pids.join("pids.max"), &l.pids.to_string())
     }
 
     /// The limits it was made with.

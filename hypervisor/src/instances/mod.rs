@@ -676,12 +676,9 @@ impl Manager {
             });
         }
         let memory_mib = guest_memory(s, &image);
-        let confine = if self.confine && is_vos {
+        // `run` resolved the limits of a confined machine: it is confined when it has them.
+        let confine = if let Some(limits) = i.limits {
             let uid = self.cfg.confine_uid_base + u32::from(self.node) * UIDS_PER_NODE + i.slot;
-            let limits = s
-                .limits
-                .resolve(memory_mib)
-                .map_err(InstanceError::Invalid)?;
             // The DC's cgroup above the machine's holds all its machines here to its quota.
             let dc_group = format!(
                 "{CGROUP_PARENT}/{}.{}/dc{}",

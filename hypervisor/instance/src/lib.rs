@@ -10,6 +10,7 @@
 //!   for test doubles named for their role);
 //! - [`confine`]: a machine's cgroup and limits, and what QEMU drops to once started;
 //! - [`machine`]: the [`Machine`] handle (exit, stop, control records, readiness, console);
+//! - [`usage`]: a running machine's CPU time and resident memory;
 //! - [`port`]: the one engine-over-a-port loop ([`EnginePort`] on a [`DgramPort`] or
 //!   [`StreamPort`]).
 //!
@@ -23,6 +24,7 @@ pub mod machine;
 pub mod port;
 pub mod qemu;
 pub mod spec;
+pub mod usage;
 
 use std::path::PathBuf;
 
@@ -34,6 +36,7 @@ pub use qemu::{qemu_args, QemuBackend};
 pub use spec::{
     mac_string, parse_mac, Accel, ConsoleSink, Drive, Kernel, MachineType, Nic, NicBackend, VmSpec,
 };
+pub use usage::Usage;
 
 /// Why an instance-layer operation failed.
 #[derive(Debug, thiserror::Error)]

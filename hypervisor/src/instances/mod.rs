@@ -399,6 +399,7 @@ impl Manager {
             backend: self.describe(i.spec.backend.unwrap_or(self.cfg.backend)),
             guest: i.guest.clone(),
             publish: i.gateway.as_ref().map(|g| g.counters()),
+            usage: i.pid.and_then(dvs_instance::usage::of_pid),
             rev: i.rev,
         }
     }

@@ -291,6 +291,9 @@ pub struct InstanceView {
     /// The publish gateway's counters, for an instance with published ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<dvs_publish::Counters>,
+    /// What its machine uses on the host now (CPU time, resident memory), while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<dvs_instance::Usage>,
     /// Revision of this view on its node: grows on every change (`GET /v1/instances/{name}?wait_after=REV`).
     pub rev: u64,
 }

@@ -122,6 +122,7 @@ pub fn router(api: Arc<Api>) -> Router {
             "/v1/counters",
             get(|s: S| async move { Json(s.mgr.proxy().stats()) }),
         )
+        .route("/metrics", get(metrics))
         .route("/v1/images", get(images))
         .route(
             "/v1/images/{reference}",
@@ -286,6 +287,36 @@ async fn node(State(s): S) -> Json<NodeStatus> {
         images: s.mgr.images().list().map(|l| l.len()).unwrap_or(0),
         max_image: Some(s.max_image),
     })
+}
+
+/// `GET /metrics`: the node's counters in the Prometheus text format ([`crate::metrics`]).
+async fn metrics(State(s): S) -> Result<Response, ApiError> {
+    let proxy = s.mgr.proxy();
+    let images = s.mgr.images().list()?;
+    let snapshot = crate::metrics::Snapshot {
+        node: proxy.node().0,
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_s: s.started.elapsed().as_secs_f64(),
+        stats: proxy.stats(),
+        instances: s.mgr.list(),
+        images: images.len() as u64,
+        image_bytes: images.iter().map(|i| i.size).sum(),
+    };
+    let text = crate::metrics::render(snapshot).map_err(|_| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the metrics could not be encoded".into(),
+        )
+    })?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn images(State(s): S) -> Res<Vec<crate::images::Image>> {

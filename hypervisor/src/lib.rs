@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod images;
 pub mod instances;
 pub mod manifest;
+pub mod metrics;
 pub mod migrate;
 pub mod validate;
 pub mod volumes;

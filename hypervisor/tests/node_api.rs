@@ -634,6 +634,22 @@ async fn raw_tls_with(
     (status, body)
 }
 
+/// TLS that trusts the node of `creds` but presents no client certificate.
+fn anonymous_tls(creds: &Credentials) -> rustls::ClientConfig {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(creds.ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
 /// The API needs a client certificate of the node's CA: none → 401 (and plain HTTP gets no answer), one of
 /// another CA → refused at the handshake, read-only → 403 on every change and 200 on reads, admin → all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -661,20 +677,7 @@ async fn api_needs_credentials_and_roles_limit_changes() {
     // Plain HTTP: no answer a client can use.
     assert!(NodeClient::plain(&api).status().await.is_err());
     // TLS without a client certificate: 401 on reads and changes, as JSON {code, message}.
-    let anonymous = || {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pki_types::CertificateDer::pem_slice_iter(admin.ca.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-    };
-    use rustls_pki_types::pem::PemObject;
+    let anonymous = || anonymous_tls(&admin);
     for (method, path) in [
         ("GET", "/v1/node"),
         ("GET", "/v1/images"),
@@ -1464,6 +1467,107 @@ async fn api_tls_serves_given_certificates_and_keeps_no_ca() {
     let e = node.c.migrate("x", 2).await.unwrap_err();
     assert!(e.to_string().contains("no credentials"), "{e}");
     assert_eq!(code(e), "invalid");
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `GET /metrics` with `creds`: the status and the scrape, parsed as the Prometheus text format.
+async fn scrape(api: &str, creds: &Credentials) -> (u16, prometheus_parse::Scrape) {
+    let (status, body) = raw_tls(api, creds.client_config().unwrap(), "GET", "/metrics", b"").await;
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    (status, prometheus_parse::Scrape::parse(lines).unwrap())
+}
+
+/// The value of the sample of `metric` carrying `labels` (a counter or a gauge), or the count of a
+/// histogram's observations.
+fn sample(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use prometheus_parse::Value;
+    let x = s
+        .samples
+        .iter()
+        .find(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))?;
+    match &x.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(*v),
+        Value::Histogram(b) => b.last().map(|b| b.count),
+        Value::Summary(_) => None,
+    }
+}
+
+/// `/metrics` needs credentials like the rest of the API, parses as the Prometheus text format, and its
+/// counters move with traffic: frames of the caller's port and the DC, the DC's sendrec times, the guest's
+/// counters, instance state and the machines' CPU and memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_and_move_with_traffic() {
+    let dir = std::env::temp_dir().join(format!("dvs-node-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster = one_node_cluster();
+    let api = cluster.nodes[0].api.to_string();
+    let node = TestNode::start(node_config(&dir), cluster).await;
+    let ro = Credentials::load(&node.creds_dir.join("read-only.toml")).unwrap();
+    assert_eq!(
+        raw_tls(&api, anonymous_tls(&ro), "GET", "/metrics", b"")
+            .await
+            .0,
+        401
+    );
+    push_vos(&node.c).await;
+    let c = node.c.clone();
+    c.run(&run(spec("echo", 1, &[20], &["echo"], &[])))
+        .await
+        .unwrap();
+    wait(&c, "echo", "running", |v| v.state == State::Running).await;
+
+    let (status, before) = scrape(&api, &ro).await;
+    assert_eq!(status, 200);
+    let running = [("name", "echo"), ("state", "running")];
+    assert_eq!(sample(&before, "dvs_instance_state", &running), Some(1.0));
+    let starting = [("name", "echo"), ("state", "starting")];
+    assert_eq!(sample(&before, "dvs_instance_state", &starting), Some(0.0));
+    assert!(sample(&before, "dvs_instance_memory_bytes", &[("name", "echo")]).unwrap() > 0.0);
+    assert_eq!(sample(&before, "dvs_images", &[]), Some(1.0));
+    let sendrecs = [("dc", "1"), ("kind", "sendrec")];
+    let calls_before = sample(&before, "dvs_dc_call_seconds", &sendrecs).unwrap_or(0.0);
+    let dc_frames_before =
+        sample(&before, "dvs_dc_m3ipc_frames_total", &[("dc", "1")]).unwrap_or(0.0);
+
+    c.run(&run(spec(
+        "caller",
+        1,
+        &[10],
+        &["ipc-bench"],
+        &["peer=20", "n=300"],
+    )))
+    .await
+    .unwrap();
+    wait(&c, "caller", "a report", |v| !v.guest.reports.is_empty()).await;
+    // The guest's counters reach the daemon on their own schedule; the proxy's are there at once.
+    let (_, after) = scrape(&api, &ro).await;
+    let out = [("name", "caller"), ("direction", "out")];
+    assert!(sample(&after, "dvs_instance_frames_total", &out).unwrap() >= 300.0);
+    let echo_in = [("name", "echo"), ("direction", "in")];
+    assert!(sample(&after, "dvs_instance_frames_total", &echo_in).unwrap() >= 300.0);
+    let dc_frames = sample(&after, "dvs_dc_m3ipc_frames_total", &[("dc", "1")]).unwrap();
+    assert!(
+        dc_frames >= dc_frames_before + 600.0,
+        "{dc_frames_before} → {dc_frames}"
+    );
+    let calls = sample(&after, "dvs_dc_call_seconds", &sendrecs).unwrap();
+    assert!(calls >= calls_before + 300.0, "{calls_before} → {calls}");
+    let sum = after
+        .samples
+        .iter()
+        .find(|x| x.metric == "dvs_dc_call_seconds_sum" && x.labels.get("kind") == Some("sendrec"));
+    assert!(sum.is_some_and(|x| matches!(x.value, prometheus_parse::Value::Untyped(v) if v > 0.0)));
+    assert_eq!(
+        sample(&after, "dvs_instance_boots_total", &[("name", "caller")]),
+        Some(1.0)
+    );
+    assert!(sample(
+        &after,
+        "dvs_instance_cpu_seconds_total",
+        &[("name", "caller")]
+    )
+    .is_some());
     node.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

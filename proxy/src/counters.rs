@@ -72,22 +72,12 @@ impl Drops {
 
     /// All drops.
     pub fn total(&self) -> u64 {
-        self.malformed
-            + self.spoofed
-            + self.wrong_dc
-            + self.queue_full
-            + self.no_route
-            + self.loop_guard
-            + self.peer_spoofed
-            + self.bad_ring
-            + self.rate_limited
+        self.by_reason().iter().map(|(_, n)| n).sum()
     }
-}
 
-impl std::fmt::Display for Drops {
-    /// `none`, or the non-zero reasons: `spoofed=10 malformed=2`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let all = [
+    /// Each reason's name (as in counters' JSON) and count.
+    pub fn by_reason(&self) -> [(&'static str, u64); 9] {
+        [
             ("malformed", self.malformed),
             ("spoofed", self.spoofed),
             ("wrong_dc", self.wrong_dc),
@@ -97,7 +87,14 @@ impl std::fmt::Display for Drops {
             ("peer_spoofed", self.peer_spoofed),
             ("bad_ring", self.bad_ring),
             ("rate_limited", self.rate_limited),
-        ];
+        ]
+    }
+}
+
+impl std::fmt::Display for Drops {
+    /// `none`, or the non-zero reasons: `spoofed=10 malformed=2`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all = self.by_reason();
         let parts: Vec<String> = all
             .iter()
             .filter(|(_, n)| *n > 0)
@@ -153,6 +150,75 @@ pub struct DcCounters {
     /// The DC's MAC table (absent in counters from before it had one).
     #[serde(default)]
     pub macs: MacCounters,
+    /// How long the DC's calls through this node took, from the request passing the proxy to its answer
+    /// coming back through it (a retransmitted request keeps its first time).
+    #[serde(default)]
+    pub calls: CallLatency,
+}
+
+/// Call times of one DC through this node, by kind of call.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallLatency {
+    /// SendRec to its Reply.
+    pub sendrec: Histogram,
+    /// Send to its Delivered.
+    pub send: Histogram,
+    /// VcopyOpen to its VcopyFin (a whole bulk copy).
+    pub vcopy: Histogram,
+    /// Calls answered with an Error (by the destination, its node or this proxy).
+    pub failed: u64,
+}
+
+/// A latency histogram with fixed bounds ([`Histogram::BOUNDS_US`]): counts per bucket, the sum and the count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Histogram {
+    /// Observations at most `BOUNDS_US[i]` µs (and above `BOUNDS_US[i - 1]`); the last bucket holds the rest.
+    pub buckets: Vec<u64>,
+    /// Sum of the observations, µs.
+    pub sum_us: u64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram {
+            buckets: vec![0; Histogram::BOUNDS_US.len() + 1],
+            sum_us: 0,
+            count: 0,
+        }
+    }
+}
+
+impl Histogram {
+    /// Upper bounds of the buckets, µs: from 10 µs (a same-node call) to 10 s (a long bulk copy).
+    pub const BOUNDS_US: [u64; 16] = [
+        10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 500_000,
+        1_000_000, 10_000_000,
+    ];
+
+    /// Counts one observation of `us` microseconds.
+    pub fn observe(&mut self, us: u64) {
+        let i = Histogram::BOUNDS_US.partition_point(|&b| b < us);
+        if self.buckets.len() != Histogram::BOUNDS_US.len() + 1 {
+            self.buckets = vec![0; Histogram::BOUNDS_US.len() + 1];
+        }
+        self.buckets[i] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+        self.count += 1;
+    }
+
+    /// `(upper bound in seconds, count in that bucket alone)`, `+Inf` last (what an encoder that sums the
+    /// buckets itself, such as prometheus-client's, takes).
+    pub fn buckets_seconds(&self) -> Vec<(f64, u64)> {
+        let bounds = Histogram::BOUNDS_US
+            .iter()
+            .map(|&b| b as f64 / 1e6)
+            .chain([f64::INFINITY]);
+        bounds
+            .zip(self.buckets.iter().copied().chain(std::iter::repeat(0)))
+            .collect()
+    }
 }
 
 /// The MAC table of one DC on this node.
@@ -186,6 +252,19 @@ pub struct Refusals {
     pub migrated: u64,
 }
 
+impl Refusals {
+    /// Each answer's name (as in counters' JSON) and count; `other_dc` is a part of `unknown_destination`.
+    pub fn by_code(&self) -> [(&'static str, u64); 5] {
+        [
+            ("unknown_destination", self.unknown_destination),
+            ("other_dc", self.other_dc),
+            ("node_unreachable", self.node_unreachable),
+            ("dead_destination", self.dead_destination),
+            ("migrated", self.migrated),
+        ]
+    }
+}
+
 /// Counters of one peer link.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerCounters {
@@ -205,6 +284,13 @@ pub struct PeerCounters {
     /// a node that is not the owner).
     #[serde(default)]
     pub dir_refused: u64,
+    /// The link's latest round trip, µs: a Ping (sent every heartbeat period) to its Pong, through both
+    /// proxies' queues (`None` until one was answered).
+    #[serde(default)]
+    pub rtt_us: Option<u64>,
+    /// Pings answered.
+    #[serde(default)]
+    pub pongs: u64,
 }
 
 /// Peer links refused before they carried anything, by reason (the peer may not be a node at all, so these

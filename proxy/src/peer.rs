@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::placement::DirMsg;
 
 /// Version of this protocol, checked in Hello.
-pub const PROTOCOL: u16 = 2;
+pub const PROTOCOL: u16 = 3;
 /// The largest message a proxy accepts (directory snapshots are the big ones).
 pub const MAX_MESSAGE: usize = 4 << 20;
 
@@ -17,6 +17,8 @@ const HELLO: u8 = 1;
 const HEARTBEAT: u8 = 2;
 const FRAME: u8 = 3;
 const DIR: u8 = 4;
+const PING: u8 = 5;
+const PONG: u8 = 6;
 
 /// One message between proxies.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +43,10 @@ pub enum PeerMsg {
     },
     /// A directory message about the sender's endpoints.
     Dir(DirMsg),
+    /// Sent every heartbeat period (it is the heartbeat too): answer with a Pong carrying the same stamp.
+    Ping(u64),
+    /// The answer to a Ping: its stamp back, so that the pinger measures the link's round trip.
+    Pong(u64),
 }
 
 /// Why a peer message could not be read.
@@ -66,6 +72,14 @@ impl PeerMsg {
                 buf.extend_from_slice(&protocol.to_be_bytes());
             }
             PeerMsg::Heartbeat => buf.push(HEARTBEAT),
+            PeerMsg::Ping(stamp) => {
+                buf.push(PING);
+                buf.extend_from_slice(&stamp.to_be_bytes());
+            }
+            PeerMsg::Pong(stamp) => {
+                buf.push(PONG);
+                buf.extend_from_slice(&stamp.to_be_bytes());
+            }
             PeerMsg::Frame { dc, hops, frame } => {
                 buf.push(FRAME);
                 buf.extend_from_slice(&dc.to_be_bytes());
@@ -92,6 +106,15 @@ impl PeerMsg {
                 protocol: u16::from_be_bytes([rest[2], rest[3]]),
             }),
             HEARTBEAT if rest.is_empty() => Ok(PeerMsg::Heartbeat),
+            PING | PONG => {
+                let stamp: [u8; 8] = rest.try_into().map_err(|_| bad("bad ping"))?;
+                let stamp = u64::from_be_bytes(stamp);
+                Ok(if ty == PING {
+                    PeerMsg::Ping(stamp)
+                } else {
+                    PeerMsg::Pong(stamp)
+                })
+            }
             FRAME if rest.len() >= 3 => Ok(PeerMsg::Frame {
                 dc: u16::from_be_bytes([rest[0], rest[1]]),
                 hops: rest[2],
@@ -133,6 +156,8 @@ mod tests {
                 protocol: PROTOCOL,
             },
             PeerMsg::Heartbeat,
+            PeerMsg::Ping(u64::MAX - 1),
+            PeerMsg::Pong(7),
             PeerMsg::Frame {
                 dc: 2,
                 hops: 1,

@@ -639,6 +639,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 lock(&core.switch).handle_dir(now, node, d)
             }
             PeerMsg::Heartbeat => {}
+            PeerMsg::Ping(stamp) => {
+                if let Some(peer) = core.peers.get(&node) {
+                    // A full queue has frames to send: the next Ping gets its answer instead.
+                    let _ = peer.tx.try_send(PeerMsg::Pong(stamp));
+                }
+            }
+            PeerMsg::Pong(stamp) => {
+                let rtt = core.now().as_micros().saturating_sub(stamp);
+                lock(&core.switch).count_peer_rtt(node, rtt);
+            }
             PeerMsg::Hello { .. } => {
                 return Err(PeerError::Protocol("Hello in the middle of a link".into()))
             }
@@ -646,7 +656,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-/// Writes queued messages, as many per write as are waiting (no added delay when idle), and heartbeats. One
+/// Writes queued messages, as many per write as are waiting (no added delay when idle), and a Ping every
+/// heartbeat period (busy or idle: the peer answers with a Pong, which measures the link's round trip). One
 /// write and one flush per batch: over TLS the batch becomes as few records as fit (16 KiB each), sent at once.
 async fn write_loop<W: AsyncWrite + Unpin>(
     core: &Core,
@@ -656,13 +667,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 ) -> Result<(), PeerError> {
     const BATCH: usize = 1 << 16;
     let mut buf = Vec::with_capacity(BATCH + 2048);
+    let mut next_ping = tokio::time::Instant::now();
     loop {
-        let first = match tokio::time::timeout(core.cfg.heartbeat, rx.recv()).await {
-            Ok(Some(m)) => m,
+        let first = match tokio::time::timeout_at(next_ping, rx.recv()).await {
+            Ok(Some(m)) => Some(m),
             Ok(None) => return Ok(()),
-            Err(_) => PeerMsg::Heartbeat,
+            Err(_) => None,
         };
         buf.clear();
+        if tokio::time::Instant::now() >= next_ping {
+            next_ping = tokio::time::Instant::now() + core.cfg.heartbeat;
+            PeerMsg::Ping(core.now().as_micros()).encode(&mut buf);
+        }
+        let Some(first) = first else {
+            wr.write_all(&buf).await?;
+            wr.flush().await?;
+            continue;
+        };
         let mut frames = u64::from(matches!(first, PeerMsg::Frame { .. }));
         first.encode(&mut buf);
         while buf.len() < BATCH {

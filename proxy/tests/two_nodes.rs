@@ -128,6 +128,21 @@ async fn run(stream: bool) {
     assert_eq!(s1.ports["a"].rx.frames, 100);
     assert_eq!(s1.peers[&2].rx.frames, 100);
     assert!(p2.stats().peers[&1].writes >= 1);
+    // Both proxies timed the 100 calls (the caller's towards the peer, the callee's towards its port).
+    for p in [&p1, &p2] {
+        let calls = &p.stats().dcs[&1].calls;
+        assert_eq!((calls.sendrec.count, calls.failed), (100, 0));
+        assert!(calls.sendrec.sum_us > 0);
+    }
+    // Each side pings the other when the link comes up and every heartbeat period after.
+    wait_for("round trips measured", || {
+        [(&p1, 2), (&p2, 1)]
+            .iter()
+            .all(|(p, peer)| p.stats().peers[peer].pongs >= 1)
+    })
+    .await;
+    let rtt = p1.stats().peers[&2].rtt_us.unwrap();
+    assert!(rtt < 1_000_000, "a loopback round trip of {rtt} µs");
 
     // Node 2 goes away: calls to its endpoints fail with NodeUnreachable, quickly.
     p2.shutdown();

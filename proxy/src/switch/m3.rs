@@ -3,30 +3,54 @@
 use bytes::Bytes;
 use m3ipc_core::wire::ethernet::{EthernetHeader, ETH_HEADER_LEN};
 use m3ipc_core::wire::{FrameRepr, Kind, ETHERTYPE_M3IPC};
-use m3ipc_core::{DcId, Endpoint, ErrorCode};
+use m3ipc_core::{DcId, Endpoint, ErrorCode, Instant};
 
 use super::{Out, Switch, Via, PROXY_MAC};
 use crate::counters::Drop;
 use crate::placement::Place;
 
+/// How a frame reached the switch: through which port or peer, when, and how many more times it may be
+/// forwarded between nodes.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Arrival {
+    /// The port or peer it came from.
+    pub from: Via,
+    /// When.
+    pub now: Instant,
+    /// Forwards left.
+    pub hops: u8,
+}
+
 impl Switch {
-    /// Routes one checked M3-IPC frame that came in through `from`.
+    /// Routes one checked M3-IPC frame that came in as `arrival` says.
     pub(super) fn route_m3(
         &mut self,
-        from: Via,
+        arrival: Arrival,
         eth: EthernetHeader,
         repr: &FrameRepr,
         frame: Bytes,
-        hops: u8,
         out: &mut Vec<Out>,
     ) {
+        let Arrival { from, now, hops } = arrival;
         // An answer settles its call wherever the call went (after a redirect it comes back another way).
         if matches!(
             repr.kind,
             Kind::Reply | Kind::Delivered | Kind::Error | Kind::VcopyFin
         ) {
+            let mut settled = None;
             for pending in self.pending.values_mut() {
-                pending.settle(repr);
+                settled = pending.settle(repr).or(settled);
+            }
+            if let Some(call) = settled {
+                let calls = &mut self.dcs.entry(repr.dc.0).or_default().calls;
+                let took = now.as_micros().saturating_sub(call.since.as_micros());
+                match (repr.kind, call.kind) {
+                    (Kind::Error, _) => calls.failed += 1,
+                    (_, Kind::SendRec) => calls.sendrec.observe(took),
+                    (_, Kind::Send) => calls.send.observe(took),
+                    (_, Kind::VcopyOpen) => calls.vcopy.observe(took),
+                    _ => {}
+                }
             }
         }
         let dc = repr.dc;
@@ -38,7 +62,7 @@ impl Switch {
                 self.pending
                     .entry(Via::Port(port))
                     .or_default()
-                    .track(repr, eth);
+                    .track(now, repr, eth);
                 self.deliver(port, frame, out);
             }
             Some(Place { node, .. }) if node == self.node => {
@@ -62,7 +86,7 @@ impl Switch {
                     self.pending
                         .entry(Via::Peer(node))
                         .or_default()
-                        .track(repr, eth);
+                        .track(now, repr, eth);
                 }
                 out.push(Out::Peer {
                     node,

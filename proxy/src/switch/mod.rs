@@ -770,6 +770,13 @@ impl Switch {
         self.timing.written(node, frames);
     }
 
+    /// Counts a round trip of `rtt_us` measured on the link to `node` (a Ping answered).
+    pub fn count_peer_rtt(&mut self, node: NodeId, rtt_us: u64) {
+        let c = self.peers.entry(node.0).or_default();
+        c.rtt_us = Some(rtt_us);
+        c.pongs += 1;
+    }
+
     /// All counters.
     pub fn stats(&self) -> Stats {
         let mut dcs = self.dcs.clone();
@@ -846,7 +853,12 @@ impl Switch {
         if repr.dc != spec.dc || !spec.endpoints.contains(&repr.src) {
             return self.drop_from(Via::Port(id), dc, Drop::Spoofed);
         }
-        self.route_m3(Via::Port(id), eth, &repr, frame.clone(), FIRST_HOPS, out);
+        let arrival = m3::Arrival {
+            from: Via::Port(id),
+            now,
+            hops: FIRST_HOPS,
+        };
+        self.route_m3(arrival, eth, &repr, frame.clone(), out);
     }
 
     /// A frame of `dc` from the peer `node`, arrived at `now`, which allows `hops` more forwards. It is checked
@@ -905,7 +917,12 @@ impl Switch {
         if !self.peer_may_send(now, node, &repr, hops) {
             return self.drop_from(Via::Peer(node), dc, Drop::PeerSpoofed);
         }
-        self.route_m3(Via::Peer(node), eth, &repr, frame.clone(), hops, out);
+        let arrival = m3::Arrival {
+            from: Via::Peer(node),
+            now,
+            hops,
+        };
+        self.route_m3(arrival, eth, &repr, frame.clone(), out);
     }
 
     /// Charges a frame of `len` bytes from a VM port of `dc` to the DC's buckets ([`crate::cluster::DcLimit`]);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use m3ipc_core::wire::{ethernet::EthernetHeader, FrameRepr, Kind};
-use m3ipc_core::{DcId, Endpoint};
+use m3ipc_core::{DcId, Endpoint, Instant};
 
 /// At most this many calls are tracked per destination (bounded memory, whatever the guests send).
 pub const MAX_PENDING: usize = 4096;
@@ -21,6 +21,8 @@ pub struct PendingCall {
     pub seq: u64,
     /// The request's Ethernet header.
     pub eth: EthernetHeader,
+    /// When the request first passed the proxy (a retransmission keeps it).
+    pub since: Instant,
 }
 
 impl PendingCall {
@@ -45,8 +47,8 @@ impl PendingCall {
 pub struct Pending(HashMap<(DcId, Endpoint), PendingCall>);
 
 impl Pending {
-    /// Remembers `repr` if it starts a blocking call.
-    pub fn track(&mut self, repr: &FrameRepr, eth: EthernetHeader) {
+    /// Remembers `repr`, seen at `now`, if it starts a blocking call.
+    pub fn track(&mut self, now: Instant, repr: &FrameRepr, eth: EthernetHeader) {
         if !matches!(repr.kind, Kind::Send | Kind::SendRec | Kind::VcopyOpen) {
             return;
         }
@@ -54,6 +56,10 @@ impl Pending {
         if self.0.len() >= MAX_PENDING && !self.0.contains_key(&key) {
             return;
         }
+        let since = match self.0.get(&key) {
+            Some(c) if (c.kind, c.dst, c.seq) == (repr.kind, repr.dst, repr.seq) => c.since,
+            _ => now,
+        };
         self.0.insert(
             key,
             PendingCall {
@@ -61,14 +67,16 @@ impl Pending {
                 dst: repr.dst,
                 seq: repr.seq,
                 eth,
+                since,
             },
         );
     }
 
-    /// Forgets the call that `answer` (a frame from the destination back to the caller) completes.
-    pub fn settle(&mut self, answer: &FrameRepr) {
+    /// Forgets the call that `answer` (a frame from the destination back to the caller) completes, and
+    /// returns it.
+    pub fn settle(&mut self, answer: &FrameRepr) -> Option<PendingCall> {
         let key = (answer.dc, answer.dst);
-        let Some(call) = self.0.get(&key) else { return };
+        let call = self.0.get(&key)?;
         let done = match answer.kind {
             Kind::Error => true,
             Kind::Delivered => call.kind == Kind::Send,
@@ -77,8 +85,9 @@ impl Pending {
             _ => false,
         };
         if done && call.dst == answer.src {
-            self.0.remove(&key);
+            return self.0.remove(&key);
         }
+        None
     }
 
     /// Number of calls in progress.

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::cluster::{DcInfo, DcLimit, NodeInfo};
+use crate::counters::Histogram;
 use m3ipc_core::wire::ethernet::ETH_HEADER_LEN;
 use m3ipc_core::wire::{Kind, HEADER_LEN};
 use proptest::prelude::*;
@@ -61,6 +62,11 @@ fn spec(name: &str, dc: DcId, eps: &[u32], m: u8) -> PortSpec {
 }
 
 fn m3(kind: Kind, dc: DcId, src: u32, dst: u32, seq: u64) -> Bytes {
+    m3_code(kind, 0, dc, src, dst, seq)
+}
+
+/// An M3-IPC frame with an error code (Error frames need one).
+fn m3_code(kind: Kind, code: u16, dc: DcId, src: u32, dst: u32, seq: u64) -> Bytes {
     let payload = match kind {
         Kind::Send | Kind::SendRec | Kind::Reply => vec![0u8; 60],
         _ => vec![],
@@ -73,7 +79,7 @@ fn m3(kind: Kind, dc: DcId, src: u32, dst: u32, seq: u64) -> Bytes {
         dst: Endpoint(dst),
         seq,
         aux: 0,
-        code: 0,
+        code,
         payload: &payload,
     };
     let mut buf = vec![0u8; ETH_HEADER_LEN + repr.buffer_len()];
@@ -1180,4 +1186,64 @@ fn a_limit_reads_from_the_cluster_file_and_defaults_when_absent() {
         )
     );
     assert_eq!(map.dcs[1].limit, DcLimit::default());
+}
+
+#[test]
+fn call_times_are_measured_from_the_first_request_to_its_answer() {
+    let (mut s, a, b, _) = node1();
+    let mut out = vec![];
+    let ms = |n: u64| T0 + std::time::Duration::from_millis(n);
+    // A same-node SendRec 10 → 20, retransmitted once, answered 3 ms after the first copy.
+    s.port_frame(T0, a, m3(Kind::SendRec, DC1, 10, 20, 7), &mut out);
+    s.port_frame(ms(2), a, m3(Kind::SendRec, DC1, 10, 20, 7), &mut out);
+    s.port_frame(ms(3), b, m3(Kind::Reply, DC1, 20, 10, 7), &mut out);
+    // A cross-node Send 10 → 40 answered by Delivered after 40 ms, then an Error for another call.
+    s.port_frame(ms(10), a, m3(Kind::Send, DC1, 10, 40, 8), &mut out);
+    s.peer_frame(
+        ms(50),
+        N2,
+        DC1,
+        1,
+        m3(Kind::Delivered, DC1, 40, 10, 8),
+        &mut out,
+    );
+    s.port_frame(ms(60), a, m3(Kind::SendRec, DC1, 10, 40, 9), &mut out);
+    let error = ErrorCode::DeadDestination as u16;
+    s.peer_frame(
+        ms(61),
+        N2,
+        DC1,
+        1,
+        m3_code(Kind::Error, error, DC1, 40, 10, 9),
+        &mut out,
+    );
+    // An answer nobody waits for is not a call.
+    s.port_frame(ms(70), b, m3(Kind::Reply, DC1, 20, 10, 99), &mut out);
+    let calls = &s.stats().dcs[&1].calls;
+    assert_eq!((calls.sendrec.count, calls.sendrec.sum_us), (1, 3_000));
+    assert_eq!((calls.send.count, calls.send.sum_us), (1, 40_000));
+    assert_eq!((calls.vcopy.count, calls.failed), (0, 1));
+    let buckets = calls.sendrec.buckets_seconds();
+    assert_eq!(buckets.len(), Histogram::BOUNDS_US.len() + 1);
+    // 3 ms falls in the (2.5 ms, 5 ms] bucket and no other.
+    assert!(buckets.iter().all(|&(le, n)| n == u64::from(le == 0.005)));
+    assert_eq!(buckets.last(), Some(&(f64::INFINITY, 0)));
+}
+
+#[test]
+fn histogram_buckets_hold_their_bounds_and_the_rest() {
+    let mut h = Histogram::default();
+    for us in [0, 10, 11, 10_000_000, u64::MAX] {
+        h.observe(us);
+    }
+    assert_eq!(h.buckets[0], 2, "0 and 10 µs are at most 10 µs");
+    assert_eq!(h.buckets[1], 1);
+    assert_eq!(h.buckets[Histogram::BOUNDS_US.len() - 1], 1, "10 s");
+    assert_eq!(
+        h.buckets[Histogram::BOUNDS_US.len()],
+        1,
+        "above every bound"
+    );
+    assert_eq!(h.count, 5);
+    assert_eq!(h.sum_us, u64::MAX, "the sum saturates");
 }

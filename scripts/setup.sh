@@ -22,6 +22,9 @@ apt_install() {
 
 command -v qemu-system-x86_64 >/dev/null || apt_install qemu-system-x86
 command -v ip >/dev/null || apt_install iproute2
+# The etcd control plane: etcd-client's build compiles etcd's protobufs (protoc); the tests run etcd members.
+command -v protoc >/dev/null || apt_install protobuf-compiler
+command -v etcd >/dev/null || apt_install etcd-server
 
 if ! rustup target list --installed | grep -qx x86_64-unknown-none; then
   echo "setup: rustup target add x86_64-unknown-none"

@@ -102,7 +102,37 @@ struct Core {
     epoch: tokio::time::Instant,
     switch: Mutex<Switch>,
     ports: RwLock<HashMap<PortId, Arc<dyn VmPort>>>,
-    peers: HashMap<NodeId, Peer>,
+    /// The other nodes of the cluster (changed live by [`Proxy::set_cluster`]).
+    peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
+    /// Nodes the directory says are dead (their lease lapsed): no link to them until they are alive again.
+    fenced: RwLock<std::collections::HashSet<NodeId>>,
+}
+
+impl Peer {
+    fn new(addr: SocketAddr, queue: usize) -> Arc<Peer> {
+        let (tx, rx) = mpsc::channel(queue);
+        Arc::new(Peer {
+            addr,
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+            cancel: Mutex::new(None),
+        })
+    }
+
+    /// Ends the link's session now, if one runs.
+    fn cancel(&self) {
+        if let Some(c) = lock(&self.cancel).take() {
+            let _ = c.send(());
+        }
+    }
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A running proxy. Cloning gives another handle to the same proxy.
@@ -137,16 +167,7 @@ impl Proxy {
             .nodes
             .iter()
             .filter(|n| n.id != cfg.node.0)
-            .map(|n| {
-                let (tx, rx) = mpsc::channel(cfg.peer_queue);
-                let peer = Peer {
-                    addr: n.proxy,
-                    tx,
-                    rx: tokio::sync::Mutex::new(rx),
-                    cancel: Mutex::new(None),
-                };
-                (NodeId(n.id), peer)
-            })
+            .map(|n| (NodeId(n.id), Peer::new(n.proxy, cfg.peer_queue)))
             .collect();
         let switch = Mutex::new(Switch::with_macs(cfg.node, cfg.cluster.clone(), cfg.macs));
         let core = Arc::new(Core {
@@ -154,10 +175,12 @@ impl Proxy {
             epoch: tokio::time::Instant::now(),
             switch,
             ports: RwLock::new(HashMap::new()),
-            peers,
+            peers: RwLock::new(peers),
+            fenced: RwLock::default(),
         });
         let mut tasks = vec![tokio::spawn(accept_loop(core.clone(), listener))];
-        for &node in core.peers.keys() {
+        let nodes: Vec<NodeId> = read(&core.peers).keys().copied().collect();
+        for node in nodes {
             if node > core.cfg.node {
                 tasks.push(tokio::spawn(dial_loop(core.clone(), node)));
             }
@@ -258,7 +281,7 @@ impl Proxy {
 
     /// The cluster map the proxy routes by.
     pub fn cluster(&self) -> ClusterMap {
-        self.core.cfg.cluster.clone()
+        lock(&self.core.switch).cluster().clone()
     }
 
     /// Calls in progress towards a port.
@@ -304,15 +327,85 @@ impl Proxy {
         for (_, h) in lock(&self.handles).drain() {
             h.close();
         }
-        for p in self.core.peers.values() {
-            if let Some(c) = lock(&p.cancel).take() {
-                let _ = c.send(());
+        for p in read(&self.core.peers).values() {
+            p.cancel();
+        }
+    }
+
+    /// Takes `map` as the cluster from now on (a live change from the directory): nodes that joined get a
+    /// peer link (dialled by the lower id), nodes that left lose theirs (calls in progress through them fail
+    /// with NodeUnreachable), and the switch routes by the new DCs. Its own node must stay in it.
+    pub async fn set_cluster(&self, map: ClusterMap) -> Result<(), ProxyError> {
+        let me = self.core.cfg.node;
+        if map.node(me).is_none() {
+            return Err(ProxyError::UnknownNode(me));
+        }
+        let mut out = vec![];
+        let (added, removed) = {
+            let mut peers = write(&self.core.peers);
+            let mut added = vec![];
+            for n in map.nodes.iter().filter(|n| n.id != me.0) {
+                let id = NodeId(n.id);
+                if peers.get(&id).is_some_and(|p| p.addr == n.proxy) {
+                    continue;
+                }
+                // New, or at a new address: a new peer (the old one's session ends below).
+                if let Some(old) = peers.insert(id, Peer::new(n.proxy, self.core.cfg.peer_queue)) {
+                    old.cancel();
+                }
+                added.push(id);
             }
+            let gone: Vec<NodeId> = peers
+                .keys()
+                .copied()
+                .filter(|id| map.node(*id).is_none())
+                .collect();
+            let removed: Vec<Arc<Peer>> = gone.iter().filter_map(|id| peers.remove(id)).collect();
+            (added, removed)
+        };
+        for p in &removed {
+            p.cancel();
+        }
+        lock(&self.core.switch).set_cluster(map, &mut out);
+        self.core.dispatch(out, false).await;
+        let mut tasks = lock(&self.tasks);
+        for node in added {
+            tracing::info!("node {node} joined the cluster");
+            if node > me {
+                tasks.push(tokio::spawn(dial_loop(self.core.clone(), node)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks `node` dead (`alive` false: its lease lapsed in the directory) or alive again. A dead node's
+    /// link is cut now — calls in progress through it fail with NodeUnreachable — and it gets no new link
+    /// until it is alive again, even if its proxy still answers (a partition the directory has decided).
+    pub fn set_alive(&self, node: NodeId, alive: bool) {
+        if alive {
+            write(&self.core.fenced).remove(&node);
+            return;
+        }
+        if write(&self.core.fenced).insert(node) {
+            tracing::warn!("node {node} is dead in the directory: its peer link is cut");
+        }
+        if let Some(p) = self.core.peer(node) {
+            p.cancel();
         }
     }
 }
 
 impl Core {
+    /// The peer state of `node`, if it is in the cluster.
+    fn peer(&self, node: NodeId) -> Option<Arc<Peer>> {
+        read(&self.peers).get(&node).cloned()
+    }
+
+    /// True if `node` is dead in the directory.
+    fn is_fenced(&self, node: NodeId) -> bool {
+        read(&self.fenced).contains(&node)
+    }
+
     /// The switch's `now`: monotonic, since the proxy started.
     fn now(&self) -> Instant {
         let us = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -362,12 +455,9 @@ impl Core {
                 Out::Dir(Some(node), msg) => self.to_peer(node, PeerMsg::Dir(msg), true).await,
                 Out::Dir(None, msg) => {
                     let up: Vec<NodeId> = {
+                        let nodes: Vec<NodeId> = read(&self.peers).keys().copied().collect();
                         let sw = lock(&self.switch);
-                        self.peers
-                            .keys()
-                            .copied()
-                            .filter(|&n| sw.peer_is_up(n))
-                            .collect()
+                        nodes.into_iter().filter(|&n| sw.peer_is_up(n)).collect()
                     };
                     for node in up {
                         self.to_peer(node, PeerMsg::Dir(msg.clone()), true).await;
@@ -378,7 +468,7 @@ impl Core {
     }
 
     async fn to_peer(&self, node: NodeId, msg: PeerMsg, wait: bool) {
-        let Some(peer) = self.peers.get(&node) else {
+        let Some(peer) = self.peer(node) else {
             return;
         };
         let sent = if wait {
@@ -505,11 +595,20 @@ async fn dial_link(core: &Arc<Core>, node: NodeId, addr: SocketAddr) -> Result<(
 }
 
 async fn dial_loop(core: Arc<Core>, node: NodeId) {
-    let Some(addr) = core.peers.get(&node).map(|p| p.addr) else {
+    let Some(peer) = core.peer(node) else {
         return;
     };
+    let addr = peer.addr;
     let mut backoff = Duration::from_millis(50);
     loop {
+        // The node left the cluster (or moved: a new loop dials its new address).
+        if !core.peer(node).is_some_and(|p| Arc::ptr_eq(&p, &peer)) {
+            return;
+        }
+        if core.is_fenced(node) {
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
         match dial_link(&core, node, addr).await {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(r) => {
@@ -563,8 +662,12 @@ async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
             "{node} speaks protocol {protocol}, we speak {PROTOCOL}"
         ))));
     }
-    if !core.peers.contains_key(&node) {
+    if core.peer(node).is_none() {
         return Err(bad(PeerError::Protocol(format!("unexpected {node}"))));
+    }
+    if core.is_fenced(node) {
+        let why = format!("{node} is dead in the directory (its lease lapsed)");
+        return Err(bad(PeerError::Protocol(why)));
     }
     if expect.is_none() && node > core.cfg.node {
         return Err(bad(PeerError::Protocol(format!(
@@ -580,7 +683,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Some(peer) = core.peers.get(&node) else {
+    let Some(peer) = core.peer(node) else {
         return;
     };
     let (cancel_tx, cancel_rx) = oneshot::channel();
@@ -640,7 +743,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             PeerMsg::Heartbeat => {}
             PeerMsg::Ping(stamp) => {
-                if let Some(peer) = core.peers.get(&node) {
+                if let Some(peer) = core.peer(node) {
                     // A full queue has frames to send: the next Ping gets its answer instead.
                     let _ = peer.tx.try_send(PeerMsg::Pong(stamp));
                 }

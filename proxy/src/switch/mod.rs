@@ -508,10 +508,40 @@ impl Switch {
     /// addresses learned behind it are forgotten, and calls in progress through it fail now.
     pub fn peer_down(&mut self, node: NodeId, out: &mut Vec<Out>) {
         self.peers_up.remove(&node);
-        self.peers.entry(node.0).or_default().up = false;
+        // A node that left the cluster has no counters any more (its session may end after it left).
+        if let Some(c) = self.peers.get_mut(&node.0) {
+            c.up = false;
+        }
         self.timing.forget(node);
         self.macs.forget(Via::Peer(node));
         self.fail_pending(Via::Peer(node), ErrorCode::NodeUnreachable, out);
+    }
+
+    /// Routes by `cluster` from now on (a live change): a node that left is down (its calls in progress fail
+    /// with NodeUnreachable) and its placements are forgotten, as are placements in DCs that are gone or no
+    /// longer span their node; a node that joined gets counters. Ports stay: the daemon does not delete a DC
+    /// that its instances use.
+    pub fn set_cluster(&mut self, cluster: ClusterMap, out: &mut Vec<Out>) {
+        let gone: Vec<NodeId> = self
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| NodeId(n.id))
+            .filter(|&n| n != self.node && cluster.node(n).is_none())
+            .collect();
+        self.cluster = cluster;
+        for node in gone {
+            self.peer_down(node, out);
+            self.peers.remove(&node.0);
+        }
+        for n in &self.cluster.nodes {
+            if n.id != self.node.0 {
+                self.peers.entry(n.id).or_default();
+            }
+        }
+        let cluster = &self.cluster;
+        self.places
+            .retain(|&(dc, _), p| p.port.is_some() || cluster.dc_has_node(dc, p.node));
     }
 
     /// Applies a directory message from the peer `from`, received at `now`. A peer speaks only for itself:

@@ -1,4 +1,6 @@
 //! What the proxy's integration tests share: a free TCP port and an M3-IPC frame in Ethernet.
+//! (Each test binary uses a part of it.)
+#![allow(dead_code)]
 
 use std::net::TcpListener;
 

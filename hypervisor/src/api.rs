@@ -30,6 +30,8 @@ pub struct Api {
     pub data_dir: std::path::PathBuf,
     /// The largest image a push may upload, in bytes.
     pub max_image: u64,
+    /// The control plane on etcd (none: the cluster file is the directory).
+    pub control: Option<Arc<crate::control::ControlPlane>>,
 }
 
 /// How long an image upload may pause between two pieces of its body.
@@ -40,6 +42,13 @@ pub const MAX_JSON_BODY: usize = 256 << 10;
 
 /// An error answer: HTTP status, stable code, message.
 pub struct ApiError(StatusCode, &'static str, String);
+
+impl ApiError {
+    /// An answer with `status`, the stable `code` and a message for people.
+    pub fn new(status: StatusCode, code: &'static str, message: String) -> ApiError {
+        ApiError(status, code, message)
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -142,6 +151,7 @@ pub fn router(api: Arc<Api>) -> Router {
             get(|s: S| async move { Json(s.mgr.volumes().list()) }),
         )
         .route("/v1/volumes/{dc}/{name}", delete(remove_volume))
+        .merge(crate::control_api::routes())
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
@@ -440,7 +450,23 @@ async fn run(
             ));
         }
     }
-    Ok(Json(s.mgr.run(req)?))
+    let takeover = req.takeover_gen.is_some();
+    let view = s.mgr.run(req)?;
+    // With etcd, the endpoints are this instance's only once etcd says so (compare-and-swap): if another
+    // live node owns one, the instance does not stay.
+    if let Some(cp) = &s.control {
+        let spec = &view.spec;
+        if let Err(e) = cp
+            .claim(spec.dc, &spec.endpoints, &spec.name, view.gen, takeover)
+            .await
+        {
+            if let Err(stop) = s.mgr.stop(&spec.name).await {
+                tracing::warn!("stopping '{}' after its claim failed: {stop}", spec.name);
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(Json(view))
 }
 
 /// `?wait_after=REV&timeout_ms=N`: answer once the instance's revision is above REV (or after N ms, at most
@@ -471,7 +497,11 @@ async fn instance(
 /// `DELETE /v1/instances/{name}`: stops it and forgets it, its console log too.
 async fn stop(State(s): S, Path(name): Path<String>) -> Res<serde_json::Value> {
     instance_name(&name)?;
+    let spec = s.mgr.view(&name).map(|v| v.spec);
     s.mgr.stop(&name).await?;
+    if let (Some(cp), Some(spec)) = (&s.control, spec) {
+        cp.release(spec.dc, &spec.endpoints, &spec.name).await;
+    }
     // The name is checked, so the path stays in the instances' folder.
     let log = s.data_dir.join("instances").join(format!("{name}.log"));
     if let Err(e) = std::fs::remove_file(&log) {
@@ -526,7 +556,16 @@ async fn migrate(
                 .into(),
         ));
     };
-    match crate::migrate::migrate_out(&s.mgr, &name, req.to, creds).await {
+    let result = crate::migrate::migrate_out(&s.mgr, &name, req.to, creds).await;
+    if let (Err(_), Some(cp), Some(v)) = (&result, &s.control, s.mgr.view(&name)) {
+        // The move failed and the instance still runs here: it owns its endpoints again (the destination
+        // may have claimed them before it gave up).
+        let spec = &v.spec;
+        if let Err(e) = cp.claim(spec.dc, &spec.endpoints, &name, v.gen, true).await {
+            tracing::warn!("'{name}' after a failed migration: claiming its endpoints: {e}");
+        }
+    }
+    match result {
         Ok(r) => Ok(Json(r)),
         Err(MigrateError::Instance(e)) => Err(e.into()),
         Err(e @ MigrateError::Invalid(_)) => {

@@ -137,6 +137,10 @@ pub struct NodeConfig {
     /// `confine_uid_base + 4096 n + s` (ids of no account; default 800000).
     #[serde(default = "default_uid_base")]
     pub confine_uid_base: u32,
+    /// The control plane on etcd: `etcd = { endpoints = ["http://10.0.0.1:2379"] }` (see
+    /// [`crate::control`]). Without it the cluster file is the whole directory, read at start.
+    #[serde(default)]
+    pub etcd: Option<crate::control::EtcdSettings>,
 }
 
 /// Whether QEMU instances are confined (`confine` in node.toml).
@@ -230,7 +234,11 @@ pub fn load(path: &Path) -> anyhow::Result<(NodeConfig, ClusterMap)> {
     cfg.api_tls = cfg.api_tls.map(|t| t.relative_to(base));
     cfg.check()?;
     let cluster = load_cluster(&cfg.cluster)?;
-    if cluster.node(m3ipc_core::NodeId(cfg.node)).is_none() {
+    if let Some(etcd) = &cfg.etcd {
+        // A node that joins through etcd need not be in the file, which only seeds a new cluster.
+        etcd.me(cfg.node, &cluster)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    } else if cluster.node(m3ipc_core::NodeId(cfg.node)).is_none() {
         anyhow::bail!(
             "node {} is not in the cluster file {}",
             cfg.node,

@@ -13,6 +13,7 @@ use m3ipc_core::NodeId;
 use crate::api::{router, Api};
 use crate::auth::caller_of;
 use crate::config;
+use crate::control::ControlPlane;
 use crate::images::ImageStore;
 use crate::instances::Manager;
 
@@ -28,17 +29,45 @@ pub async fn serve(
     cluster: dvs_proxy::ClusterMap,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // The cluster file is the embedded directory; an etcd backend would be another `Directory`.
-    let directory: Box<dyn Directory> = Box::new(StaticDirectory(cluster));
-    let cluster = directory.cluster();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    // With `etcd` the cluster lives there (the file seeds a new cluster once); without, the file is the
+    // embedded, static directory.
+    let control = match &cfg.etcd {
+        Some(settings) => {
+            let me = settings
+                .me(cfg.node, &cluster)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let cp = ControlPlane::join(settings, &me, &cluster)
+                .await
+                .with_context(|| {
+                    format!(
+                        "joining the control plane on etcd ({})",
+                        settings.endpoints.join(", ")
+                    )
+                })?;
+            tracing::info!(
+                "node {} is a member on etcd ({}), lease TTL {:?}",
+                cfg.node,
+                settings.endpoints.join(", "),
+                settings.ttl()
+            );
+            Some(Arc::new(cp))
+        }
+        None => None,
+    };
+    let directory: Box<dyn Directory> = Box::new(StaticDirectory(match &control {
+        Some(cp) => cp.cluster(),
+        None => cluster,
+    }));
+    let cluster = directory.cluster();
     let me = cluster
         .node(NodeId(cfg.node))
-        .context("node not in the cluster file")?
+        .context("node not in the cluster")?
         .clone();
     let images = ImageStore::open(&cfg.data_dir)?;
     let proxy = Proxy::start(config::proxy_config(&cfg, cluster)?).await?;
+    let follower = control.as_ref().map(|cp| cp.follow(proxy.clone()));
     let listen = cfg.api_listen.unwrap_or(std::net::SocketAddr::new(
         [127, 0, 0, 1].into(),
         me.api.port(),
@@ -89,19 +118,46 @@ pub async fn serve(
         }
     );
     mgr.restore();
+    if let Some(cp) = &control {
+        crate::control::reconcile(cp, &mgr).await;
+    }
     let api = Arc::new(Api {
         mgr: mgr.clone(),
         started: Instant::now(),
         credentials: pki.peer_credentials.clone().map(Arc::new),
         data_dir: cfg.data_dir.clone(),
         max_image: cfg.max_image.0,
+        control: control.clone(),
     });
+    // A node that lost its lease is no longer a member: it stops serving (the others take over).
+    let lease = control.clone();
+    let shutdown = async move {
+        match lease {
+            Some(cp) => tokio::select! {
+                _ = shutdown => {}
+                _ = cp.lost() => tracing::error!("this node's lease on etcd lapsed: stopping its instances and exiting"),
+            },
+            None => shutdown.await,
+        }
+    };
     let served = serve_tls(listener, router(api), pki.server.clone(), shutdown).await;
     tracing::info!("node {} stopping: killing its machines", cfg.node);
     saver.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
     mgr.shutdown().await;
     proxy.shutdown();
     let _ = std::fs::remove_file(&pid_file);
+    if let Some(cp) = control {
+        if cp.is_lost() {
+            anyhow::bail!("node {}: its lease on etcd lapsed", cfg.node);
+        }
+        // Leaving at once tells the other nodes now, not a TTL later.
+        if let Err(e) = cp.leave().await {
+            tracing::warn!("leaving the control plane: {e}");
+        }
+    }
     served.context("API server")
 }
 

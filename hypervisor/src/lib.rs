@@ -9,6 +9,8 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod control;
+mod control_api;
 pub mod daemon;
 pub mod images;
 pub mod instances;

@@ -246,6 +246,7 @@ fn node_config(dir: &std::path::Path) -> NodeConfig {
         tls: None,
         confine: Default::default(),
         confine_uid_base: 800_000,
+        etcd: None,
     }
 }
 
@@ -274,7 +275,13 @@ impl TestNode {
         cluster: ClusterMap,
         creds: std::path::PathBuf,
     ) -> TestNode {
-        let addr = cluster.nodes[0].api.to_string();
+        // Its API address: its entry in the cluster file, else (a node joining through etcd) its etcd.api.
+        let addr = cluster
+            .node(m3ipc_core::NodeId(cfg.node))
+            .map(|n| n.api)
+            .or(cfg.etcd.as_ref().and_then(|e| e.api))
+            .expect("the node's API address")
+            .to_string();
         let creds_dir = cfg.data_dir.join("api");
         'attempt: for _ in 0..40 {
             let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -1510,6 +1517,18 @@ async fn metrics_are_scraped_and_move_with_traffic() {
             .0,
         401
     );
+    // A node without etcd has a static cluster: no live DC changes.
+    let admin = Credentials::load(&node.creds_dir.join("admin.toml")).unwrap();
+    let dc = r#"{"id": 3, "name": "live", "nodes": [1]}"#;
+    let (status, body) = call(&admin, "POST", "/v1/dcs", dc).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("static_cluster"))
+    );
+    assert_eq!(
+        call(&admin, "GET", "/v1/control", "").await.1["mode"],
+        "static"
+    );
     push_vos(&node.c).await;
     let c = node.c.clone();
     c.run(&run(spec("echo", 1, &[20], &["echo"], &[])))
@@ -1569,5 +1588,199 @@ async fn metrics_are_scraped_and_move_with_traffic() {
     )
     .is_some());
     node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `method path` with a JSON `body` as the caller of `creds`: the status and the answer's JSON.
+async fn call(
+    creds: &Credentials,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let api = creds.url.trim_start_matches("https://").to_string();
+    let (status, text) = raw_tls(
+        &api,
+        creds.client_config().unwrap(),
+        method,
+        path,
+        body.as_bytes(),
+    )
+    .await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Three nodes on one etcd member: the cluster file seeds it; a DC is created live and routed by both
+/// proxies (a caller on node 1 reaches an echo server on node 2 in it); endpoint owners are recorded; a
+/// third node that is not in the file joins and the others link to it; when it dies its lease lapses
+/// within the TTL and the others cut it off; a DC in use is not deleted, an unused one is, everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_on_etcd_changes_the_cluster_live() {
+    use dvs_hypervisor::control::EtcdSettings;
+    let dir = std::env::temp_dir().join(format!("dvs-node-etcd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let etcd = dvs_etcd::member::LocalMember::single(&dir.join("etcd")).unwrap();
+    let mut file = one_node_cluster();
+    file.nodes.push(NodeInfo {
+        id: 2,
+        proxy: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        api: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+    });
+    file.dcs[0].nodes = vec![1, 2];
+    let settings = |proxy: Option<u16>, api: Option<u16>| EtcdSettings {
+        endpoints: vec![etcd.addrs.client_url()],
+        prefix: "/dvs".into(),
+        lease_ttl_s: 1,
+        proxy: proxy.map(|p| format!("127.0.0.1:{p}").parse().unwrap()),
+        api: api.map(|p| format!("127.0.0.1:{p}").parse().unwrap()),
+    };
+    let config = |n: u16, etcd: EtcdSettings| {
+        let mut c = node_config(&dir.join(format!("n{n}")));
+        c.node = n;
+        c.etcd = Some(etcd);
+        c
+    };
+    let n1 = TestNode::start(config(1, settings(None, None)), file.clone()).await;
+    let n2 = TestNode::start(config(2, settings(None, None)), file.clone()).await;
+    let admin = |n: &TestNode| Credentials::load(&n.creds_dir.join("admin.toml")).unwrap();
+    let (a1, a2) = (admin(&n1), admin(&n2));
+    let (status, control) = call(&a1, "GET", "/v1/control", "").await;
+    assert_eq!(status, 200, "{control}");
+    assert_eq!(control["mode"], "etcd");
+    assert_eq!(control["members"].as_array().unwrap().len(), 2, "{control}");
+    assert!(control["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["alive"] == true));
+
+    // A DC created live through node 1's API reaches node 2's proxy from the etcd watch.
+    let dc3 = r#"{"id": 3, "name": "live", "nodes": [1, 2]}"#;
+    assert_eq!(call(&a1, "POST", "/v1/dcs", dc3).await.0, 200);
+    assert_eq!(
+        call(&a1, "POST", "/v1/dcs", dc3).await.1["code"],
+        "conflict"
+    );
+    let bad = r#"{"id": 4, "name": "Bad Name", "nodes": [1]}"#;
+    assert_eq!(call(&a1, "POST", "/v1/dcs", bad).await.1["code"], "invalid");
+    let t0 = Instant::now();
+    while !n2.c.cluster().await.unwrap().dcs.iter().any(|d| d.id == 3) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "node 2 never learned DC 3"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    push_vos(&n1.c).await;
+    push_vos(&n2.c).await;
+    n2.c.run(&run(spec("echo", 3, &[20], &["echo"], &[])))
+        .await
+        .unwrap();
+    wait(&n2.c, "echo", "running", |v| v.state == State::Running).await;
+    n1.c.run(&run(spec(
+        "caller",
+        3,
+        &[10],
+        &["ipc-bench"],
+        &["peer=20", "n=100"],
+    )))
+    .await
+    .unwrap();
+    let v = wait(&n1.c, "caller", "a report", |v| !v.guest.reports.is_empty()).await;
+    assert!(
+        matches!(v.guest.reports[..], [Report::Sendrecs { n: 100, .. }]),
+        "{:?}",
+        v.guest.reports
+    );
+    // etcd records who owns what; an endpoint owned by another live node is refused.
+    let owners = call(&a1, "GET", "/v1/control", "").await.1["owners"].clone();
+    let owner = |ep: u64| {
+        owners
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["ep"] == ep)
+            .cloned()
+    };
+    assert_eq!(
+        owner(20).map(|o| (o["node"].clone(), o["instance"].clone())),
+        Some((2.into(), "echo".into()))
+    );
+    assert_eq!(owner(10).map(|o| o["node"].clone()), Some(1.into()));
+    let taken =
+        n1.c.run(&run(spec("echo", 3, &[20], &["echo"], &[])))
+            .await
+            .unwrap_err();
+    assert_eq!(code(taken), "endpoint_taken");
+
+    // A third node, not in the cluster file, joins through etcd; node 1 links to it without a restart.
+    let (p3, api3) = (free_port(), free_port());
+    let n3 = TestNode::start(config(3, settings(Some(p3), Some(api3))), file.clone()).await;
+    let t0 = Instant::now();
+    while n1.c.status().await.unwrap().peers.get(&3) != Some(&true) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "node 1 never linked to node 3"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // It dies without a word (its tasks dropped, no lease revoked): its lease lapses within the TTL (plus
+    // etcd's expiry check), and node 1 says so and cuts it off.
+    let t0 = Instant::now();
+    n3.task.abort();
+    let members_alive = |c: &serde_json::Value| {
+        c["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["alive"] == true)
+            .count()
+    };
+    loop {
+        let c = call(&a1, "GET", "/v1/control", "").await.1;
+        if c["members"].as_array().unwrap().len() == 3 && members_alive(&c) == 2 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "node 3 still alive: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(2600),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_ne!(n1.c.status().await.unwrap().peers.get(&3), Some(&true));
+
+    // A DC in use stays; once its instances stop (their endpoints released), it goes, on every node.
+    assert_eq!(
+        call(&a2, "DELETE", "/v1/dcs/3", "").await.1["code"],
+        "conflict"
+    );
+    n1.c.stop("caller").await.unwrap();
+    n2.c.stop("echo").await.unwrap();
+    let (status, body) = call(&a2, "DELETE", "/v1/dcs/3", "").await;
+    assert_eq!(status, 200, "{body}");
+    let t0 = Instant::now();
+    while n1.c.cluster().await.unwrap().dcs.iter().any(|d| d.id == 3) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "node 1 still has DC 3"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        call(&a1, "DELETE", "/v1/dcs/3", "").await.1["code"],
+        "not_found"
+    );
+    n1.shutdown().await;
+    n2.shutdown().await;
+    drop(etcd);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -82,9 +82,9 @@ impl Membership {
     }
 
     /// Ends the membership at once: the lease is revoked and the `alive` key goes with it.
-    pub async fn leave(mut self) -> Result<(), EtcdError> {
+    pub async fn leave(&self) -> Result<(), EtcdError> {
         self.task.abort();
-        self.client.lease_revoke(self.lease).await?;
+        self.client.clone().lease_revoke(self.lease).await?;
         Ok(())
     }
 }

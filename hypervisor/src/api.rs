@@ -465,6 +465,7 @@ async fn run(
             }
             return Err(e.into());
         }
+        cp.record(spec).await;
     }
     Ok(Json(view))
 }
@@ -501,6 +502,7 @@ async fn stop(State(s): S, Path(name): Path<String>) -> Res<serde_json::Value> {
     s.mgr.stop(&name).await?;
     if let (Some(cp), Some(spec)) = (&s.control, spec) {
         cp.release(spec.dc, &spec.endpoints, &spec.name).await;
+        cp.forget(&spec.name).await;
     }
     // The name is checked, so the path stays in the instances' folder.
     let log = s.data_dir.join("instances").join(format!("{name}.log"));
@@ -564,6 +566,10 @@ async fn migrate(
         if let Err(e) = cp.claim(spec.dc, &spec.endpoints, &name, v.gen, true).await {
             tracing::warn!("'{name}' after a failed migration: claiming its endpoints: {e}");
         }
+    }
+    if let (Ok(_), Some(cp)) = (&result, &s.control) {
+        // It runs (and is recorded) at the destination now.
+        cp.forget(&name).await;
     }
     match result {
         Ok(r) => Ok(Json(r)),

@@ -4,12 +4,15 @@
 //! which instance owns each endpoint, by compare-and-swap. Without `etcd` the cluster file is a static
 //! directory, the embedded default, and none of this runs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dvs_etcd::{ClusterState, EndpointOwner, EtcdError, Expect, Membership, Owned, Store};
 use dvs_proxy::{ClusterMap, NodeInfo, Proxy};
 use m3ipc_core::NodeId;
 use serde::{Deserialize, Serialize};
+
+use crate::instances::{InstanceSpec, Manager, RestartPolicy, RunRequest};
 
 /// node.toml's `etcd = { endpoints = [...], prefix = "/dvs", lease_ttl_s = 3, proxy = "...", api = "..." }`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,7 +192,7 @@ impl ControlPlane {
                     }
                 }
                 for n in state.nodes.keys().filter(|&&n| n != me) {
-                    proxy.set_alive(NodeId(*n), state.alive.contains(n));
+                    proxy.set_alive(NodeId(*n), state.alive.contains(n)).await;
                 }
                 applied = Some(state);
                 if rx.changed().await.is_err() {
@@ -340,8 +343,138 @@ pub async fn reconcile(cp: &ControlPlane, mgr: &crate::instances::Manager) {
                 if let Err(e) = mgr.stop(&spec.name).await {
                     tracing::warn!("stopping '{}': {e}", spec.name);
                 }
+                cp.forget(&spec.name).await;
             }
             Err(e) => tracing::warn!("instance '{}': claiming its endpoints: {e}", spec.name),
         }
     }
+}
+
+impl ControlPlane {
+    /// Records in etcd that `spec` runs on this node (what a survivor needs to run it again).
+    pub async fn record(&self, spec: &InstanceSpec) {
+        let json = serde_json::to_vec(spec).unwrap_or_default();
+        if let Err(e) = self.store.put_instance(self.node, &spec.name, &json).await {
+            tracing::warn!("etcd: recording instance '{}': {e}", spec.name);
+        }
+    }
+
+    /// Forgets instance `name` of this node in etcd.
+    pub async fn forget(&self, name: &str) {
+        if let Err(e) = self.store.delete_instance(self.node, name).await {
+            tracing::warn!("etcd: forgetting instance '{name}': {e}");
+        }
+    }
+
+    /// Runs, until aborted, what makes a dead node's instances run again: on every change of the cluster,
+    /// for each member whose lease is gone, the instances recorded on it that may move (restart policy
+    /// `on-failure` or `always`, and no volumes: a volume stays on its node's disk) are started again on one
+    /// surviving node of their DC — the one their name picks among the DC's live nodes, which takes the
+    /// record over by compare-and-swap, so that one survivor runs each.
+    pub fn rescue(self: &Arc<Self>, mgr: Arc<Manager>) -> tokio::task::JoinHandle<()> {
+        // Weak: the task must not keep the membership (and so the lease) alive after the daemon is gone.
+        let weak = Arc::downgrade(self);
+        let mut rx = self.watch.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let state = rx.borrow_and_update().clone();
+                let Some(cp) = weak.upgrade() else { return };
+                for dead in state.nodes.keys().filter(|n| !state.alive.contains(n)) {
+                    if *dead != cp.node {
+                        cp.rescue_from(&state, *dead, &mgr).await;
+                    }
+                }
+                drop(cp);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    async fn rescue_from(&self, state: &ClusterState, dead: u16, mgr: &Arc<Manager>) {
+        let records = match self.store.instances_on(dead).await {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!("etcd: instances of dead node {dead}: {e}"),
+        };
+        for (name, json, revision) in records {
+            let Ok(spec) = serde_json::from_slice::<InstanceSpec>(&json) else {
+                tracing::warn!("etcd: instance '{name}' of node {dead}: unreadable record");
+                continue;
+            };
+            if spec.restart == RestartPolicy::Never || !spec.volumes.is_empty() {
+                continue;
+            }
+            let mut survivors: Vec<u16> = state
+                .dcs
+                .get(&spec.dc)
+                .map(|d| {
+                    d.nodes
+                        .iter()
+                        .copied()
+                        .filter(|n| state.alive.contains(n))
+                        .collect()
+                })
+                .unwrap_or_default();
+            survivors.sort_unstable();
+            let Some(&chosen) = survivors.get(pick(&name, survivors.len())) else {
+                continue;
+            };
+            if chosen != self.node || mgr.view(&name).is_some() {
+                continue;
+            }
+            match self
+                .store
+                .move_instance(dead, &name, revision, self.node, &json)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!("etcd: taking over instance '{name}' of node {dead}: {e}");
+                    continue;
+                }
+            }
+            let gen = u64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_micros(),
+            )
+            .unwrap_or(u64::MAX);
+            let req = RunRequest {
+                spec: spec.clone(),
+                takeover_gen: Some(gen),
+            };
+            match mgr.run(req) {
+                Ok(v) => {
+                    if let Err(e) = self
+                        .claim(spec.dc, &spec.endpoints, &name, v.gen, false)
+                        .await
+                    {
+                        tracing::warn!(
+                            "instance '{name}' from dead node {dead}: its endpoints: {e}"
+                        );
+                        let _ = mgr.stop(&name).await;
+                        self.forget(&name).await;
+                        continue;
+                    }
+                    tracing::info!("instance '{name}' of dead node {dead} runs here now");
+                }
+                Err(e) => {
+                    tracing::warn!("instance '{name}' of dead node {dead} could not run here: {e}");
+                    self.forget(&name).await;
+                }
+            }
+        }
+    }
+}
+
+/// Which of `n` candidates takes the instance `name` (the same answer on every node).
+fn pick(name: &str, n: usize) -> usize {
+    // FNV-1a: stable across runs and builds, unlike the std hasher.
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(h % n.max(1) as u64).unwrap_or(0)
 }

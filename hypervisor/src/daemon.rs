@@ -118,9 +118,13 @@ pub async fn serve(
         }
     );
     mgr.restore();
-    if let Some(cp) = &control {
-        crate::control::reconcile(cp, &mgr).await;
-    }
+    let rescuer = match &control {
+        Some(cp) => {
+            crate::control::reconcile(cp, &mgr).await;
+            Some(cp.rescue(mgr.clone()))
+        }
+        None => None,
+    };
     let api = Arc::new(Api {
         mgr: mgr.clone(),
         started: Instant::now(),
@@ -143,8 +147,8 @@ pub async fn serve(
     let served = serve_tls(listener, router(api), pki.server.clone(), shutdown).await;
     tracing::info!("node {} stopping: killing its machines", cfg.node);
     saver.abort();
-    if let Some(f) = follower {
-        f.abort();
+    for task in [follower, rescuer].into_iter().flatten() {
+        task.abort();
     }
     mgr.shutdown().await;
     proxy.shutdown();

@@ -1728,6 +1728,20 @@ async fn control_plane_on_etcd_changes_the_cluster_live() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A DC across the three; an instance that may move (restart policy `always`) runs in it on node 3.
+    let dc5 = r#"{"id": 5, "name": "spread", "nodes": [1, 2, 3]}"#;
+    assert_eq!(call(&a1, "POST", "/v1/dcs", dc5).await.0, 200);
+    let n3c = n3.c.clone();
+    let t0 = Instant::now();
+    while !n3c.cluster().await.unwrap().dcs.iter().any(|d| d.id == 5) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "node 3 never learned DC 5");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    push_vos(&n3c).await;
+    let mut movable = spec("echo-r", 5, &[30], &["echo"], &[]);
+    movable.restart = RestartPolicy::Always;
+    n3c.run(&run(movable)).await.unwrap();
+    wait(&n3c, "echo-r", "running", |v| v.state == State::Running).await;
     // It dies without a word (its tasks dropped, no lease revoked): its lease lapses within the TTL (plus
     // etcd's expiry check), and node 1 says so and cuts it off.
     let t0 = Instant::now();
@@ -1757,6 +1771,49 @@ async fn control_plane_on_etcd_changes_the_cluster_live() {
         t0.elapsed()
     );
     assert_ne!(n1.c.status().await.unwrap().peers.get(&3), Some(&true));
+    // Its movable instance runs again on one survivor, which owns its endpoint now; a caller reaches it.
+    let t0 = Instant::now();
+    let rescuer = loop {
+        let owners = call(&a1, "GET", "/v1/control", "").await.1["owners"].clone();
+        let node = owners
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["ep"] == 30)
+            .map(|o| o["node"].clone());
+        if let Some(n @ (1 | 2)) = node.and_then(|n| n.as_u64()) {
+            break if n == 1 { &n1 } else { &n2 };
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "echo-r not rescued: {owners}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    wait(&rescuer.c, "echo-r", "running again", |v| {
+        v.state == State::Running
+    })
+    .await;
+    n1.c.run(&run(spec(
+        "caller-r",
+        5,
+        &[11],
+        &["ipc-bench"],
+        &["peer=30", "n=50"],
+    )))
+    .await
+    .unwrap();
+    let v = wait(&n1.c, "caller-r", "a report", |v| {
+        !v.guest.reports.is_empty()
+    })
+    .await;
+    assert!(
+        matches!(v.guest.reports[..], [Report::Sendrecs { n: 50, .. }]),
+        "{:?}",
+        v.guest.reports
+    );
+    rescuer.c.stop("echo-r").await.unwrap();
+    n1.c.stop("caller-r").await.unwrap();
 
     // A DC in use stays; once its instances stop (their endpoints released), it goes, on every node.
     assert_eq!(

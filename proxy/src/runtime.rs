@@ -380,8 +380,12 @@ impl Proxy {
 
     /// Marks `node` dead (`alive` false: its lease lapsed in the directory) or alive again. A dead node's
     /// link is cut now — calls in progress through it fail with NodeUnreachable — and it gets no new link
-    /// until it is alive again, even if its proxy still answers (a partition the directory has decided).
-    pub fn set_alive(&self, node: NodeId, alive: bool) {
+    /// until it is alive again, even if its proxy still answers (a partition the directory has decided); its
+    /// endpoints may be bound by another node (the one the directory gave them to).
+    pub async fn set_alive(&self, node: NodeId, alive: bool) {
+        let now = self.core.now();
+        let mut out = vec![];
+        lock(&self.core.switch).set_node_dead(now, node, !alive, &mut out);
         if alive {
             write(&self.core.fenced).remove(&node);
             return;
@@ -392,6 +396,7 @@ impl Proxy {
         if let Some(p) = self.core.peer(node) {
             p.cancel();
         }
+        self.core.dispatch(out, false).await;
     }
 }
 

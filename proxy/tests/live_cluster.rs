@@ -67,12 +67,12 @@ async fn nodes_join_leave_and_are_fenced_live() {
     assert_eq!(p1.cluster(), both);
 
     // The directory says node 2 is dead: its link is cut at once and not dialled again.
-    p1.set_alive(NodeId(2), false);
+    p1.set_alive(NodeId(2), false).await;
     wait_for("link cut", || !p1.peer_is_up(NodeId(2))).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!p1.peer_is_up(NodeId(2)), "a fenced node gets no new link");
     // Alive again: the link comes back.
-    p1.set_alive(NodeId(2), true);
+    p1.set_alive(NodeId(2), true).await;
     wait_for("link back", || p1.peer_is_up(NodeId(2))).await;
 
     // Node 2 leaves: its link goes, its counters too, and it is refused if it calls.

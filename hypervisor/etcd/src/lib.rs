@@ -10,6 +10,7 @@
 //! | `{prefix}/alive/{id}` | the lease id | put with the node's lease ([`Membership`]): gone when it lapses |
 //! | `{prefix}/dcs/{id}` | [`DcInfo`] | from `create_dc` to `delete_dc` |
 //! | `{prefix}/endpoints/{dc}/{ep}` | [`EndpointOwner`] | from the first claim to the release |
+//! | `{prefix}/instances/{node}/{name}` | the instance's spec (the daemon's JSON) | while it runs there |
 //! | `{prefix}/seeded` | `true` | the cluster was seeded from a cluster file once |
 //!
 //! Ids are zero-padded in keys so that a prefix range lists them in order. Ownership changes are
@@ -234,6 +235,10 @@ fn alive_key(id: u16) -> String {
 
 fn dc_key(id: u16) -> String {
     format!("dcs/{id:05}")
+}
+
+fn instance_key(node: u16, name: &str) -> String {
+    format!("instances/{node:05}/{name}")
 }
 
 fn endpoint_key(dc: u16, ep: u32) -> String {
@@ -497,6 +502,61 @@ impl Store {
         }
         let current = first_kv(&resp).map(|kv| owned(&key, &kv)).transpose()?;
         Err(EtcdError::Conflict { dc, ep, current })
+    }
+
+    /// Records that instance `name` runs on `node`, with `spec` (what another node needs to run it again).
+    pub async fn put_instance(&self, node: u16, name: &str, spec: &[u8]) -> Result<(), EtcdError> {
+        let key = self.key(&instance_key(node, name));
+        self.client.kv_client().put(key, spec, None).await?;
+        Ok(())
+    }
+
+    /// Forgets instance `name` of `node`.
+    pub async fn delete_instance(&self, node: u16, name: &str) -> Result<(), EtcdError> {
+        let key = self.key(&instance_key(node, name));
+        self.client.kv_client().delete(key, None).await?;
+        Ok(())
+    }
+
+    /// The instances recorded on `node`: `(name, spec, revision)`.
+    pub async fn instances_on(&self, node: u16) -> Result<Vec<(String, Vec<u8>, i64)>, EtcdError> {
+        let prefix = self.key(&instance_key(node, ""));
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let name = std::str::from_utf8(kv.key()).ok()?.strip_prefix(&prefix)?;
+                Some((name.to_string(), kv.value().to_vec(), kv.mod_revision()))
+            })
+            .collect())
+    }
+
+    /// Moves the record of instance `name` from the dead node `from` (as read at `revision`) to `to`, in one
+    /// transaction that holds only while `from`'s lease is gone and `to` has no instance of that name: of
+    /// several survivors trying, one wins (true).
+    pub async fn move_instance(
+        &self,
+        from: u16,
+        name: &str,
+        revision: i64,
+        to: u16,
+        spec: &[u8],
+    ) -> Result<bool, EtcdError> {
+        let old = self.key(&instance_key(from, name));
+        let new = self.key(&instance_key(to, name));
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(old.clone(), CompareOp::Equal, revision),
+                Compare::version(self.key(&alive_key(from)), CompareOp::Equal, 0),
+                Compare::create_revision(new.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::delete(old, None), TxnOp::put(new, spec, None)]);
+        Ok(self.client.kv_client().txn(txn).await?.succeeded())
     }
 
     /// Starts node `node`'s membership: a lease of `ttl`, kept alive, under which the node's `alive` key

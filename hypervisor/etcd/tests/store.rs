@@ -267,3 +267,38 @@ async fn a_node_that_cannot_reach_etcd_loses_its_lease_within_one_ttl() {
     assert!(t0.elapsed() <= ttl + ttl / 2, "took {:?}", t0.elapsed());
     assert!(me.is_lost());
 }
+
+#[tokio::test]
+async fn a_dead_nodes_instance_record_moves_to_one_survivor() {
+    let dir = tempdir("instances");
+    let m = LocalMember::single(&dir).unwrap();
+    let s = store(&m).await;
+    let holder = s.membership(3, Duration::from_secs(1)).await.unwrap();
+    s.put_instance(3, "web", b"{\"spec\":1}").await.unwrap();
+    s.put_instance(3, "db", b"{\"spec\":2}").await.unwrap();
+    let recs = s.instances_on(3).await.unwrap();
+    assert_eq!(
+        recs.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        ["db", "web"]
+    );
+    let (_, spec, rev) = recs[1].clone();
+    assert!(
+        !s.move_instance(3, "web", rev, 1, &spec).await.unwrap(),
+        "node 3 is alive"
+    );
+    holder.leave().await.unwrap();
+    // Two survivors race for it: one wins.
+    let (a, b) = (store(&m).await, store(&m).await);
+    let (r1, r2) = tokio::join!(
+        a.move_instance(3, "web", rev, 1, &spec),
+        b.move_instance(3, "web", rev, 2, &spec)
+    );
+    assert_eq!(u8::from(r1.unwrap()) + u8::from(r2.unwrap()), 1);
+    let on = |n| {
+        let s = s.clone();
+        async move { s.instances_on(n).await.unwrap().len() }
+    };
+    assert_eq!((on(1).await + on(2).await, on(3).await), (1, 1));
+    s.delete_instance(3, "db").await.unwrap();
+    assert_eq!(on(3).await, 0);
+}

@@ -172,6 +172,8 @@ pub struct Switch {
     /// Bindings refused for want of a grant, kept in case the owner's handover arrives after them (the two come
     /// over different links): (DC, endpoint) → (claimant, generation).
     claims: HashMap<(DcId, Endpoint), (NodeId, u64)>,
+    /// Nodes the directory says are dead (their lease lapsed): another node may bind their endpoints.
+    dead: HashSet<NodeId>,
     timing: timing::Timing,
     /// Per DC (by number), the token buckets its VM ports' frames are charged to (made at a DC's first frame).
     rates: HashMap<u16, rate::DcBuckets>,
@@ -209,6 +211,7 @@ impl Switch {
             claims: HashMap::new(),
             timing: timing::Timing::default(),
             rates: HashMap::new(),
+            dead: HashSet::new(),
         }
     }
 
@@ -517,6 +520,37 @@ impl Switch {
         self.fail_pending(Via::Peer(node), ErrorCode::NodeUnreachable, out);
     }
 
+    /// Marks `node` dead (its lease lapsed in the directory) or alive. A dead node is down (its calls in
+    /// progress fail with NodeUnreachable) and its endpoints may be bound by the node the directory gave them
+    /// to — at once for bindings that came before this news (held as claims).
+    pub fn set_node_dead(&mut self, now: Instant, node: NodeId, dead: bool, out: &mut Vec<Out>) {
+        if !dead {
+            self.dead.remove(&node);
+            return;
+        }
+        if !self.dead.insert(node) {
+            return;
+        }
+        self.peer_down(node, out);
+        let waiting: Vec<((DcId, Endpoint), (NodeId, u64))> = self
+            .claims
+            .iter()
+            .filter(|(k, _)| self.places.get(k).is_some_and(|p| p.node == node))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for ((dc, ep), (from, gen)) in waiting {
+            self.claims.remove(&(dc, ep));
+            let b = Binding {
+                dc: dc.0,
+                ep: ep.0,
+                gen,
+            };
+            if self.cluster.dc_has_node(dc, from) {
+                self.apply_bind(now, from, b);
+            }
+        }
+    }
+
     /// Routes by `cluster` from now on (a live change): a node that left is down (its calls in progress fail
     /// with NodeUnreachable) and its placements are forgotten, as are placements in DCs that are gone or no
     /// longer span their node; a node that joined gets counters. Ports stay: the daemon does not delete a DC
@@ -684,6 +718,8 @@ impl Switch {
             // An older binding of the same holder: ignored.
             Some(p) if p.node == from && p.gen > b.gen => return true,
             Some(p) if p.node == from => {}
+            // The holder is dead in the directory, which gave the endpoint to `from`.
+            Some(p) if self.dead.contains(&p.node) => {}
             Some(p) => {
                 let granted = self
                     .grants

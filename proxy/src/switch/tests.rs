@@ -1247,3 +1247,33 @@ fn histogram_buckets_hold_their_bounds_and_the_rest() {
     assert_eq!(h.count, 5);
     assert_eq!(h.sum_us, u64::MAX, "the sum saturates");
 }
+
+#[test]
+fn a_dead_nodes_endpoints_may_be_bound_by_another_node() {
+    let (mut s, a, _, _) = node1();
+    let mut out = vec![];
+    s.peer_up(NodeId(3), &mut out);
+    // Endpoint 40 is node 2's; node 3 binds it with a newer generation: refused while node 2 lives.
+    let b = Binding {
+        dc: 1,
+        ep: 40,
+        gen: 50,
+    };
+    s.handle_dir(T0, NodeId(3), DirMsg::Bind(b));
+    assert_eq!(s.lookup(DC1, Endpoint(40)).unwrap().node, N2);
+    // A call to it is in progress when the directory says node 2 is dead: it fails at once, and the
+    // binding node 3 sent before is applied.
+    s.port_frame(T0, a, m3(Kind::SendRec, DC1, 10, 40, 5), &mut out);
+    let mut out = vec![];
+    s.set_node_dead(T0, N2, true, &mut out);
+    let out = frames(out);
+    assert_eq!(
+        answer(&out[0]),
+        (Kind::Error, ErrorCode::NodeUnreachable as u16, 40, 10, 5)
+    );
+    assert_eq!(s.lookup(DC1, Endpoint(40)).unwrap().node, NodeId(3));
+    // A later binding from node 3 is accepted too; alive again, node 2 cannot take it back unasked.
+    s.set_node_dead(T0, N2, false, &mut vec![]);
+    s.handle_dir(T0, N2, DirMsg::Bind(Binding { gen: 99, ..b }));
+    assert_eq!(s.lookup(DC1, Endpoint(40)).unwrap().node, NodeId(3));
+}

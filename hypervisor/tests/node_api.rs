@@ -1734,7 +1734,10 @@ async fn control_plane_on_etcd_changes_the_cluster_live() {
     let n3c = n3.c.clone();
     let t0 = Instant::now();
     while !n3c.cluster().await.unwrap().dcs.iter().any(|d| d.id == 5) {
-        assert!(t0.elapsed() < Duration::from_secs(5), "node 3 never learned DC 5");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "node 3 never learned DC 5"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     push_vos(&n3c).await;

@@ -12,10 +12,14 @@
 //! delivered twice. Every call ends with exactly one [`Event::Done`] (or an immediate `Err`).
 
 mod config;
+#[cfg(feature = "snapshot")]
+mod snapshot;
 mod state;
 mod vcopy;
 
 pub use config::EngineConfig;
+#[cfg(feature = "snapshot")]
+pub use snapshot::{SnapshotError, SnapshotLimits, SNAPSHOT_VERSION};
 pub use state::{EndpointState, PeerSnapshot};
 
 use crate::error::ErrorCode;

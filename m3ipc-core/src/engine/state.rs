@@ -170,7 +170,7 @@ impl Local {
 
 /// An endpoint's state in transit between engines (migration). Messages still queued are not carried:
 /// their senders were never told they were taken, so they resend to the new place.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointState {
     /// The endpoint.
     pub ep: Endpoint,

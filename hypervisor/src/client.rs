@@ -237,6 +237,23 @@ impl NodeClient {
         self.get(path).await
     }
 
+    /// POST `body` as JSON to an API path; the answer as JSON.
+    pub async fn post_json<B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.answer(self.http.post(url).json(body).send().await)
+            .await
+    }
+
+    /// DELETE an API path; the answer as JSON.
+    pub async fn delete_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.answer(self.http.delete(url).send().await).await
+    }
+
     /// `GET /v1/node`.
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
         self.get("/v1/node").await

@@ -110,7 +110,11 @@ async fn join_node(State(s): S, ApiJson(node): ApiJson<NodeInfo>) -> Res<NodeInf
 
 async fn remove_node(State(s): S, Path(id): Path<u16>) -> Res<serde_json::Value> {
     let cp = plane(&s)?;
-    cp.store().remove_node(id).await?;
+    cp.store().remove_node(id).await.map_err(|e| match e {
+        // Listed by a DC: the node is in use, not an invalid request.
+        EtcdError::DcNode { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+        e => e.into(),
+    })?;
     tracing::info!("node {id} removed from the cluster");
     Ok(Json(serde_json::json!({ "removed": id })))
 }

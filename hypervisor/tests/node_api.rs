@@ -1529,6 +1529,22 @@ async fn metrics_are_scraped_and_move_with_traffic() {
         call(&admin, "GET", "/v1/control", "").await.1["mode"],
         "static"
     );
+    let admin_file = node.creds_dir.join("admin.toml").display().to_string();
+    let dvs = |args: &[&str]| {
+        let mut all = vec![
+            "dvs",
+            "--node",
+            api.as_str(),
+            "--credentials",
+            admin_file.as_str(),
+        ];
+        all.extend_from_slice(args);
+        dvs_hypervisor::cli::main(<dvs_hypervisor::cli::Cli as clap::Parser>::parse_from(all))
+    };
+    let e = dvs(&["dc", "create", "shop", "--id", "7", "--nodes", "1"])
+        .await
+        .unwrap_err();
+    assert_eq!(dvs_hypervisor::cli::exit_code(&e), 5, "{e:#}");
     push_vos(&node.c).await;
     let c = node.c.clone();
     c.run(&run(spec("echo", 1, &[20], &["echo"], &[])))
@@ -1577,6 +1593,25 @@ async fn metrics_are_scraped_and_move_with_traffic() {
         .iter()
         .find(|x| x.metric == "dvs_dc_call_seconds_sum" && x.labels.get("kind") == Some("sendrec"));
     assert!(sum.is_some_and(|x| matches!(x.value, prometheus_parse::Value::Untyped(v) if v > 0.0)));
+    // The CLI's views of the same: `ps -o wide`, `top --once`, a read-only caller refused a change.
+    dvs(&["ps", "-o", "wide"]).await.unwrap();
+    dvs(&["top", "--once", "--interval", "0.2"]).await.unwrap();
+    let ro_file = node.creds_dir.join("read-only.toml").display().to_string();
+    let ro_cli = [
+        "dvs",
+        "--node",
+        api.as_str(),
+        "--credentials",
+        ro_file.as_str(),
+        "stop",
+        "echo",
+    ];
+    let e = dvs_hypervisor::cli::main(<dvs_hypervisor::cli::Cli as clap::Parser>::parse_from(
+        ro_cli,
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(dvs_hypervisor::cli::exit_code(&e), 6, "{e:#}");
     assert_eq!(
         sample(&after, "dvs_instance_boots_total", &[("name", "caller")]),
         Some(1.0)
@@ -1665,6 +1700,25 @@ async fn control_plane_on_etcd_changes_the_cluster_live() {
         call(&a1, "POST", "/v1/dcs", dc3).await.1["code"],
         "conflict"
     );
+    // The same through the CLI: created, then a conflict (exit 5); a node a DC lists is in use.
+    let a1_file = n1.creds_dir.join("admin.toml").display().to_string();
+    let dvs = |args: &[&str]| {
+        let mut all = vec!["dvs", "--credentials", a1_file.as_str()];
+        all.extend_from_slice(args);
+        dvs_hypervisor::cli::main(<dvs_hypervisor::cli::Cli as clap::Parser>::parse_from(all))
+    };
+    dvs(&["dc", "create", "cli", "--id", "9", "--nodes", "1,2"])
+        .await
+        .unwrap();
+    let e = dvs(&["dc", "create", "cli", "--id", "9", "--nodes", "1"])
+        .await
+        .unwrap_err();
+    assert_eq!(dvs_hypervisor::cli::exit_code(&e), 5, "{e:#}");
+    let e = dvs(&["node", "remove", "1"]).await.unwrap_err();
+    assert_eq!(dvs_hypervisor::cli::exit_code(&e), 5, "{e:#}");
+    dvs(&["dc", "delete", "cli"]).await.unwrap();
+    dvs(&["owners"]).await.unwrap();
+    dvs(&["node", "status"]).await.unwrap();
     let bad = r#"{"id": 4, "name": "Bad Name", "nodes": [1]}"#;
     assert_eq!(call(&a1, "POST", "/v1/dcs", bad).await.1["code"], "invalid");
     let t0 = Instant::now();

@@ -1,6 +1,6 @@
 //! `dvs node status`, `dvs ps`, `dvs dc ls`: what the cluster runs.
 
-use super::{print_json, Ctx};
+use super::{print_json, Ctx, PsOutput};
 use crate::instances::InstanceView;
 
 pub(super) async fn node_status(ctx: &Ctx) -> anyhow::Result<()> {
@@ -17,6 +17,10 @@ pub(super) async fn node_status(ctx: &Ctx) -> anyhow::Result<()> {
         println!("  peer node {id}: {}", if *up { "up" } else { "DOWN" });
     }
     println!("  {} instances, {} images", s.instances, s.images);
+    match super::control::view(ctx).await {
+        Ok(v) => super::control::print_members(&v),
+        Err(e) => println!("  cluster: unknown ({e:#})"),
+    }
     let c = ctx.node.counters().await?;
     for (name, p) in &c.ports {
         println!(
@@ -106,35 +110,42 @@ pub(super) async fn dc_ls(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) async fn ps(ctx: &Ctx) -> anyhow::Result<()> {
+pub(super) async fn ps(ctx: &Ctx, output: PsOutput) -> anyhow::Result<()> {
     let (instances, down) = all_instances(ctx).await?;
-    if ctx.json {
+    if output == PsOutput::Json {
         return print_json(
             &serde_json::json!({ "instances": instances, "unreachable_nodes": down }),
         );
     }
-    println!(
-        "{:<16} {:>4} {:>4} {:<8} {:<14} {:<16} {:<20} IMAGE",
-        "NAME", "NODE", "DC", "STATE", "ENDPOINTS", "SERVICES", "PUBLISH"
+    let wide = output == PsOutput::Wide;
+    print!("{}", ps_table(&instances, wide));
+    if !down.is_empty() {
+        eprintln!("(nodes {down:?} did not answer)");
+    }
+    Ok(())
+}
+
+/// The `dvs ps` table (`wide`: with pid, CPU time, memory, boots and the last exit).
+pub(super) fn ps_table(instances: &[InstanceView], wide: bool) -> String {
+    let mut s = format!(
+        "{:<16} {:>4} {:>4} {:<8} {:<14} {:<16} {:<20} {:<12}",
+        "NAME", "NODE", "DC", "STATE", "ENDPOINTS", "SERVICES", "PUBLISH", "IMAGE"
     );
-    for i in &instances {
-        let eps = i
-            .spec
-            .endpoints
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let publ = i
-            .spec
-            .publish
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+    if wide {
+        s.push_str(&format!(
+            " {:>8} {:>9} {:>8} {:>5}  LAST EXIT",
+            "PID", "CPU s", "MEM MiB", "BOOTS"
+        ));
+    }
+    s.push('\n');
+    for i in instances {
+        let join = |v: Vec<String>| v.join(",");
+        let eps = join(i.spec.endpoints.iter().map(u32::to_string).collect());
+        let publ = join(i.spec.publish.iter().map(|p| p.to_string()).collect());
         let state = format!("{:?}", i.state).to_lowercase();
-        println!(
-            "{:<16} {:>4} {:>4} {:<8} {:<14} {:<16} {:<20} {}",
+        let image = i.image_sha256.get(..12).unwrap_or(&i.image_sha256);
+        s.push_str(&format!(
+            "{:<16} {:>4} {:>4} {:<8} {:<14} {:<16} {:<20} {:<12}",
             i.spec.name,
             i.node,
             i.spec.dc,
@@ -142,11 +153,48 @@ pub(super) async fn ps(ctx: &Ctx) -> anyhow::Result<()> {
             eps,
             i.spec.services.join(","),
             publ,
-            &i.image_sha256[..12]
+            image
+        ));
+        if wide {
+            let pid = i.pid.map_or("-".into(), |p| p.to_string());
+            let (cpu, mem) = i.usage.map_or(("-".into(), "-".into()), |u| {
+                (
+                    format!("{:.2}", u.cpu_ns as f64 / 1e9),
+                    format!("{:.1}", u.memory_bytes as f64 / (1 << 20) as f64),
+                )
+            });
+            let last = i.last_exit.as_deref().unwrap_or("-");
+            s.push_str(&format!(
+                " {pid:>8} {cpu:>9} {mem:>8} {:>5}  {last}",
+                i.boots
+            ));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wide_adds_columns_and_short_images_do_not_panic() {
+        let spec = crate::instances::InstanceSpec::new("web", "vos", 1);
+        let v: InstanceView = serde_json::from_value(serde_json::json!({
+            "spec": spec, "node": 2, "image_sha256": "abc", "state": "running", "last_exit": null,
+            "boots": 3, "pid": 42, "mac": "", "cmdline": "", "boot_config": null, "gen": 1,
+            "backend": "qemu", "guest": {"ready": null, "counters": null, "reports": [], "fatal": null,
+            "bad_records": 0}, "usage": {"cpu_ns": 1500000000u64, "memory_bytes": 10485760u64}, "rev": 1
+        }))
+        .unwrap();
+        let narrow = ps_table(std::slice::from_ref(&v), false);
+        let wide = ps_table(&[v], true);
+        assert!(narrow.contains("web") && !narrow.contains("BOOTS"));
+        let row = wide.lines().nth(1).unwrap();
+        assert!(
+            row.contains(" 42 ") && row.contains("1.50") && row.contains("10.0"),
+            "{row}"
         );
     }
-    if !down.is_empty() {
-        eprintln!("(nodes {down:?} did not answer)");
-    }
-    Ok(())
 }

@@ -2,9 +2,11 @@
 //! node's API (`--node`, default 127.0.0.1:7070) and, for cluster-wide commands, to every node it knows.
 
 mod cluster;
+mod control;
 mod deploy;
 mod images;
 mod pki;
+mod top;
 mod volumes;
 
 use std::collections::BTreeMap;
@@ -34,8 +36,15 @@ Examples:
   dvs run vos --dc web --name liar --process --process-arg console-liar
                                                       a test double as the machine (node's process_program)
 
-Exit codes: 0 ok, 1 failed, 2 usage, 3 node unreachable, 4 not found (image, instance, DC, volume),
-5 conflict (endpoint or name taken, volume attached or of another size).";
+  dvs ps -o wide                                      more columns: pid, CPU time, memory, boots, last exit
+  dvs top --once                                      CPU, memory and frames/s per instance (live without --once)
+  dvs dc create shop --id 7 --nodes 1,2               a DC created live (a cluster on etcd)
+  dvs node join --id 4 --proxy 10.0.0.4:7001 --api 10.0.0.4:7000
+                                                      register a node; then start its daemon with etcd
+
+Exit codes: 0 ok, 1 failed, 2 usage, 3 node unreachable (or etcd), 4 not found (image, instance, DC, volume,
+node), 5 conflict (endpoint or name taken, volume attached or of another size, DC or node in use, a static
+cluster), 6 not allowed (no or a read-only credential).";
 
 /// dvs: distributed containers (DCs) of unikernel VMs whose IPC spans nodes.
 ///
@@ -88,7 +97,22 @@ enum Cmd {
     /// Boot an instance of IMAGE in a DC.
     Run(Box<RunArgs>),
     /// List instances on every node of the cluster.
-    Ps,
+    Ps {
+        /// Output: table, wide (more columns) or json (the same as --json).
+        #[arg(long, short = 'o', default_value = "table")]
+        output: PsOutput,
+    },
+    /// Per-instance CPU, memory and message rates across the cluster, refreshed every --interval.
+    Top {
+        /// Print one table (after one interval) and exit: for scripts and logs.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+    },
+    /// Which instance owns each endpoint (a cluster on etcd).
+    Owners,
     /// Print an instance's console log.
     Logs {
         /// Instance name.
@@ -143,6 +167,23 @@ enum NodeCmd {
     Status,
     /// Issue a node certificate (for mutual TLS on peer links) from the cluster CA of `dvs cluster init`.
     Cert(pki::CertArgs),
+    /// Register a node as a member (a cluster on etcd) before its daemon starts.
+    Join {
+        /// The node's id.
+        #[arg(long)]
+        id: u16,
+        /// Its peer-link address (host:port).
+        #[arg(long)]
+        proxy: std::net::SocketAddr,
+        /// Its API address (host:port).
+        #[arg(long)]
+        api: std::net::SocketAddr,
+    },
+    /// Remove a node from the members; refused while it is alive or a DC lists it.
+    Remove {
+        /// The node's id.
+        id: u16,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -187,6 +228,33 @@ enum VolumeCmd {
 enum DcCmd {
     /// List DCs with their nodes and instances.
     Ls,
+    /// Create a DC live (a cluster on etcd): every node's proxy routes it at once.
+    Create {
+        /// The DC's name.
+        name: String,
+        /// The DC's number (unused).
+        #[arg(long)]
+        id: u16,
+        /// The nodes it spans (comma-separated ids).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u16>,
+    },
+    /// Delete a DC (number or name); refused while any of its endpoints is owned by an instance.
+    Delete {
+        /// The DC.
+        dc: String,
+    },
+}
+
+/// How `dvs ps` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PsOutput {
+    /// Name, node, DC, state, endpoints, services, published ports, image.
+    Table,
+    /// The table plus pid, CPU time, memory, boots and the last exit.
+    Wide,
+    /// Every instance view as JSON.
+    Json,
 }
 
 #[derive(clap::Args, Debug)]
@@ -273,8 +341,11 @@ pub mod exit {
     pub const UNREACHABLE: i32 = 3;
     /// An image, instance, DC or volume was not found.
     pub const NOT_FOUND: i32 = 4;
-    /// A conflict: endpoint or name taken, volume attached or of another size.
+    /// A conflict: endpoint or name taken, volume attached or of another size, DC or node in use, a
+    /// change a static cluster cannot make.
     pub const CONFLICT: i32 = 5;
+    /// Not allowed: no credential, or a read-only one for a change.
+    pub const NOT_ALLOWED: i32 = 6;
 }
 
 /// The exit code for an error.
@@ -285,10 +356,10 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
                 ClientError::Unreachable { .. } => exit::UNREACHABLE,
                 ClientError::Api { code, .. } => match code.as_str() {
                     "not_found" | "image" | "dc" => exit::NOT_FOUND,
-                    "endpoint_taken" | "name_taken" | "volume_attached" | "volume_size" => {
-                        exit::CONFLICT
-                    }
-                    "unreachable" => exit::UNREACHABLE,
+                    "endpoint_taken" | "name_taken" | "volume_attached" | "volume_size"
+                    | "conflict" | "static_cluster" | "quota" => exit::CONFLICT,
+                    "unreachable" | "lease_lost" => exit::UNREACHABLE,
+                    "unauthenticated" | "forbidden" => exit::NOT_ALLOWED,
                     _ => exit::FAILED,
                 },
                 ClientError::BadAnswer { .. } => exit::FAILED,
@@ -422,6 +493,14 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             cmd: Some(NodeCmd::Cert(args)),
             ..
         } => pki::node_cert(&args),
+        Cmd::Node {
+            cmd: Some(NodeCmd::Join { id, proxy, api }),
+            ..
+        } => control::node_join(&ctx, dvs_proxy::NodeInfo { id, proxy, api }).await,
+        Cmd::Node {
+            cmd: Some(NodeCmd::Remove { id }),
+            ..
+        } => control::node_remove(&ctx, id).await,
         Cmd::Cluster { cmd } => pki::cluster(cmd),
         Cmd::Node { .. } => {
             bail!("use `dvs node --config node.toml` to run a node, or `dvs node status`")
@@ -436,8 +515,24 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         } => images::push(&ctx, &file, manifest.as_deref(), all).await,
         Cmd::Image { cmd: ImageCmd::Ls } => images::image_ls(&ctx).await,
         Cmd::Dc { cmd: DcCmd::Ls } => cluster::dc_ls(&ctx).await,
+        Cmd::Dc {
+            cmd: DcCmd::Create { name, id, nodes },
+        } => control::dc_create(&ctx, &name, id, nodes).await,
+        Cmd::Dc {
+            cmd: DcCmd::Delete { dc },
+        } => control::dc_delete(&ctx, &dc).await,
+        Cmd::Owners => control::owners(&ctx).await,
+        Cmd::Top { once, interval } => {
+            if !(0.05..=3600.0).contains(&interval) {
+                bail!("--interval {interval}: give seconds between 0.05 and 3600");
+            }
+            top::top(&ctx, once, std::time::Duration::from_secs_f64(interval)).await
+        }
         Cmd::Run(args) => deploy::run(&ctx, *args).await,
-        Cmd::Ps => cluster::ps(&ctx).await,
+        Cmd::Ps { output } => {
+            let output = if ctx.json { PsOutput::Json } else { output };
+            cluster::ps(&ctx, output).await
+        }
         Cmd::Volume { cmd: VolumeCmd::Ls } => volumes::ls(&ctx).await,
         Cmd::Volume {
             cmd: VolumeCmd::Rm { dc, name, on },

@@ -1,0 +1,121 @@
+//! `dvs dc create/delete`, `dvs node join/remove`, and the control-plane part of `dvs node status`: live
+//! changes of a cluster on etcd (a node with a static cluster file refuses them: 409 `static_cluster`).
+
+use anyhow::{anyhow, Context};
+use dvs_proxy::{DcInfo, NodeInfo};
+
+use super::{print_json, Ctx};
+use crate::control::ControlView;
+
+/// `dvs dc create NAME --id N --nodes 1,2`.
+pub(super) async fn dc_create(
+    ctx: &Ctx,
+    name: &str,
+    id: u16,
+    nodes: Vec<u16>,
+) -> anyhow::Result<()> {
+    let dc = DcInfo {
+        id,
+        name: name.into(),
+        nodes,
+        limit: Default::default(),
+        quota: Default::default(),
+    };
+    ctx.node
+        .post_json("/v1/dcs", &dc)
+        .await
+        .with_context(|| format!("creating DC {id} '{name}'"))?;
+    println!("created DC {id} '{name}' on nodes {:?}", dc.nodes);
+    Ok(())
+}
+
+/// `dvs dc delete DC` (number or name).
+pub(super) async fn dc_delete(ctx: &Ctx, dc: &str) -> anyhow::Result<()> {
+    let cluster = ctx.cluster().await?;
+    let id = cluster
+        .dc_by_name(dc)
+        .map(|d| d.id)
+        .ok_or_else(|| anyhow!("no DC '{dc}' in the cluster"))?;
+    ctx.node
+        .delete_json(&format!("/v1/dcs/{id}"))
+        .await
+        .with_context(|| format!("deleting DC {id}"))?;
+    println!("deleted DC {id}");
+    Ok(())
+}
+
+/// `dvs node join --id N --proxy ADDR --api ADDR`: registers a member before its daemon starts.
+pub(super) async fn node_join(ctx: &Ctx, node: NodeInfo) -> anyhow::Result<()> {
+    ctx.node
+        .post_json("/v1/nodes", &node)
+        .await
+        .with_context(|| format!("adding node {}", node.id))?;
+    println!(
+        "node {} is a member (proxy {}, API {}); start its daemon with etcd in its node.toml",
+        node.id, node.proxy, node.api
+    );
+    Ok(())
+}
+
+/// `dvs node remove N`.
+pub(super) async fn node_remove(ctx: &Ctx, id: u16) -> anyhow::Result<()> {
+    ctx.node
+        .delete_json(&format!("/v1/nodes/{id}"))
+        .await
+        .with_context(|| format!("removing node {id}"))?;
+    println!("node {id} removed from the cluster");
+    Ok(())
+}
+
+/// The node's view of the control plane (`GET /v1/control`).
+pub(super) async fn view(ctx: &Ctx) -> anyhow::Result<ControlView> {
+    let v = ctx.node.get_json("/v1/control").await?;
+    Ok(serde_json::from_value(v)?)
+}
+
+/// `dvs dc ls --owners` and `dvs node status`'s membership lines.
+pub(super) fn print_members(v: &ControlView) {
+    if v.mode != "etcd" {
+        println!("  cluster: static (the cluster file)");
+        return;
+    }
+    println!(
+        "  cluster: etcd {} at revision {}, this node's lease {:x} (TTL {} s)",
+        v.endpoints.join(","),
+        v.revision,
+        v.lease,
+        v.lease_ttl_s
+    );
+    for m in &v.members {
+        println!(
+            "  member node {}: {} (proxy {}, API {})",
+            m.node.id,
+            if m.alive { "alive" } else { "DEAD (no lease)" },
+            m.node.proxy,
+            m.node.api
+        );
+    }
+}
+
+/// `dvs owners`: which instance owns each endpoint (etcd clusters).
+pub(super) async fn owners(ctx: &Ctx) -> anyhow::Result<()> {
+    let v = view(ctx).await?;
+    if ctx.json {
+        return print_json(&v.owners);
+    }
+    if v.mode != "etcd" {
+        println!("the cluster is static (no etcd): owners are in `dvs api /v1/directory`");
+        return Ok(());
+    }
+    println!(
+        "{:>4} {:>10} {:>4} {:<16} {:>18}",
+        "DC", "ENDPOINT", "NODE", "INSTANCE", "GEN"
+    );
+    for o in &v.owners {
+        println!(
+            "{:>4} {:>10} {:>4} {:<16} {:>18}",
+            o.dc, o.ep, o.node, o.instance, o.gen
+        );
+    }
+    Ok(())
+}

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::free_port;
+use common::{free_port, wait_for};
 use std::time::Duration;
 
 use dvs_proxy::{ClusterMap, DcInfo, NodeInfo, Proxy, ProxyConfig};
@@ -25,16 +25,6 @@ fn dc(nodes: &[u16]) -> DcInfo {
         limit: Default::default(),
         quota: Default::default(),
     }
-}
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..250 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]

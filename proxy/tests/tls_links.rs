@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{free_port, m3_frame};
+use common::{free_port, m3_frame, wait_for};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,17 +66,6 @@ async fn start(node: u16, cluster: &ClusterMap, tls: Option<Arc<PeerTls>>) -> Pr
     let mut cfg = ProxyConfig::new(NodeId(node), cluster.clone()).unwrap();
     cfg.tls = tls;
     Proxy::start(cfg).await.unwrap()
-}
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn frame(kind: Kind, src: u32, dst: u32, seq: u64) -> Vec<u8> {

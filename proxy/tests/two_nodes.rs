@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{free_port, m3_frame};
+use common::{free_port, m3_frame, wait_for};
 use std::path::Path;
 use std::time::Duration;
 
@@ -57,16 +57,6 @@ fn kind(dir: &Path, name: &str, stream: bool) -> PortKind {
             vm_path: dir.join(format!("{name}-vm.sock")),
         }
     }
-}
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 async fn recv_repr(vm: &mut VmEnd, buf: &mut [u8]) -> (Kind, u32, u32, u64, u16) {

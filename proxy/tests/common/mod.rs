@@ -1,4 +1,5 @@
-//! What the proxy's integration tests share: a free TCP port and an M3-IPC frame in Ethernet.
+//! What the proxy's integration tests share: a free TCP port, an M3-IPC frame in Ethernet, waiting for a
+//! condition.
 //! (Each test binary uses a part of it.)
 #![allow(dead_code)]
 
@@ -42,4 +43,16 @@ pub fn m3_frame(kind: Kind, dc: u16, src: u32, dst: u32, seq: u64) -> Vec<u8> {
     .unwrap();
     repr.emit(&mut buf[ETH_HEADER_LEN..]).unwrap();
     buf
+}
+
+/// Waits (at most 10 s) until `f` holds; panics naming `what` if it never does.
+pub async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

@@ -307,18 +307,27 @@ impl Store {
 
     /// The cluster's nodes, live members and DCs now.
     pub async fn state(&self) -> Result<ClusterState, EtcdError> {
+        // Only what the state is made of (not the endpoint owners and instance records under the same
+        // prefix), in one transaction so that the three ranges are read at one revision.
+        let ranges = ["nodes/", "alive/", "dcs/"]
+            .map(|r| TxnOp::get(self.key(r), Some(GetOptions::new().with_prefix())));
         let resp = self
             .client
             .kv_client()
-            .get(self.key(""), Some(GetOptions::new().with_prefix()))
+            .txn(Txn::new().and_then(ranges))
             .await?;
         let mut state = ClusterState {
             revision: resp.header().map_or(0, |h| h.revision()),
             ..ClusterState::default()
         };
-        for kv in resp.kvs() {
-            if let Some(rel) = self.rel(kv.key()) {
-                state.apply(rel, Some(kv.value()))?;
+        for r in resp.op_responses() {
+            let etcd_client::TxnOpResponse::Get(g) = r else {
+                continue;
+            };
+            for kv in g.kvs() {
+                if let Some(rel) = self.rel(kv.key()) {
+                    state.apply(rel, Some(kv.value()))?;
+                }
             }
         }
         Ok(state)

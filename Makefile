@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build images run stop test test-unit test-guest-build test-qemu cluster-test bench lint fmt fuzz clean
+.PHONY: all setup build images run stop test test-unit test-guest-build test-qemu cluster-test console-test bench lint fmt fuzz clean
 
 all: build
 
@@ -29,7 +29,7 @@ stop:
 	@bash scripts/stop.sh
 
 ## test: lint, unit + property tests, the guest build, QEMU boot tests, the cluster test
-test: setup lint test-unit test-guest-build images test-qemu cluster-test
+test: setup lint test-unit test-guest-build images test-qemu cluster-test console-test
 	@echo "make test: all stages passed"
 
 test-unit:
@@ -48,6 +48,13 @@ cluster-test: images
 	@[ "$$(id -u)" = 0 ] || { echo "cluster-test: needs root (network namespaces, veth, a bridge): run it as root, e.g. sudo make cluster-test" >&2; exit 1; }
 	$(CARGO) build -p dvs-hypervisor --bin dvs
 	DVS_CLUSTER_TEST=1 $(CARGO) test -p dvs-test-support --test cluster
+
+## console-test: the web console in headless Chromium (two nodes as namespaces, real VOS VMs; needs root,
+## chromium and chromium-driver, which setup installs); a screenshot lands in target/artifacts/console.png
+console-test: images
+	@[ "$$(id -u)" = 0 ] || { echo "console-test: needs root (network namespaces): run it as root, e.g. sudo make console-test" >&2; exit 1; }
+	$(CARGO) build -p dvs-hypervisor --bin dvs
+	DVS_CONSOLE_TEST=1 $(CARGO) test -p dvs-test-support --test console
 
 ## bench: criterion benchmarks and the system benchmarks (VOS, cluster, density, the web server against nginx,
 ## which scripts/bench-http.sh installs from Debian when missing); prints tables, writes target/bench/summary.json

@@ -57,11 +57,16 @@ if command -v curl >/dev/null; then
   fi
 fi
 "$DVS" ps
+# A one-time login link for the web console (valid two minutes; `dvs console` makes another).
+CONSOLE=$("$DVS" console --url-only 2>/dev/null || echo "(could not get a login link: run target/release/dvs console)")
 cat <<EOF
 
 dvs is running: one node, DC "web", instance "web" (a VOS with http on fs on disk, on volume web-data; and echo).
   web server:   $PAGE  (and the listing at $URL; PUT a file with: curl -T FILE ${URL}FILE)
-  console:      target/release/dvs logs web
+  web console:  $CONSOLE
+                (a one-time login link, valid 2 minutes; a new one: target/release/dvs console. The certificate
+                is the node's own API CA's, .dvs/api/ca.pem: accept it once, or import that CA)
+  console log:  target/release/dvs logs web
   node:         target/release/dvs node status
   credentials:  export DVS_CREDENTIALS=$DVS_CREDENTIALS   (admin; read-only: .dvs/api/read-only.toml)
                 the API is https://$API with client certificates; the dvs CLI needs this file

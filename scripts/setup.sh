@@ -25,6 +25,8 @@ command -v ip >/dev/null || apt_install iproute2
 # The etcd control plane: etcd-client's build compiles etcd's protobufs (protoc); the tests run etcd members.
 command -v protoc >/dev/null || apt_install protobuf-compiler
 command -v etcd >/dev/null || apt_install etcd-server
+# The web console's browser test (qemu-tests/support/tests/console.rs) drives Debian's Chromium through ChromeDriver.
+{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
 
 if ! rustup target list --installed | grep -qx x86_64-unknown-none; then
   echo "setup: rustup target add x86_64-unknown-none"

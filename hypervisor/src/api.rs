@@ -32,6 +32,8 @@ pub struct Api {
     pub max_image: u64,
     /// The control plane on etcd (none: the cluster file is the directory).
     pub control: Option<Arc<crate::control::ControlPlane>>,
+    /// The web console's sessions and clients.
+    pub console: crate::console::Console,
 }
 
 /// How long an image upload may pause between two pieces of its body.
@@ -151,6 +153,7 @@ pub fn router(api: Arc<Api>) -> Router {
             get(|s: S| async move { Json(s.mgr.volumes().list()) }),
         )
         .route("/v1/volumes/{dc}/{name}", delete(remove_volume))
+        .route("/v1/console/login", post(crate::console::issue_login))
         .merge(crate::control_api::routes())
         .fallback(|| async {
             ApiError(
@@ -168,6 +171,8 @@ pub fn router(api: Arc<Api>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn(authorize))
+        // The console authenticates by its own session cookie (a browser has no client certificate).
+        .merge(crate::console::routes())
         .with_state(api)
 }
 
@@ -242,6 +247,8 @@ async fn authorize(req: axum::extract::Request, next: axum::middleware::Next) ->
         .copied()
         .unwrap_or(Caller::Anonymous);
     let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    // A read-only caller may ask for a console login link too (its session is read-only).
+    let allowed_read_only = reads || req.uri().path() == "/v1/console/login";
     let refuse = |status, code, m: String| ApiError(status, code, m).into_response();
     let mut resp = match caller {
         Caller::Anonymous => refuse(
@@ -256,7 +263,7 @@ async fn authorize(req: axum::extract::Request, next: axum::middleware::Next) ->
             "forbidden",
             "the client certificate names no role (admin or read-only)".into(),
         ),
-        Caller::Role(Role::ReadOnly) if !reads => refuse(
+        Caller::Role(Role::ReadOnly) if !allowed_read_only => refuse(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
@@ -279,6 +286,11 @@ async fn authorize(req: axum::extract::Request, next: axum::middleware::Next) ->
 }
 
 async fn node(State(s): S) -> Json<NodeStatus> {
+    Json(node_status(&s))
+}
+
+/// What `GET /v1/node` answers.
+pub fn node_status(s: &Api) -> NodeStatus {
     let proxy = s.mgr.proxy();
     let peers = proxy
         .cluster()
@@ -287,7 +299,7 @@ async fn node(State(s): S) -> Json<NodeStatus> {
         .filter(|n| n.id != proxy.node().0)
         .map(|n| (n.id, proxy.peer_is_up(NodeId(n.id))))
         .collect();
-    Json(NodeStatus {
+    NodeStatus {
         node: proxy.node().0,
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_s: s.started.elapsed().as_secs(),
@@ -296,7 +308,7 @@ async fn node(State(s): S) -> Json<NodeStatus> {
         instances: s.mgr.list().len(),
         images: s.mgr.images().list().map(|l| l.len()).unwrap_or(0),
         max_image: Some(s.max_image),
-    })
+    }
 }
 
 /// `GET /metrics`: the node's counters in the Prometheus text format ([`crate::metrics`]).

@@ -132,6 +132,7 @@ pub async fn serve(
         data_dir: cfg.data_dir.clone(),
         max_image: cfg.max_image.0,
         control: control.clone(),
+        console: Default::default(),
     });
     // A node that lost its lease is no longer a member: it stops serving (the others take over).
     let lease = control.clone();

@@ -5,10 +5,12 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod apply;
 pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod control;
 mod control_api;
 pub mod daemon;

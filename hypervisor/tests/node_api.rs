@@ -1898,3 +1898,212 @@ async fn control_plane_on_etcd_changes_the_cluster_live() {
     drop(etcd);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One raw HTTP/1.1 request over `tls` (`head`: header lines, each ending in CRLF; a `content-length` is
+/// added for `body`): the status, the header block and the body.
+async fn raw_answer(
+    api: &str,
+    tls: rustls::ClientConfig,
+    method: &str,
+    path: &str,
+    head: &str,
+    body: &str,
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(api).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = tls.connect(name, tcp).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{head}\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (headers, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = headers
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, headers.to_ascii_lowercase(), body.to_string())
+}
+
+/// The value of `name="csrf" value="..."` on a console page.
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..at + 64].to_string()
+}
+
+/// The web console: a one-time login link from an authenticated API caller (read-only too), a session
+/// cookie (HttpOnly, Secure, SameSite=Strict), pages refused without it, and actions refused without the
+/// session's CSRF token, from another site's origin, or for a read-only session; what a refused action
+/// would have changed is checked through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sessions_guard_every_page_and_action() {
+    let dir = std::env::temp_dir().join(format!("dvs-node-console-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster = one_node_cluster();
+    let api = cluster.nodes[0].api.to_string();
+    let node = TestNode::start(node_config(&dir), cluster.clone()).await;
+    let admin = Credentials::load(&node.creds_dir.join("admin.toml")).unwrap();
+    let ro = Credentials::load(&node.creds_dir.join("read-only.toml")).unwrap();
+    push_vos(&node.c).await;
+    node.c
+        .run(&run(spec("echo", 1, &[7], &["echo"], &[])))
+        .await
+        .unwrap();
+    wait(&node.c, "echo", "running", |v| v.state == State::Running).await;
+    let browser = || anonymous_tls(&admin);
+
+    // No session: the sign-in page, with the console's headers; no certificate: no login link.
+    let (status, head, body) = raw_answer(&api, browser(), "GET", "/console", "", "").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Not signed in"), "{body}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    assert!(head.contains("x-frame-options: deny"), "{head}");
+    let (status, _, body) = raw_answer(&api, browser(), "POST", "/v1/console/login", "", "").await;
+    assert_eq!(status, 401, "{body}");
+
+    // A login link works once and sets a strict cookie.
+    let login = node
+        .c
+        .post_json("/v1/console/login", &serde_json::json!({}))
+        .await
+        .unwrap();
+    let path = login["path"].as_str().unwrap().to_string();
+    assert_eq!(login["role"], "admin");
+    let (status, head, _) = raw_answer(&api, browser(), "GET", &path, "", "").await;
+    assert_eq!(status, 303, "{head}");
+    let cookie_line = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie: dvs_console="))
+        .unwrap_or_else(|| panic!("no session cookie: {head}"))
+        .to_string();
+    for attr in ["httponly", "secure", "samesite=strict", "path=/console"] {
+        assert!(cookie_line.contains(attr), "{cookie_line}");
+    }
+    let sid = cookie_line["set-cookie: ".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (status, _, _) = raw_answer(&api, browser(), "GET", &path, "", "").await;
+    assert_eq!(status, 401, "a login link works once");
+    let with = format!("cookie: {sid}\r\n");
+    let (status, _, page) = raw_answer(&api, browser(), "GET", "/console", &with, "").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("data-instance=\"echo\""), "{page}");
+    let csrf = csrf_of(&page);
+    let form = "content-type: application/x-www-form-urlencoded\r\n";
+    let stop = "/console/instances/echo/stop";
+
+    // A forged token, another site's origin, or no cookie: refused, and the instance still runs.
+    for (head, body, why) in [
+        (format!("{with}{form}"), "csrf=forged".to_string(), "token"),
+        (
+            format!("{with}{form}origin: https://evil.example\r\n"),
+            format!("csrf={csrf}"),
+            "another site",
+        ),
+        (form.to_string(), format!("csrf={csrf}"), "Not signed in"),
+    ] {
+        let (status, _, answer) = raw_answer(&api, browser(), "POST", stop, &head, &body).await;
+        assert!(status == 403 || status == 401, "{status} {answer}");
+        assert!(answer.contains(why), "{why}: {answer}");
+        assert_eq!(node.c.instance("echo").await.unwrap().state, State::Running);
+    }
+    // Names that are not instance names reach nothing.
+    let (status, _, _) = raw_answer(
+        &api,
+        browser(),
+        "GET",
+        "/console/instances/..%2F..%2Fetc",
+        &with,
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // A read-only caller gets a read-only session: it reads, and its forms are refused.
+    let ro_login = NodeClient::with_credentials(&api, &ro)
+        .post_json("/v1/console/login", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(ro_login["role"], "read-only");
+    let (_, head, _) = raw_answer(
+        &api,
+        browser(),
+        "GET",
+        ro_login["path"].as_str().unwrap(),
+        "",
+        "",
+    )
+    .await;
+    let ro_sid = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let ro_with = format!("cookie: {ro_sid}\r\n");
+    let (status, _, ro_page) = raw_answer(&api, browser(), "GET", "/console", &ro_with, "").await;
+    assert_eq!(status, 200);
+    assert!(ro_page.contains("data-instance=\"echo\""));
+    assert!(
+        !ro_page.contains("/stop"),
+        "a read-only page offers actions"
+    );
+    let ro_csrf = csrf_of(&ro_page);
+    let (status, _, answer) = raw_answer(
+        &api,
+        browser(),
+        "POST",
+        stop,
+        &format!("{ro_with}{form}"),
+        &format!("csrf={ro_csrf}"),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("read-only"), "{answer}");
+    assert_eq!(node.c.instance("echo").await.unwrap().state, State::Running);
+
+    // The admin session's own form, from its own origin: the instance stops.
+    let (status, head, _) = raw_answer(
+        &api,
+        browser(),
+        "POST",
+        stop,
+        &format!("{with}{form}origin: https://x\r\n"),
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(status, 303, "{head}");
+    assert!(node.c.instance("echo").await.is_err(), "echo still there");
+    let (_, _, page) = raw_answer(&api, browser(), "GET", "/console", &with, "").await;
+    assert!(page.contains("stopped echo (node 1)"), "{page}");
+
+    // Signing out ends the session.
+    let (status, _, _) = raw_answer(
+        &api,
+        browser(),
+        "POST",
+        "/console/logout",
+        &format!("{with}{form}"),
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = raw_answer(&api, browser(), "GET", "/console", &with, "").await;
+    assert_eq!(status, 401);
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

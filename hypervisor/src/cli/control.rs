@@ -119,3 +119,33 @@ pub(super) async fn owners(ctx: &Ctx) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `dvs console`: asks the node for a console login link and prints it.
+pub(super) async fn console(ctx: &Ctx, url_only: bool) -> anyhow::Result<()> {
+    let v = ctx
+        .node
+        .post_json("/v1/console/login", &serde_json::json!({}))
+        .await
+        .context("asking the node for a console login link")?;
+    let path = v["path"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("the node's answer has no login path: {v}"))?;
+    let url = format!("{}{path}", ctx.node.url().trim_end_matches('/'));
+    if url_only || ctx.json {
+        if ctx.json {
+            return print_json(
+                &serde_json::json!({ "url": url, "expires_s": v["expires_s"], "role": v["role"] }),
+            );
+        }
+        println!("{url}");
+        return Ok(());
+    }
+    println!("{url}");
+    println!(
+        "open it in a browser within {} s (it works once; the session is {}). The node's certificate comes from \
+         its API CA: import that CA (the `ca` of your credential file) or accept the certificate once.",
+        v["expires_s"].as_u64().unwrap_or(120),
+        v["role"].as_str().unwrap_or("?"),
+    );
+    Ok(())
+}

@@ -111,6 +111,13 @@ enum Cmd {
         #[arg(long, default_value_t = 2.0)]
         interval: f64,
     },
+    /// A one-time login link for the node's web console (valid two minutes; the session it opens has the
+    /// role of these credentials).
+    Console {
+        /// Print only the link (for scripts).
+        #[arg(long)]
+        url_only: bool,
+    },
     /// Which instance owns each endpoint (a cluster on etcd).
     Owners,
     /// Print an instance's console log.
@@ -522,6 +529,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             cmd: DcCmd::Delete { dc },
         } => control::dc_delete(&ctx, &dc).await,
         Cmd::Owners => control::owners(&ctx).await,
+        Cmd::Console { url_only } => control::console(&ctx, url_only).await,
         Cmd::Top { once, interval } => {
             if !(0.05..=3600.0).contains(&interval) {
                 bail!("--interval {interval}: give seconds between 0.05 and 3600");

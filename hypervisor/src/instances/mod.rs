@@ -45,6 +45,8 @@ struct Instance {
     last_exit: Option<String>,
     boots: u32,
     pid: Option<u32>,
+    /// When its current machine started (none while it has none).
+    since: Option<std::time::SystemTime>,
     mac: [u8; 6],
     cmdline: String,
     boot_config: Option<BootConfig>,
@@ -362,6 +364,7 @@ impl Manager {
             last_exit: None,
             boots: 0,
             pid: None,
+            since: None,
             cmdline: String::new(),
             boot_config: None,
             gen: req.takeover_gen.unwrap_or(0).max(now_micros()),
@@ -392,6 +395,10 @@ impl Manager {
             last_exit: i.last_exit.clone(),
             boots: i.boots,
             pid: i.pid,
+            started_at: i
+                .since
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
             mac: dvs_instance::mac_string(&i.mac),
             cmdline: i.cmdline.clone(),
             boot_config: i.boot_config.clone(),

@@ -276,6 +276,9 @@ pub struct InstanceView {
     pub boots: u32,
     /// Machine process id.
     pub pid: Option<u32>,
+    /// When its current machine started, Unix seconds (none while it has none): its uptime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
     /// Fabric MAC.
     pub mac: String,
     /// The kernel command line of the last boot (`dvs.cfg=<hex>`).

@@ -90,6 +90,7 @@ impl Manager {
                 i.state = state;
                 i.last_exit = Some(why);
                 i.pid = None;
+                i.since = None;
                 i.port = None;
             });
             let policy = lock(&self.inner)
@@ -189,6 +190,7 @@ impl Manager {
         self.set(name, |i| {
             i.state = State::Starting;
             i.pid = machine.pid();
+            i.since = Some(std::time::SystemTime::now());
             i.boots = boots;
             i.guest = Default::default();
         });

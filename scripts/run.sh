@@ -40,7 +40,7 @@ else
   "$DVS" node status >/dev/null 2>&1 || { echo "run: the node did not start; see .dvs/node.log:"; tail -20 .dvs/node.log; exit 1; }
 fi
 
-"$DVS" apply examples/web-dc.toml
+"$DVS" apply --wait examples/web-dc.toml
 echo "run: waiting for the web server"
 for _ in $(seq 150); do
   if http_ok; then break; fi

@@ -517,28 +517,29 @@ async fn stop(State(s): S, Path(name): Path<String>) -> Res<serde_json::Value> {
         cp.forget(&spec.name).await;
     }
     // The name is checked, so the path stays in the instances' folder.
-    let log = s.data_dir.join("instances").join(format!("{name}.log"));
-    if let Err(e) = std::fs::remove_file(&log) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!("removing {}: {e}", log.display());
+    // Its console log goes, with its rotated copy and their indexes.
+    let dir = s.data_dir.join("instances");
+    for file in ["log", "log.idx", "log.1", "log.1.idx"] {
+        let path = dir.join(format!("{name}.{file}"));
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing {}: {e}", path.display());
+            }
         }
     }
     Ok(Json(serde_json::json!({ "stopped": name })))
 }
 
-#[derive(Deserialize)]
-struct Tail {
-    tail: Option<usize>,
-}
-
+/// `GET /v1/instances/{name}/logs?tail=N&since_ms=T&after=CURSOR` → `{log, cursor}`.
 async fn logs(
     State(s): S,
     Path(name): Path<String>,
-    ApiQuery(q): ApiQuery<Tail>,
+    ApiQuery(q): ApiQuery<crate::instances::LogQuery>,
 ) -> Res<serde_json::Value> {
     instance_name(&name)?;
+    let (log, cursor) = s.mgr.log_read(&name, &q)?;
     Ok(Json(
-        serde_json::json!({ "log": s.mgr.logs(&name, q.tail)? }),
+        serde_json::json!({ "log": log, "cursor": cursor.to_string() }),
     ))
 }
 

@@ -15,6 +15,15 @@ use crate::instances::{InstanceSpec, InstanceView, RunRequest, State};
 use crate::manifest::{DcManifest, LoadedImage};
 use crate::volumes::ByteSize;
 
+/// What an apply did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Instances started, replaced or pruned.
+    pub changed: usize,
+    /// The instances it (re)started: (node, name).
+    pub started: Vec<(u16, String)>,
+}
+
 /// What an apply works with: the cluster as its nodes answered just before.
 pub struct Apply<'a> {
     /// The cluster map (DCs and nodes).
@@ -33,14 +42,14 @@ pub struct Apply<'a> {
 
 impl Apply<'_> {
     /// Applies `m` (named `what` in errors), pushing images with `upload(client, image, node)` where a node
-    /// lacks one, and telling `out` each line of progress. Returns how many instances changed.
+    /// lacks one, and telling `out` each line of progress. Returns what changed.
     pub async fn run(
         &self,
         m: &DcManifest,
         what: &str,
         upload: impl AsyncFn(&NodeClient, &LoadedImage, u16) -> anyhow::Result<()>,
         out: &mut (dyn FnMut(String) + Send),
-    ) -> anyhow::Result<usize> {
+    ) -> anyhow::Result<Applied> {
         let cluster = self.cluster;
         let dc = match (&m.dc.id, &m.dc.name) {
             (Some(id), _) => cluster.dc(m3ipc_core::DcId(*id)),
@@ -55,6 +64,7 @@ impl Apply<'_> {
             .map(|(k, v)| (k.clone(), v.manifest.sha256.clone()))
             .collect();
         let mut changed = 0;
+        let mut started = Vec::new();
         for entry in &m.instances {
             let spec = m.spec(entry, dc.id, &shas)?;
             let c = nodes.get(&entry.node).ok_or_else(|| {
@@ -129,6 +139,7 @@ impl Apply<'_> {
                 v.node,
                 v.spec.endpoints
             ));
+            started.push((v.node, v.spec.name.clone()));
             changed += 1;
         }
         let listed: Vec<&str> = m.instances.iter().map(|i| i.name.as_str()).collect();
@@ -150,7 +161,7 @@ impl Apply<'_> {
             }
         }
         out(format!("DC {} ({}): {} change(s)", dc.id, dc.name, changed));
-        Ok(changed)
+        Ok(Applied { changed, started })
     }
 }
 

@@ -376,9 +376,40 @@ impl NodeClient {
 
     /// `GET /v1/instances/{name}/logs`.
     pub async fn logs(&self, name: &str, tail: Option<usize>) -> Result<String, ClientError> {
-        let q = tail.map(|t| format!("?tail={t}")).unwrap_or_default();
+        self.log_read(name, tail, None, None)
+            .await
+            .map(|(log, _)| log)
+    }
+
+    /// `GET /v1/instances/{name}/logs` with a query: the last `tail` lines of what came after `after` (a
+    /// cursor of an earlier answer) or since `since_ms` (Unix ms); and the cursor to follow on from.
+    pub async fn log_read(
+        &self,
+        name: &str,
+        tail: Option<usize>,
+        since_ms: Option<u64>,
+        after: Option<&str>,
+    ) -> Result<(String, String), ClientError> {
+        let mut q = Vec::new();
+        if let Some(t) = tail {
+            q.push(format!("tail={t}"));
+        }
+        if let Some(s) = since_ms {
+            q.push(format!("since_ms={s}"));
+        }
+        if let Some(a) = after {
+            q.push(format!("after={a}"));
+        }
+        let q = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
         let v: serde_json::Value = self.get(&format!("/v1/instances/{name}/logs{q}")).await?;
-        Ok(v["log"].as_str().unwrap_or_default().to_string())
+        Ok((
+            v["log"].as_str().unwrap_or_default().to_string(),
+            v["cursor"].as_str().unwrap_or_default().to_string(),
+        ))
     }
 
     /// `GET /v1/volumes`.

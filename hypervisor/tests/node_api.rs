@@ -2107,3 +2107,56 @@ async fn console_sessions_guard_every_page_and_action() {
     node.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `GET /v1/instances/{name}/logs` with `since_ms` and `after`: a boot's lines are there since before it,
+/// not since after them; the cursor of an answer follows on with nothing new; a bad cursor is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_logs_are_read_since_a_moment_and_followed() {
+    let dir = std::env::temp_dir().join(format!("dvs-node-logs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster = one_node_cluster();
+    let node = TestNode::start(node_config(&dir), cluster.clone()).await;
+    push_vos(&node.c).await;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let before = now_ms();
+    node.c
+        .run(&run(spec("echo", 1, &[7], &["echo"], &[])))
+        .await
+        .unwrap();
+    wait(&node.c, "echo", "running", |v| v.state == State::Running).await;
+    let (since_before, cursor) = node
+        .c
+        .log_read("echo", None, Some(before), None)
+        .await
+        .unwrap();
+    assert!(
+        since_before.contains("--- dvs: boot 1 of echo"),
+        "{since_before}"
+    );
+    assert_eq!(since_before, node.c.logs("echo", None).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (later, _) = node
+        .c
+        .log_read("echo", None, Some(now_ms()), None)
+        .await
+        .unwrap();
+    assert!(!later.contains("--- dvs: boot"), "{later}");
+    let (after, next) = node
+        .c
+        .log_read("echo", None, None, Some(&cursor))
+        .await
+        .unwrap();
+    assert!(!after.contains("--- dvs: boot"), "{after}");
+    assert!(!next.is_empty());
+    let (last, _) = node.c.log_read("echo", Some(1), None, None).await.unwrap();
+    assert_eq!(last.lines().count(), 1, "{last}");
+    let bad = node.c.log_read("echo", None, None, Some("nope")).await;
+    assert_eq!(code(bad.unwrap_err()), "invalid");
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -183,19 +183,18 @@ pub(crate) fn spawn_machine(
     cmd.stdin(Stdio::null());
     let console = match &spec.console {
         ConsoleSink::File(path) => {
-            let open = || {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-            };
+            // One pipe for stdout and stderr, copied into the file by this process (console_log.rs): the
+            // machine never holds the file, and the log stays bounded and timed.
             let err = |e| InstanceError::Console {
                 path: path.clone(),
                 error: e,
             };
-            let f = open().map_err(err)?;
-            cmd.stdout(f.try_clone().map_err(err)?).stderr(f);
-            ConsoleSetup::File(path.clone())
+            let (pipe, writer) = std::io::pipe().map_err(err)?;
+            cmd.stdout(writer.try_clone().map_err(err)?).stderr(writer);
+            ConsoleSetup::File {
+                path: path.clone(),
+                pipe,
+            }
         }
         ConsoleSink::Capture => {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -20,6 +20,7 @@
 
 pub mod backend;
 pub mod confine;
+pub mod console_log;
 pub mod machine;
 pub mod port;
 pub mod qemu;

@@ -132,8 +132,13 @@ impl ExitWatch {
 
 /// How the console of a machine being adopted is wired.
 pub(crate) enum ConsoleSetup {
-    /// Stdout and stderr go to this file.
-    File(PathBuf),
+    /// Stdout and stderr come through `pipe`, copied into the log at `path` ([`crate::console_log`]).
+    File {
+        /// The log.
+        path: PathBuf,
+        /// The read end of the machine's stdout and stderr.
+        pipe: std::io::PipeReader,
+    },
     /// Stdout and stderr are pipes; stderr lines get the prefix.
     Capture { stderr_prefix: &'static str },
 }
@@ -261,8 +266,18 @@ impl Machine {
         let pid = child.id();
         let (exit_tx, exit_rx) = watch::channel(None);
         let (rec_tx, records) = mpsc::unbounded_channel();
+        let mut copied = None;
         let (lines, console_path) = match console {
-            ConsoleSetup::File(p) => (None, Some(p)),
+            ConsoleSetup::File { path, pipe } => {
+                let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+                let to = path.clone();
+                thread("dvs-console-log", move || {
+                    crate::console_log::copy(pipe, to);
+                    let _ = done_tx.send(());
+                });
+                copied = Some(done_rx);
+                (None, Some(path))
+            }
             ConsoleSetup::Capture { stderr_prefix } => {
                 let lines = Arc::new(Lines {
                     lines: Mutex::new(Vec::new()),
@@ -287,6 +302,11 @@ impl Machine {
             let mut exit = Exit::of(child.wait());
             // Whatever the machine left in its process group goes with it.
             kill_group(pid, libc::SIGKILL);
+            if let Some(done) = copied {
+                // What the machine wrote last is in its log before its end is reported (bounded: a process
+                // outside its group may still hold the pipe).
+                let _ = done.recv_timeout(std::time::Duration::from_secs(2));
+            }
             if let Some(cg) = cgroup {
                 if exit == Exit::Signal(libc::SIGKILL) && cg.oom_kills() > 0 {
                     exit = Exit::MemoryLimit {

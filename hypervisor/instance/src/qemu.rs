@@ -17,8 +17,8 @@ pub const CONTROL_IOBASE: u16 = 0x2f8;
 ///   or `-accel tcg`;
 /// - `-m <MiB>M -smp 1 -nodefaults -no-user-config -display none -no-reboot`, the
 ///   `isa-debug-exit` device at 0xf4 (the guest's exit code), `-kernel`, `-append`;
-/// - the human console on COM1: `-serial chardev:con` on an appending file chardev, or
-///   `-serial stdio` when captured;
+/// - the human console on COM1: `-serial stdio` (the backend copies QEMU's stdout into the log, or
+///   keeps its lines when captured);
 /// - the control channel on a second UART at 0x2f8 (IRQ 3), a unix socket chardev QEMU connects
 ///   to (`server=off`);
 /// - one `-netdev` and one `-device virtio-net-device` (microvm) or `virtio-net-pci` (q35) per NIC,
@@ -73,13 +73,9 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         spec.cmdline(),
     ]);
     match &spec.console {
-        ConsoleSink::File(path) => a.extend([
-            "-chardev".into(),
-            format!("file,id=con,path={},append=on", path.display()),
-            "-serial".into(),
-            "chardev:con".into(),
-        ]),
-        ConsoleSink::Capture => a.extend(["-serial".into(), "stdio".into()]),
+        // Both go to QEMU's stdout: the backend copies it into the log file (console_log.rs) or keeps
+        // its lines; QEMU opens no file of the host for it.
+        ConsoleSink::File(_) | ConsoleSink::Capture => a.extend(["-serial".into(), "stdio".into()]),
     }
     if let Some(ctl) = &spec.control {
         a.extend([
@@ -255,7 +251,7 @@ mod tests {
         );
         want.push("a=1 b".into());
         want.extend(words(
-            "-chardev file,id=con,path=/d/web.log,append=on -serial chardev:con \
+            "-serial stdio \
              -chardev socket,id=ctl,path=/run/web-ctl.sock,server=off \
              -device isa-serial,chardev=ctl,iobase=0x2f8,irq=3 \
              -netdev stream,id=n0,server=off,addr.type=unix,addr.path=/run/web.sock \

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, Context};
 
 use super::cluster::all_instances;
 use super::images::upload;
@@ -72,7 +72,12 @@ pub(super) async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) async fn apply(ctx: &Ctx, file: &std::path::Path, prune: bool) -> anyhow::Result<()> {
+pub(super) async fn apply(
+    ctx: &Ctx,
+    file: &std::path::Path,
+    prune: bool,
+    wait: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     let m = DcManifest::load(file)?;
     let cluster = ctx.cluster().await?;
     let nodes = ctx.nodes().await?;
@@ -89,14 +94,75 @@ pub(super) async fn apply(ctx: &Ctx, file: &std::path::Path, prune: bool) -> any
         images: &images,
         prune,
     };
-    plan.run(
-        &m,
-        &format!("{}", file.display()),
-        async |c: &NodeClient, img: &crate::manifest::LoadedImage, node: u16| {
-            upload(c, img, format!("{} -> node {node}", img.manifest.name)).await
-        },
-        &mut |line: String| println!("{line}"),
-    )
-    .await
-    .map(|_| ())
+    let applied = plan
+        .run(
+            &m,
+            &format!("{}", file.display()),
+            async |c: &NodeClient, img: &crate::manifest::LoadedImage, node: u16| {
+                upload(c, img, format!("{} -> node {node}", img.manifest.name)).await
+            },
+            &mut |line: String| println!("{line}"),
+        )
+        .await?;
+    match wait {
+        Some(timeout) => wait_running(&nodes, &applied.started, timeout).await,
+        None => Ok(()),
+    }
+}
+
+/// Waits until each started instance is running (a progress bar on a terminal); an instance that exits or
+/// fails first, or is not running within `timeout`, is an error naming it and why.
+async fn wait_running(
+    nodes: &BTreeMap<u16, NodeClient>,
+    started: &[(u16, String)],
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use crate::instances::State;
+    use std::io::IsTerminal;
+    if started.is_empty() {
+        return Ok(());
+    }
+    let pb = if std::io::stderr().is_terminal() {
+        let pb = indicatif::ProgressBar::new(started.len() as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:20}] {pos}/{len} running, {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    for (node, name) in started {
+        let c = nodes
+            .get(node)
+            .ok_or_else(|| anyhow!("node {node} is not in the cluster"))?;
+        pb.set_message(format!("waiting for {name} (node {node})"));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let (v, done) = c
+            .wait_instance(name, left, |v| {
+                matches!(v.state, State::Running | State::Exited | State::Failed)
+            })
+            .await
+            .with_context(|| format!("waiting for {name} on node {node}"))?;
+        if !done || v.state != State::Running {
+            pb.abandon();
+            let why = v
+                .last_exit
+                .clone()
+                .unwrap_or_else(|| format!("{:?}", v.state).to_lowercase());
+            anyhow::bail!(
+                "{name} on node {node} is not running after {} s: {why} (see `dvs logs {name}`)",
+                timeout.as_secs()
+            );
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    println!("{} instance(s) running", started.len());
+    Ok(())
 }

@@ -127,6 +127,10 @@ enum Cmd {
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
+        /// Only the lines written since then: a duration back from now (`90s`, `5m`, `2h`, `1d`) or a Unix
+        /// time in seconds.
+        #[arg(long)]
+        since: Option<String>,
         /// Keep printing what the console writes (until Ctrl-C).
         #[arg(long, short)]
         follow: bool,
@@ -165,6 +169,13 @@ enum Cmd {
         /// Also stop instances of the DC that the manifest does not list.
         #[arg(long)]
         prune: bool,
+        /// Then wait until every instance it started is running (a progress bar on a terminal); one that
+        /// exits, fails, or is not running within --wait-timeout makes it fail.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds --wait waits at most.
+        #[arg(long, default_value_t = 120)]
+        wait_timeout: u64,
     },
 }
 
@@ -545,21 +556,27 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Volume {
             cmd: VolumeCmd::Rm { dc, name, on },
         } => volumes::rm(&ctx, &dc, &name, on).await,
-        Cmd::Logs { name, tail, follow } => {
+        Cmd::Logs {
+            name,
+            tail,
+            since,
+            follow,
+        } => {
+            let since_ms = since.as_deref().map(since_to_ms).transpose()?;
             let (c, _) = ctx.find(&name).await?;
-            let log = c.logs(&name, tail).await?;
+            let (log, mut cursor) = c.log_read(&name, tail, since_ms, None).await?;
             print!("{log}");
             if follow {
-                // The console only grows: print what was added since the last look.
-                let mut seen = c.logs(&name, None).await?.len();
+                // Print what came after the cursor of the last answer (the node follows its log across a
+                // rotation).
                 loop {
                     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                    let all = c.logs(&name, None).await?;
-                    if let Some(new) = all.get(seen..).filter(|n| !n.is_empty()) {
+                    let (new, next) = c.log_read(&name, None, None, Some(&cursor)).await?;
+                    if !new.is_empty() {
                         print!("{new}");
                         std::io::Write::flush(&mut std::io::stdout())?;
                     }
-                    seen = all.len();
+                    cursor = next;
                 }
             }
             Ok(())
@@ -582,7 +599,15 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             println!("migrated {name}: node {} -> node {} in {} ms ({} calls in flight refused with Migrated)", r.from, r.to, r.took_ms, r.refused_in_flight);
             Ok(())
         }
-        Cmd::Apply { file, prune } => deploy::apply(&ctx, &file, prune).await,
+        Cmd::Apply {
+            file,
+            prune,
+            wait,
+            wait_timeout,
+        } => {
+            let wait = wait.then(|| std::time::Duration::from_secs(wait_timeout));
+            deploy::apply(&ctx, &file, prune, wait).await
+        }
         Cmd::Api { path, pointer } => {
             let v = ctx.node.get_json(&path).await?;
             let v = match pointer {
@@ -597,6 +622,48 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 v => println!("{}", serde_json::to_string_pretty(&v)?),
             }
             Ok(())
+        }
+    }
+}
+
+/// `--since` of `dvs logs`: `90s`, `5m`, `2h`, `1d` back from now, or a Unix time in seconds → Unix ms.
+fn since_to_ms(s: &str) -> anyhow::Result<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let bad = || {
+        anyhow!("--since {s}: give a duration back from now (90s, 5m, 2h, 1d) or a Unix time in seconds")
+    };
+    if let Ok(unix) = s.parse::<u64>() {
+        return unix.checked_mul(1000).ok_or_else(bad);
+    }
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(bad)?,
+        "h" => n.checked_mul(3600).ok_or_else(bad)?,
+        "d" => n.checked_mul(86400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    Ok(now.saturating_sub(secs.saturating_mul(1000)))
+}
+
+#[cfg(test)]
+mod since_tests {
+    use super::since_to_ms;
+
+    #[test]
+    fn durations_and_unix_times() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let five_min = since_to_ms("5m").unwrap();
+        assert!(now - five_min >= 300_000 && now - five_min < 310_000);
+        assert_eq!(since_to_ms("1700000000").unwrap(), 1_700_000_000_000);
+        for bad in ["", "m", "5x", "-5m", "99999999999999999999d"] {
+            assert!(since_to_ms(bad).is_err(), "{bad}");
         }
     }
 }

@@ -73,6 +73,26 @@ struct Plan {
     backend: Box<dyn VmBackend>,
 }
 
+/// Which part of a console log to read ([`Manager::log_read`]; the query of `GET /v1/instances/{name}/logs`).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct LogQuery {
+    /// Only the last this many lines.
+    pub tail: Option<usize>,
+    /// Only the lines written at or after this moment, Unix milliseconds.
+    pub since_ms: Option<u64>,
+    /// Only what came after this cursor (`FILE-OFFSET`, from an earlier answer): for following a log.
+    #[serde(default, deserialize_with = "cursor_opt")]
+    pub after: Option<dvs_instance::console_log::Cursor>,
+}
+
+fn cursor_opt<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<dvs_instance::console_log::Cursor>, D::Error> {
+    let s: Option<String> = serde::Deserialize::deserialize(d)?;
+    s.map(|s| s.parse().map_err(serde::de::Error::custom))
+        .transpose()
+}
+
 /// The instance manager of one node.
 pub struct Manager {
     node: u16,
@@ -607,20 +627,55 @@ impl Manager {
 
     /// The console log of an instance (the last `tail` lines when given).
     pub fn logs(&self, name: &str, tail: Option<usize>) -> Result<String, InstanceError> {
+        let q = LogQuery {
+            tail,
+            ..LogQuery::default()
+        };
+        self.log_read(name, &q).map(|(text, _)| text)
+    }
+
+    /// Part of the console log of an instance: what came after the cursor `q.after` (following it), or since
+    /// `q.since_ms`, or all of the current log; then its last `q.tail` lines. With the cursor at its end now.
+    pub fn log_read(
+        &self,
+        name: &str,
+        q: &LogQuery,
+    ) -> Result<(String, dvs_instance::console_log::Cursor), InstanceError> {
+        use dvs_instance::console_log;
         if !valid_name(name) {
             // Names become file names: nothing else may reach the file system.
             return Err(InstanceError::NotFound(name.into()));
         }
         let path = self.console_path(name);
-        let bytes = std::fs::read(&path).map_err(|_| InstanceError::NotFound(name.into()))?;
+        let not_found = |_| InstanceError::NotFound(name.into());
+        if !path.exists() {
+            return Err(InstanceError::NotFound(name.into()));
+        }
+        let (bytes, cursor) = match (q.after, q.since_ms) {
+            (Some(after), _) => console_log::read_after(&path, after).map_err(not_found)?,
+            (None, Some(since)) => {
+                let (_, end) = console_log::read_all(&path).map_err(not_found)?;
+                (
+                    console_log::read_since(&path, since).map_err(not_found)?,
+                    end,
+                )
+            }
+            (None, None) => console_log::read_all(&path).map_err(not_found)?,
+        };
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        Ok(match tail {
+        let text = match q.tail {
             Some(n) => {
                 let lines: Vec<&str> = text.lines().collect();
-                lines[lines.len().saturating_sub(n)..].join("\n") + "\n"
+                let kept = &lines[lines.len().saturating_sub(n)..];
+                if kept.is_empty() {
+                    String::new()
+                } else {
+                    kept.join("\n") + "\n"
+                }
             }
             None => text,
-        })
+        };
+        Ok((text, cursor))
     }
 
     fn plan(&self, name: &str) -> Result<Plan, InstanceError> {

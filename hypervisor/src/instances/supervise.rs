@@ -174,11 +174,9 @@ impl Manager {
                 plan.backend.describe(),
                 plan.vm.cmdline()
             );
-            let _ = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(console)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, banner.as_bytes()));
+            if let Err(e) = dvs_instance::console_log::append(console, banner.as_bytes()) {
+                tracing::warn!("instance {name}: console log {}: {e}", console.display());
+            }
         }
         let machine = match plan.backend.start(&plan.vm) {
             Ok(m) => m,

@@ -21,7 +21,7 @@ use dvs_test_support::runner::Runner;
 use dvs_test_support::wait::{eventually, Deadline};
 use fantoccini::{Client, ClientBuilder, Locator};
 
-const CHECKS: usize = 8;
+const CHECKS: usize = 9;
 
 fn root_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -524,7 +524,34 @@ fn checks(r: &mut Runner, c: &mut Cluster, root: &Path) {
         Ok(())
     });
 
-    r.check("7_forged_form_without_the_session_token_changes_nothing", || {
+    r.check("7_apply_a_manifest_from_the_page", || {
+        b.goto(&format!("{base}/console"))?;
+        let manifest =
+            "[dc]\nname = \"web\"\n\n[[instance]]\nname = \"echo2\"\nimage = \"vos\"\nnode = 2\n\
+                        endpoints = [40]\nservices = [\"echo\"]\n";
+        let c0 = b.c()?;
+        b.rt.block_on(c0.execute(
+            "document.querySelector('textarea[name=manifest]').value = arguments[0];",
+            vec![serde_json::Value::String(manifest.into())],
+        ))
+        .map_err(|e| format!("filling in the manifest: {e}"))?;
+        b.click("form[action=\"/console/apply\"] button")?;
+        let said = flash(b, page_wait())?;
+        if !said.contains("created echo2 (node 2") || !said.contains("kept web") {
+            return Err(format!("the page says {said:?}"));
+        }
+        c.api(2)
+            .wait_view(
+                "echo2",
+                "running",
+                c.deadline(Duration::from_secs(30)),
+                |v| v.state == State::Running,
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    });
+
+    r.check("8_forged_form_without_the_session_token_changes_nothing", || {
         // A form posted with a wrong CSRF token (as a page of another site would): refused, web keeps running.
         b.goto(&format!("{base}/console"))?;
         let c0 = b.c()?;
@@ -552,7 +579,7 @@ fn checks(r: &mut Runner, c: &mut Cluster, root: &Path) {
         Ok(())
     });
 
-    r.check("8_read_only_session_shows_no_actions", || {
+    r.check("9_read_only_session_shows_no_actions", || {
         let ro = c.work_dir().join("n1/api/read-only.toml");
         let out = Command::new(dvs_bin())
             .arg("--node")

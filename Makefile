@@ -48,6 +48,7 @@ cluster-test: images
 	@[ "$$(id -u)" = 0 ] || { echo "cluster-test: needs root (network namespaces, veth, a bridge): run it as root, e.g. sudo make cluster-test" >&2; exit 1; }
 	$(CARGO) build -p dvs-hypervisor --bin dvs
 	DVS_CLUSTER_TEST=1 $(CARGO) test -p dvs-test-support --test cluster
+	DVS_CLUSTER_TEST=1 $(CARGO) test -p dvs-test-support --test control
 
 ## console-test: the web console in headless Chromium (two nodes as namespaces, real VOS VMs; needs root,
 ## chromium and chromium-driver, which setup installs); a screenshot lands in target/artifacts/console.png

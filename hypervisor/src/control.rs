@@ -324,6 +324,28 @@ impl ControlPlane {
 /// After a (re)start: claims the endpoints of every instance the node restored. An instance whose
 /// endpoints another live node took over while this node was away (dead or cut off) is stopped here: the
 /// other copy is the one that counts.
+/// The names of `specs` (instances recorded on this node's disk) whose endpoints another node owns in etcd now:
+/// they moved while this node was away, and must not run here again (restoring them first and stopping them
+/// after the claim failed would make a second copy for a moment, and hide the new owner from this proxy).
+pub async fn moved_away(cp: &ControlPlane, specs: &[InstanceSpec]) -> Vec<String> {
+    let mut moved = Vec::new();
+    for spec in specs {
+        for &ep in &spec.endpoints {
+            match cp.store.owner(spec.dc, ep).await {
+                Ok(Some(o)) if o.owner.node != cp.node => {
+                    moved.push(spec.name.clone());
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("etcd: owner of endpoint {ep} of DC {}: {e}", spec.dc),
+            }
+        }
+    }
+    moved
+}
+
+/// Claims the endpoints of every instance of this node again (after a restart); one whose endpoint another
+/// node took is stopped here.
 pub async fn reconcile(cp: &ControlPlane, mgr: &crate::instances::Manager) {
     for v in mgr.list() {
         let spec = &v.spec;

@@ -117,13 +117,20 @@ pub async fn serve(
             files.join(", ")
         }
     );
-    mgr.restore();
     let rescuer = match &control {
         Some(cp) => {
+            let moved = crate::control::moved_away(cp, &mgr.recorded()).await;
+            for name in &moved {
+                cp.forget(name).await;
+            }
+            mgr.restore_with(|s| !moved.contains(&s.name));
             crate::control::reconcile(cp, &mgr).await;
             Some(cp.rescue(mgr.clone()))
         }
-        None => None,
+        None => {
+            mgr.restore();
+            None
+        }
     };
     let api = Arc::new(Api {
         mgr: mgr.clone(),

@@ -19,6 +19,7 @@
 //! [`ClusterState`] from an etcd watch, so that proxies learn changes from events, not from polling.
 #![warn(missing_docs)]
 
+mod health;
 pub mod member;
 mod membership;
 mod watch;
@@ -217,6 +218,8 @@ pub struct Store {
     client: Client,
     prefix: String,
     endpoints: String,
+    /// Takes members that do not answer out of the client's balancer (`health.rs`).
+    _health: Option<std::sync::Arc<health::Health>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -260,17 +263,29 @@ impl Store {
                 timeout: REQUEST_TIMEOUT,
             })??;
         let store = Store {
+            _health: health::watch(client.clone(), endpoints.to_vec()),
             client,
             prefix: prefix.trim_end_matches('/').to_string(),
             endpoints: joined,
         };
-        // Connecting is lazy: ask once, so that a wrong address is an error here.
-        store
-            .client
-            .kv_client()
-            .get(store.key("seeded"), None)
-            .await?;
-        Ok(store)
+        // Connecting is lazy: ask, so that a wrong address is an error here. A member that is down may take
+        // the first asks until the health task has taken it out of the balancer.
+        let mut tries = 0;
+        loop {
+            match store
+                .client
+                .kv_client()
+                .get(store.key("seeded"), None)
+                .await
+            {
+                Ok(_) => return Ok(store),
+                Err(e) if tries >= 4 || endpoints.len() < 2 => return Err(e.into()),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                }
+            }
+        }
     }
 
     fn key(&self, rel: &str) -> String {

@@ -149,3 +149,76 @@ pub(super) async fn console(ctx: &Ctx, url_only: bool) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `dvs node drain N [--to M]`: migrates every instance of node N away, one at a time.
+pub(super) async fn node_drain(ctx: &Ctx, node: u16, to: Option<u16>) -> anyhow::Result<()> {
+    let cluster = ctx.cluster().await?;
+    let nodes = ctx.nodes().await?;
+    let source = nodes
+        .get(&node)
+        .ok_or_else(|| anyhow!("node {node} is not in the cluster"))?;
+    let (all, down) = super::cluster::all_instances(ctx).await?;
+    if down.contains(&node) {
+        anyhow::bail!("node {node} does not answer: its instances cannot be moved by a migration");
+    }
+    // Instances per node as they will be: each move counts where it lands.
+    let mut load: std::collections::BTreeMap<u16, usize> = std::collections::BTreeMap::new();
+    for i in &all {
+        *load.entry(i.node).or_default() += 1;
+    }
+    let mut moved = Vec::new();
+    let mut kept = Vec::new();
+    for v in all.iter().filter(|i| i.node == node) {
+        let name = &v.spec.name;
+        if !v.spec.volumes.is_empty() {
+            kept.push(format!(
+                "{name} (volumes {}: a volume cannot follow yet)",
+                crate::instances::volume_names(&v.spec)
+            ));
+            continue;
+        }
+        let dest = match to {
+            Some(t) => Some(t),
+            None => cluster
+                .dc(m3ipc_core::DcId(v.spec.dc))
+                .map(|dc| dc.nodes.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| *n != node && !down.contains(n) && nodes.contains_key(n))
+                .min_by_key(|n| (load.get(n).copied().unwrap_or(0), *n)),
+        };
+        let Some(dest) = dest else {
+            kept.push(format!(
+                "{name} (no other node of DC {} answers)",
+                v.spec.dc
+            ));
+            continue;
+        };
+        match source.migrate(name, dest).await {
+            Ok(r) => {
+                println!(
+                    "moved {name}: node {node} -> node {dest} in {} ms",
+                    r.took_ms
+                );
+                *load.entry(dest).or_default() += 1;
+                moved.push(name.clone());
+            }
+            Err(e) => kept.push(format!("{name} (migrating to node {dest}: {e})")),
+        }
+    }
+    if ctx.json {
+        print_json(&serde_json::json!({ "node": node, "moved": moved, "kept": kept }))?;
+    }
+    if !kept.is_empty() {
+        anyhow::bail!(
+            "node {node}: {} instance(s) moved, {} stay: {}",
+            moved.len(),
+            kept.len(),
+            kept.join("; ")
+        );
+    }
+    if !ctx.json {
+        println!("node {node} is empty: {} instance(s) moved", moved.len());
+    }
+    Ok(())
+}

@@ -202,6 +202,16 @@ enum NodeCmd {
         /// The node's id.
         id: u16,
     },
+    /// Move every instance off a node (make-before-break migrations, one at a time), e.g. before taking it
+    /// down: each goes to `--to`, or to the node of its DC (other than this one) that answers and runs the
+    /// fewest instances. Instances with volumes cannot move yet: they stay, and the command fails naming them.
+    Drain {
+        /// The node to empty.
+        id: u16,
+        /// Move everything to this node.
+        #[arg(long)]
+        to: Option<u16>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -519,6 +529,10 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             cmd: Some(NodeCmd::Remove { id }),
             ..
         } => control::node_remove(&ctx, id).await,
+        Cmd::Node {
+            cmd: Some(NodeCmd::Drain { id, to }),
+            ..
+        } => control::node_drain(&ctx, id, to).await,
         Cmd::Cluster { cmd } => pki::cluster(cmd),
         Cmd::Node { .. } => {
             bail!("use `dvs node --config node.toml` to run a node, or `dvs node status`")

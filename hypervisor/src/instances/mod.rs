@@ -235,6 +235,25 @@ impl Manager {
 
     /// Boots every instance recorded on disk (after a daemon restart); they claim their volumes again.
     pub fn restore(self: &Arc<Self>) {
+        self.restore_with(|_| true)
+    }
+
+    /// The instance specs recorded on disk (what [`Manager::restore`] would boot).
+    pub fn recorded(&self) -> Vec<InstanceSpec> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("json"))
+            .filter_map(|p| serde_json::from_slice(&std::fs::read(&p).ok()?).ok())
+            .collect()
+    }
+
+    /// Like [`Manager::restore`], booting only the recorded instances `keep` says yes to; the records of the
+    /// others are removed (e.g. instances that another node runs now).
+    pub fn restore_with(self: &Arc<Self>, keep: impl Fn(&InstanceSpec) -> bool) {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries.flatten().collect(),
             Err(e) => {
@@ -251,6 +270,10 @@ impl Manager {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
             match spec {
+                Some(spec) if !keep(&spec) => {
+                    tracing::info!("not restoring '{}': it runs elsewhere now", spec.name);
+                    let _ = std::fs::remove_file(&path);
+                }
                 Some(spec) => {
                     if let Err(e) = self.run(RunRequest {
                         spec,

@@ -93,6 +93,12 @@ impl<'a> Api<'a> {
             .map(|_| ())
     }
 
+    /// `GET /v1/control`: membership, leases and owners (a cluster on etcd).
+    pub fn control(&self) -> Result<dvs_hypervisor::control::ControlView, String> {
+        let v = self.call("GET /v1/control", self.c.get_json("/v1/control"))?;
+        serde_json::from_value(v).map_err(|e| format!("node {}: GET /v1/control: {e}", self.node))
+    }
+
     /// `GET /v1/directory`.
     pub fn directory(&self) -> Result<Vec<PlacementView>, String> {
         self.call("GET /v1/directory", self.c.directory())

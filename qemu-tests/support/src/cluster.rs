@@ -94,6 +94,18 @@ pub struct ClusterConfig {
     pub subnet: String,
     /// The accelerator the nodes boot with (`accel = ...` in node.toml) and deadlines scale for.
     pub accel: Accel,
+    /// The cluster's state on etcd instead of the cluster file alone: members in the first nodes' namespaces.
+    pub etcd: Option<EtcdDef>,
+}
+
+/// An etcd for the cluster: one member in each of the first `members` nodes' namespaces (client port 2379,
+/// peer port 2380 on the node's address), and every node's `etcd = {...}` in its node.toml.
+#[derive(Clone, Debug)]
+pub struct EtcdDef {
+    /// How many members (nodes 1..=members hold one).
+    pub members: u16,
+    /// The nodes' lease TTL, seconds.
+    pub lease_ttl_s: u64,
 }
 
 impl ClusterConfig {
@@ -106,6 +118,7 @@ impl ClusterConfig {
             node_toml_extra: String::new(),
             subnet: "10.217.0".into(),
             accel: Accel::detect(),
+            etcd: None,
         }
     }
 
@@ -206,6 +219,12 @@ pub struct Cluster {
     nodes: Vec<Node>,
     namespaces: Vec<Netns>,
     bridge: Option<Bridge>,
+    tag: u32,
+    subnet: String,
+    node_toml: String,
+    etcd: Option<EtcdDef>,
+    /// The etcd members, by node (None: killed).
+    members: Vec<Option<dvs_etcd::member::LocalMember>>,
 }
 
 const NS_PREFIX: &str = "dvsct";
@@ -250,6 +269,11 @@ impl Cluster {
             nodes: Vec::new(),
             namespaces: Vec::new(),
             bridge: None,
+            tag,
+            subnet: cfg.subnet.clone(),
+            node_toml: String::new(),
+            etcd: cfg.etcd.clone(),
+            members: Vec::new(),
         };
         // From here on, a failure drops `c`, which undoes whatever was made so far.
         let bridge = Bridge::new(
@@ -293,43 +317,23 @@ impl Cluster {
             let path = c.work.join(file);
             std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
         }
+        c.node_toml = format!(
+            "accel = \"{}\"\napi_ca = {{ cert = \"api-ca.pem\", key = \"api-ca.key\" }}\n{}\n",
+            cfg.accel.name(),
+            cfg.node_toml_extra
+        );
+        if let Some(e) = &cfg.etcd {
+            c.start_etcd(e.members.min(cfg.nodes), c.deadline(ready))?;
+        }
         for n in 1..=cfg.nodes {
-            let config = c.work.join(format!("node{n}.toml"));
-            let api_addr = format!("{}.{n}:7070", cfg.subnet);
-            let text = format!(
-                "node = {n}\ncluster = \"cluster.toml\"\ndata_dir = \"n{n}\"\naccel = \"{}\"\n\
-                 api_listen = \"{api_addr}\"\napi_ca = {{ cert = \"api-ca.pem\", key = \"api-ca.key\" }}\n{}\n",
-                cfg.accel.name(),
-                cfg.node_toml_extra
-            );
-            std::fs::write(&config, text).map_err(io(format!("writing {}", config.display())))?;
-            c.nodes.push(Node {
-                id: n,
-                client: NodeClient::plain(&api_addr),
-                credentials: c.work.join(format!("n{n}/api/admin.toml")),
-                api_addr,
-                ns: format!("{NS_PREFIX}{tag}-{n}"),
-                config,
-                log: c.work.join(format!("node{n}.log")),
-                daemon: None,
-            });
+            c.write_node(n, false)?;
         }
         for n in 1..=cfg.nodes {
             c.start_node(n)?;
         }
         let deadline = c.deadline(ready);
         for n in 1..=cfg.nodes {
-            let creds = c
-                .wait_credentials(n, deadline)
-                .map_err(|source| FixtureError::NotUp {
-                    what: format!(
-                        "node {n} wrote no credentials (log: {})",
-                        c.node(n).log.display()
-                    ),
-                    source,
-                })?;
-            let node = c.node_mut(n);
-            node.client = NodeClient::with_credentials(&node.api_addr, &creds);
+            c.take_credentials(n, deadline)?;
         }
         for n in 1..=cfg.nodes {
             c.wait_api(n, deadline)
@@ -351,6 +355,176 @@ impl Cluster {
             }
         }
         Ok(c)
+    }
+
+    /// Writes node `n`'s node.toml and adds it to the fixture's nodes (`joins`: a node that is not in the
+    /// cluster file, which joins through etcd with its own addresses).
+    fn write_node(&mut self, n: u16, joins: bool) -> Result<(), FixtureError> {
+        let config = self.work.join(format!("node{n}.toml"));
+        let ip = format!("{}.{n}", self.subnet);
+        let api_addr = format!("{ip}:7070");
+        let mut text = format!(
+            "node = {n}\ncluster = \"cluster.toml\"\ndata_dir = \"n{n}\"\napi_listen = \"{api_addr}\"\n{}",
+            self.node_toml
+        );
+        if let Some(e) = &self.etcd {
+            let endpoints: Vec<String> = (1..=e.members)
+                .map(|m| format!("\"http://{}.{m}:2379\"", self.subnet))
+                .collect();
+            let own = if joins {
+                format!(", proxy = \"{ip}:7071\", api = \"{api_addr}\"")
+            } else {
+                String::new()
+            };
+            text.push_str(&format!(
+                "etcd = {{ endpoints = [{}], lease_ttl_s = {}{own} }}\n",
+                endpoints.join(", "),
+                e.lease_ttl_s
+            ));
+        }
+        std::fs::write(&config, text).map_err(io(format!("writing {}", config.display())))?;
+        self.nodes.push(Node {
+            id: n,
+            client: NodeClient::plain(&api_addr),
+            credentials: self.work.join(format!("n{n}/api/admin.toml")),
+            api_addr,
+            ns: format!("{NS_PREFIX}{}-{n}", self.tag),
+            config,
+            log: self.work.join(format!("node{n}.log")),
+            daemon: None,
+        });
+        Ok(())
+    }
+
+    /// Waits for node `n`'s credential file and gives its client those credentials.
+    fn take_credentials(&mut self, n: u16, deadline: Deadline) -> Result<(), FixtureError> {
+        let creds = self
+            .wait_credentials(n, deadline)
+            .map_err(|source| FixtureError::NotUp {
+                what: format!(
+                    "node {n} wrote no credentials (log: {})",
+                    self.node(n).log.display()
+                ),
+                source,
+            })?;
+        let node = self.node_mut(n);
+        node.client = NodeClient::with_credentials(&node.api_addr, &creds);
+        Ok(())
+    }
+
+    /// Starts etcd members in nodes 1..=`members`' namespaces and waits until each listens.
+    fn start_etcd(&mut self, members: u16, deadline: Deadline) -> Result<(), FixtureError> {
+        use dvs_etcd::member::{LocalMember, MemberAddrs};
+        let addr = |n: u16, port: u16| -> std::net::SocketAddr {
+            std::net::SocketAddr::new(
+                format!("{}.{n}", self.subnet)
+                    .parse()
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+                port,
+            )
+        };
+        let all: Vec<MemberAddrs> = (1..=members)
+            .map(|n| MemberAddrs {
+                name: format!("n{n}"),
+                client: addr(n, 2379),
+                peer: addr(n, 2380),
+            })
+            .collect();
+        let dir = self.work.join("etcd");
+        for me in &all {
+            let ns = self.namespaces[self.members.len()].name().to_string();
+            let m = LocalMember::start(&dir, me, &all, Duration::from_millis(100), |cmd| {
+                enter_netns(cmd, &ns);
+                dvs_instance::die_with_parent(cmd);
+            })
+            .map_err(|e| FixtureError::Io {
+                what: format!("starting etcd member {}", me.name),
+                source: std::io::Error::other(e),
+            })?;
+            self.members.push(Some(m));
+        }
+        for m in self.members.iter().flatten() {
+            m.wait_listening(deadline.remaining())
+                .map_err(|e| FixtureError::Io {
+                    what: "etcd did not come up".into(),
+                    source: std::io::Error::other(e),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Kills (SIGKILL) node `n`'s etcd member, as a crash would.
+    pub fn kill_etcd(&mut self, n: u16) {
+        if let Some(m) = self.members.get_mut(usize::from(n.max(1) - 1)) {
+            if let Some(mut m) = m.take() {
+                m.kill();
+            }
+        }
+    }
+
+    /// Adds a node that is not in the cluster file (a namespace on the bridge, its daemon with etcd and its
+    /// own addresses) and waits until its API answers. Needs [`ClusterConfig::etcd`]. Returns its id.
+    pub fn add_node(&mut self, ready: Duration) -> Result<u16, FixtureError> {
+        let n = u16::try_from(self.nodes.len() + 1).unwrap_or(u16::MAX);
+        let ns = Netns::new(&format!("{NS_PREFIX}{}-{n}", self.tag))?;
+        if let Some(bridge) = &self.bridge {
+            ns.attach(
+                bridge,
+                &format!("{LINK_PREFIX}{}v{n}", self.tag),
+                &format!("{}.{n}/24", self.subnet),
+            )?;
+        }
+        self.namespaces.push(ns);
+        self.write_node(n, true)?;
+        self.start_node(n)?;
+        let deadline = self.deadline(ready);
+        self.take_credentials(n, deadline)?;
+        self.wait_api(n, deadline)
+            .map_err(|source| FixtureError::NotUp {
+                what: format!(
+                    "node {n} did not come up (log: {})",
+                    self.node(n).log.display()
+                ),
+                source,
+            })?;
+        Ok(n)
+    }
+
+    /// How node `n`'s daemon ended, once it has (None while it runs or was never started).
+    pub fn daemon_exited(&mut self, n: u16) -> Option<String> {
+        let d = self.node_mut(n).daemon.as_mut()?;
+        d.child.try_wait().ok().flatten().map(|st| st.to_string())
+    }
+
+    /// Starts node `n`'s daemon again after it ended (or kills it first if it still runs), and waits until
+    /// its API answers.
+    pub fn restart_node(&mut self, n: u16, ready: Duration) -> Result<(), FixtureError> {
+        if let Some(d) = self.node_mut(n).daemon.take() {
+            d.kill();
+        }
+        self.start_node(n)?;
+        let deadline = self.deadline(ready);
+        self.wait_api(n, deadline)
+            .map_err(|source| FixtureError::NotUp {
+                what: format!(
+                    "node {n} did not come back (log: {})",
+                    self.node(n).log.display()
+                ),
+                source,
+            })
+    }
+
+    /// Cuts node `n` off the network (`up` false: its namespace's link goes down) or joins it again.
+    pub fn set_link(&self, n: u16, up: bool) -> Result<(), NetError> {
+        crate::netns::ip(&[
+            "-n",
+            &self.node(n).ns,
+            "link",
+            "set",
+            "eth0",
+            if up { "up" } else { "down" },
+        ])
+        .map(|_| ())
     }
 
     /// A deadline `kvm_budget` from now, scaled for the accelerator (TCG: 3x).
@@ -416,31 +590,8 @@ impl Cluster {
         let log2 = log
             .try_clone()
             .map_err(io(format!("opening {}", node.log.display())))?;
-        // Into the node's network namespace only (setns before exec), not `ip netns exec`: that also
-        // remounts /sys in a mount namespace of its own, which hides the cgroup hierarchies the daemon
-        // confines its machines in.
-        let netns = std::ffi::CString::new(format!("/run/netns/{}", node.ns)).map_err(|_| {
-            io(format!("namespace name {:?}", node.ns))(std::io::ErrorKind::InvalidInput.into())
-        })?;
         let mut cmd = Command::new(&dvs);
-        // SAFETY: runs in the forked child before exec; open, setns and close are async-signal-safe,
-        // and the path was made before the fork.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(move || {
-                let fd = libc::open(netns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let r = libc::setns(fd, libc::CLONE_NEWNET);
-                let err = std::io::Error::last_os_error();
-                libc::close(fd);
-                if r != 0 {
-                    return Err(err);
-                }
-                Ok(())
-            });
-        }
+        enter_netns(&mut cmd, &node.ns);
         cmd.arg("node")
             .arg("--config")
             .arg(&node.config)
@@ -577,6 +728,7 @@ impl Drop for Cluster {
         }
         // Machines die with their daemon (PR_SET_PDEATHSIG); count strays.
         left += processes_mentioning(&format!("{}/", self.work.display())).len();
+        self.members.clear();
         self.namespaces.clear();
         self.bridge = None;
         if self.keep {
@@ -594,6 +746,34 @@ impl Drop for Cluster {
         }
         let _ = std::fs::remove_dir_all(&self.work);
         println!("cluster: torn down (daemons, namespaces, bridge; {left} machine processes left)");
+    }
+}
+
+/// Has `cmd`'s child enter network namespace `ns` (setns before exec), and only that: not `ip netns exec`,
+/// which also remounts /sys in a mount namespace of its own and so hides the cgroup hierarchies the daemon
+/// confines its machines in. A name that cannot be a path makes the child fail to start.
+fn enter_netns(cmd: &mut Command, ns: &str) {
+    let netns = std::ffi::CString::new(format!("/run/netns/{ns}")).ok();
+    // SAFETY: runs in the forked child before exec; open, setns and close are async-signal-safe, and the
+    // path was made before the fork.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            let Some(netns) = &netns else {
+                return Err(std::io::ErrorKind::InvalidInput.into());
+            };
+            let fd = libc::open(netns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let r = libc::setns(fd, libc::CLONE_NEWNET);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if r != 0 {
+                return Err(err);
+            }
+            Ok(())
+        });
     }
 }
 

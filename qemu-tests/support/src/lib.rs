@@ -20,4 +20,5 @@ pub mod http;
 pub mod netns;
 pub mod roles;
 pub mod runner;
+pub mod vos;
 pub mod wait;

@@ -23,6 +23,9 @@ use dvs_instance::spec::{mac_string, Accel};
 use dvs_test_support::api::describe;
 use dvs_test_support::cluster::{is_root, Cluster, ClusterConfig};
 use dvs_test_support::runner::Runner;
+use dvs_test_support::vos::{
+    all_answered, bench_done, client, ended, expect, failure, reports, running, sendrecs_done, vos,
+};
 use dvs_test_support::wait::{eventually, Deadline};
 use dvs_vos_abi::control::BenchStep;
 use dvs_vos_abi::Report;
@@ -58,35 +61,6 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-/// A VOS instance.
-fn vos(
-    name: &str,
-    dc: u16,
-    eps: &[u32],
-    svcs: &[&str],
-    memory: Option<u32>,
-    args: &[&str],
-) -> InstanceSpec {
-    let mut s = InstanceSpec::new(name, "vos", dc);
-    s.endpoints = eps.to_vec();
-    s.services = svcs.iter().map(|s| s.to_string()).collect();
-    s.memory = memory;
-    s.args = args.iter().map(|s| s.to_string()).collect();
-    s
-}
-
-/// An ipc-bench client VOS on `ep` calling `peer` `n` times (no vcopy unless in `extra`).
-fn client(name: &str, dc: u16, ep: u32, peer: u32, n: u32, extra: &[&str]) -> InstanceSpec {
-    let mut args = vec![format!("peer={peer}"), format!("n={n}")];
-    if !extra.iter().any(|a| a.starts_with("vcopy=")) {
-        args.push("vcopy=0".into());
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let mut s = vos(name, dc, &[ep], &["ipc-bench"], None, &[]);
-    s.args = args;
-    s
-}
-
 /// A role double (`dvs-double ROLE KNOBS...`, the node's process backend).
 fn double(name: &str, dc: u16, eps: &[u32], ip: Option<&str>, role: &[&str]) -> InstanceSpec {
     let mut s = vos(name, dc, eps, &[], None, &[]);
@@ -94,62 +68,6 @@ fn double(name: &str, dc: u16, eps: &[u32], ip: Option<&str>, role: &[&str]) -> 
     s.backend = Some(BackendKind::Process);
     s.process_args = role.iter().map(|s| s.to_string()).collect();
     s
-}
-
-fn reports(v: &InstanceView) -> &[Report] {
-    &v.guest.reports
-}
-
-fn sendrecs_done(v: &InstanceView) -> Option<u32> {
-    reports(v).iter().find_map(|r| match r {
-        Report::Sendrecs { n, .. } => Some(*n),
-        _ => None,
-    })
-}
-
-fn failure(v: &InstanceView) -> Option<String> {
-    reports(v).iter().find_map(|r| match r {
-        Report::Failed {
-            step,
-            index,
-            peer,
-            error,
-            ..
-        } => Some(format!("{step:?} {index} to {peer}: {error}")),
-        _ => None,
-    })
-}
-
-/// The bench client finished its sendrecs (or failed).
-fn bench_done(v: &InstanceView) -> bool {
-    sendrecs_done(v).is_some() || failure(v).is_some() || ended(v)
-}
-
-/// The machine is gone for good (no point waiting for it).
-fn ended(v: &InstanceView) -> bool {
-    matches!(v.state, State::Exited | State::Failed | State::Stopped) || v.guest.fatal.is_some()
-}
-
-fn running(v: &InstanceView) -> bool {
-    v.state == State::Running || ended(v)
-}
-
-fn expect(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what())
-    }
-}
-
-/// Expects `v`'s sendrecs to have all been answered (`n` of them).
-fn all_answered(v: &InstanceView, n: u32) -> Result<(), String> {
-    expect(sendrecs_done(v) == Some(n) && failure(v).is_none(), || {
-        format!(
-            "expected Report::Sendrecs {{ n: {n} }} and no failure; got {}",
-            describe(v)
-        )
-    })
 }
 
 /// Expects `v`'s first sendrec to `peer` to have failed with `code` (by its wire code, or its name).

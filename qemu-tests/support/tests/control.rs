@@ -1,0 +1,442 @@
+//! The control plane on etcd, in the cluster fixture: three nodes as network namespaces, each with an etcd
+//! member (a three-member etcd), their daemons on it with 2 s leases, real VOS VMs. The checks change the
+//! cluster while calls run and look at what callers see and what etcd says: a DC created and deleted live, a
+//! fourth node joining under traffic, a node killed in the middle of calls (its callers get NodeUnreachable
+//! within about a TTL, its instance runs again on a survivor, and a caller afterwards loses nothing), an etcd
+//! member killed (nothing notices), and a node cut off the network (it loses its lease and stops; the
+//! majority takes its endpoint over; healed and restarted, it does not run a second copy).
+//!
+//! Part of `make cluster-test` (root, QEMU, `images/vos.elf`, Debian's etcd-server); without
+//! `DVS_CLUSTER_TEST=1` this target passes at once.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use dvs_hypervisor::instances::{InstanceSpec, InstanceView, RestartPolicy, State};
+use dvs_instance::spec::Accel;
+use dvs_test_support::api::describe;
+use dvs_test_support::cluster::{is_root, Cluster, ClusterConfig, EtcdDef};
+use dvs_test_support::runner::Runner;
+use dvs_test_support::vos::{all_answered, bench_done, client, expect, reports, running, vos};
+use dvs_test_support::wait::{eventually, Deadline};
+use dvs_vos_abi::Report;
+use m3ipc_core::ErrorCode;
+
+const CHECKS: usize = 7;
+/// The nodes' lease TTL.
+const TTL_S: u64 = 2;
+
+fn root_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn dvs_bin() -> PathBuf {
+    std::env::var_os("DVS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_BIN_EXE_dvs-double"))
+                .parent()
+                .map(|d| d.join("dvs"))
+                .unwrap_or_else(|| PathBuf::from("dvs"))
+        })
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// `s` with the restart policy `always` (the kind of instance a survivor starts again).
+fn always(mut s: InstanceSpec) -> InstanceSpec {
+    s.restart = RestartPolicy::Always;
+    s
+}
+
+/// The first failure the instance's bench reported, if it was `code`.
+fn failed_with_code(v: &InstanceView, code: ErrorCode) -> bool {
+    reports(v).iter().any(|r| {
+        matches!(r, Report::Failed { code: c, error, .. }
+            if *c == code as u16 || error.contains(&format!("{code:?}")))
+    })
+}
+
+struct T<'a> {
+    c: &'a mut Cluster,
+}
+
+impl T<'_> {
+    fn d(&self, kvm: u64) -> Deadline {
+        self.c.deadline(secs(kvm))
+    }
+
+    fn wait(
+        &self,
+        node: u16,
+        name: &str,
+        what: &str,
+        kvm: u64,
+        pred: impl FnMut(&InstanceView) -> bool,
+    ) -> Result<InstanceView, String> {
+        self.c
+            .api(node)
+            .wait_view(name, what, self.d(kvm), pred)
+            .map_err(|e| e.to_string())
+    }
+
+    fn ready(&self, node: u16, name: &str) -> Result<InstanceView, String> {
+        let v = self.wait(node, name, "state running", 30, running)?;
+        expect(v.state == State::Running, || {
+            format!("{name} did not become ready: {}", describe(&v))
+        })?;
+        Ok(v)
+    }
+
+    /// Runs `spec` on `node`, retrying while the node does not know its DC yet (a DC made a moment ago
+    /// reaches each node through its etcd watch).
+    fn run(&self, node: u16, spec: InstanceSpec) -> Result<(), String> {
+        let api = self.c.api(node);
+        eventually(
+            self.d(10),
+            &format!("node {node} to take {}", spec.name),
+            || api.run(spec.clone()).map(|_| ()),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// The DCs node `n` routes (`dvs --json dc ls`).
+    fn dcs(&self, n: u16) -> Result<Vec<u16>, String> {
+        let out = self.c.cli_ok(n, &["--json", "dc", "ls"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| format!("dc ls: {e}: {out}"))?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d["id"].as_u64())
+                    .filter_map(|id| u16::try_from(id).ok())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Waits until etcd (as node `from` reads it) has endpoint `ep` of `dc` owned by a node other than
+    /// `not`; returns that node.
+    fn owner_moves(&self, from: u16, dc: u16, ep: u32, not: u16, kvm: u64) -> Result<u16, String> {
+        let api = self.c.api(from);
+        eventually(
+            self.d(kvm),
+            &format!("etcd to give endpoint {ep} of DC {dc} to a node other than {not}"),
+            || {
+                let owners: Vec<u16> = api
+                    .control()?
+                    .owners
+                    .iter()
+                    .filter(|o| o.dc == dc && o.ep == ep)
+                    .map(|o| o.node)
+                    .collect();
+                match owners.as_slice() {
+                    [n] if *n != not => Ok(*n),
+                    other => Err(format!("owners {other:?}")),
+                }
+            },
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os("DVS_CLUSTER_TEST").is_none() {
+        println!("control-test: skipped (it boots a cluster on etcd as root): `make cluster-test` runs it");
+        return ExitCode::SUCCESS;
+    }
+    let accel = Accel::detect();
+    println!("control-test: accelerator {}", accel.name());
+    if !is_root() {
+        eprintln!("control-test: needs root (network namespaces)");
+        return ExitCode::FAILURE;
+    }
+    let image = root_dir().join("images/vos.elf");
+    if !image.is_file() {
+        eprintln!("control-test: images/vos.elf is missing: run `make images` first");
+        return ExitCode::FAILURE;
+    }
+    let mut r = Runner::new(CHECKS);
+    let mut cfg = ClusterConfig::new(3, dvs_bin()).dc(1, "alpha", &[1, 2, 3]);
+    cfg.accel = accel;
+    cfg.subnet = "10.219.0".into();
+    cfg.etcd = Some(EtcdDef {
+        members: 3,
+        lease_ttl_s: TTL_S,
+    });
+    let Some(mut cluster) = r.step("three nodes on a three-member etcd", || {
+        Cluster::up(cfg, secs(40)).map_err(|e| e.to_string())
+    }) else {
+        return r.finish();
+    };
+    let img = image.display().to_string();
+    let pushed = r.step("the image on every node", || {
+        cluster
+            .cli_ok(1, &["image", "push", "--all", &img])
+            .map(|_| ())
+    });
+    if pushed.is_some() {
+        checks(&mut r, &mut T { c: &mut cluster }, &img);
+    }
+    if r.failed() > 0 {
+        cluster.keep_logs();
+    }
+    drop(cluster);
+    r.finish()
+}
+
+fn checks(r: &mut Runner, t: &mut T<'_>, img: &str) {
+    r.check("1_three_nodes_hold_leases_on_etcd", || {
+        for n in 1..=3 {
+            let v = t.c.api(n).control()?;
+            let alive: Vec<u16> = v
+                .members
+                .iter()
+                .filter(|m| m.alive)
+                .map(|m| m.node.id)
+                .collect();
+            expect(v.mode == "etcd" && alive == [1, 2, 3], || {
+                format!("node {n}: mode {}, alive {alive:?}", v.mode)
+            })?;
+            expect(v.lease_ttl_s == TTL_S && v.lease != 0, || {
+                format!("node {n}: lease {} ttl {}", v.lease, v.lease_ttl_s)
+            })?;
+        }
+        Ok(())
+    });
+
+    r.check(
+        "2_dc_created_live_carries_calls_and_is_deleted_live",
+        || {
+            t.c.cli_ok(
+                1,
+                &["dc", "create", "beta", "--id", "2", "--nodes", "1,2,3"],
+            )?;
+            t.run(2, vos("b-echo", 2, &[50], &["echo"], None, &[]))?;
+            t.ready(2, "b-echo")?;
+            t.run(3, client("b-call", 2, 51, 50, 500, &[]))?;
+            let v = t.wait(3, "b-call", "its bench to end", 60, bench_done)?;
+            all_answered(&v, 500)?;
+            t.c.api(3).stop("b-call")?;
+            t.c.api(2).stop("b-echo")?;
+            t.c.cli_ok(1, &["dc", "delete", "beta"])?;
+            eventually(t.d(10), "every node to drop DC 2", || {
+                for n in 1..=3 {
+                    let dcs = t.dcs(n)?;
+                    if dcs.contains(&2) {
+                        return Err(format!("node {n} still has DC 2: {dcs:?}"));
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| e.to_string())
+        },
+    );
+
+    r.check("3_fourth_node_joins_while_calls_run", || {
+        t.run(2, vos("a-echo", 1, &[10], &["echo"], None, &[]))?;
+        t.ready(2, "a-echo")?;
+        t.run(1, client("a-call", 1, 11, 10, 20_000, &[]))?;
+        t.ready(1, "a-call")?;
+        let n4 = t.c.add_node(secs(30)).map_err(|e| e.to_string())?;
+        expect(n4 == 4, || format!("the new node is {n4}"))?;
+        for n in 1..=3 {
+            t.c.wait_peer(n, 4, true, t.d(20))
+                .map_err(|e| e.to_string())?;
+        }
+        t.c.cli_ok(4, &["image", "push", img])?;
+        t.c.cli_ok(1, &["dc", "create", "grow", "--id", "3", "--nodes", "1,4"])?;
+        t.run(4, vos("g-echo", 3, &[60], &["echo"], None, &[]))?;
+        t.ready(4, "g-echo")?;
+        t.run(1, client("g-call", 3, 61, 60, 1000, &[]))?;
+        let v = t.wait(1, "g-call", "its bench to end", 60, bench_done)?;
+        all_answered(&v, 1000)?;
+        let v = t.wait(1, "a-call", "its bench to end", 120, bench_done)?;
+        all_answered(&v, 20_000)?;
+        for (n, name) in [(1, "g-call"), (1, "a-call"), (2, "a-echo")] {
+            t.c.api(n).stop(name)?;
+        }
+        Ok(())
+    });
+
+    r.check(
+        "4_killed_node_fails_its_callers_within_a_ttl_and_its_instance_moves",
+        || {
+            t.run(3, always(vos("k-echo", 1, &[20], &["echo"], None, &[])))?;
+            t.ready(3, "k-echo")?;
+            // Long enough to be running at the kill (the client keeps 8 bytes per call for its percentiles).
+            t.run(1, client("k-call", 1, 21, 20, 200_000, &[]))?;
+            t.ready(1, "k-call")?;
+            // Calls are flowing: node 3's proxy has delivered hundreds of frames to k-echo.
+            let api3 = t.c.api(3);
+            eventually(t.d(10), "k-echo to be receiving calls", || {
+                let st = api3.counters()?;
+                match st.ports.get("k-echo").map(|p| p.tx.frames) {
+                    Some(n) if n > 200 => Ok(()),
+                    other => Err(format!(
+                        "frames delivered to k-echo: {other:?}; the caller: {}",
+                        t.c.api(1)
+                            .instance("k-call")
+                            .map(|v| describe(&v))
+                            .unwrap_or_default()
+                    )),
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            let killed = Instant::now();
+            t.c.kill_node(3);
+            let v = t.wait(1, "k-call", "its bench to fail", 20, bench_done)?;
+            let took = killed.elapsed();
+            expect(failed_with_code(&v, ErrorCode::NodeUnreachable), || {
+                format!("k-call ended without NodeUnreachable: {}", describe(&v))
+            })?;
+            println!(
+                "    the caller got NodeUnreachable {:.2} s after the kill (TTL {TTL_S} s)",
+                took.as_secs_f64()
+            );
+            expect(took <= secs(TTL_S) + Duration::from_millis(1500), || {
+                format!("the caller learnt of the kill after {took:?} (TTL {TTL_S} s)")
+            })?;
+            let on = t.owner_moves(1, 1, 20, 3, 30)?;
+            t.ready(on, "k-echo")?;
+            t.c.api(1).stop("k-call")?;
+            t.run(1, client("k-call2", 1, 22, 20, 10_000, &[]))?;
+            let v = t.wait(1, "k-call2", "its bench to end", 120, bench_done)?;
+            all_answered(&v, 10_000)?;
+            t.c.api(1).stop("k-call2")
+        },
+    );
+
+    r.check("5_one_etcd_member_down_the_cluster_keeps_working", || {
+        t.c.kill_etcd(2);
+        // Three TTLs with one member of three gone: no node may lose its lease. A read while etcd elects a
+        // new leader may fail (502, "leader changed"); every read that answers must show all three alive.
+        let until = t.d(3 * TTL_S + 1);
+        let mut answered = [0u32; 3];
+        while !until.passed() {
+            for (i, n) in [1u16, 2, 4].into_iter().enumerate() {
+                expect(t.c.daemon_exited(n).is_none(), || {
+                    format!("node {n}'s daemon stopped")
+                })?;
+                let Ok(v) = t.c.api(n).control() else {
+                    continue;
+                };
+                answered[i] += 1;
+                let alive: Vec<u16> = v
+                    .members
+                    .iter()
+                    .filter(|m| m.alive)
+                    .map(|m| m.node.id)
+                    .collect();
+                expect([1, 2, 4].iter().all(|m| alive.contains(m)), || {
+                    format!("node {n} sees alive {alive:?} with etcd member 2 down")
+                })?;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        expect(answered.iter().all(|&a| a >= 3), || {
+            format!("reads answered per node: {answered:?}")
+        })?;
+        t.c.cli_ok(1, &["dc", "create", "gamma", "--id", "4", "--nodes", "1,2"])?;
+        t.c.cli_ok(2, &["dc", "delete", "gamma"]).map(|_| ())
+    });
+
+    r.check(
+        "6_partitioned_node_loses_its_lease_and_the_majority_takes_over",
+        || {
+            t.run(4, always(vos("p-echo", 3, &[62], &["echo"], None, &[])))?;
+            t.ready(4, "p-echo")?;
+            t.c.set_link(4, false).map_err(|e| e.to_string())?;
+            // The majority side: node 1 (of DC 3's nodes 1 and 4) takes the endpoint over.
+            let on = t.owner_moves(1, 3, 62, 4, 30)?;
+            expect(on == 1, || format!("endpoint 62 went to node {on}"))?;
+            t.ready(1, "p-echo")?;
+            // The minority side: node 4 lost its lease and stopped, its machines with it.
+            eventually(t.d(20), "node 4's daemon to stop", || {
+                match t.c.daemon_exited(4) {
+                    Some(_) => Ok(()),
+                    None => Err("still running".into()),
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            eventually(t.d(10), "node 4's machines to be gone", || {
+                let pids = t.c.machine_pids(4);
+                if pids.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("machines {pids:?}"))
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            // Healed and restarted, node 4 rejoins and does not run a second copy.
+            t.c.set_link(4, true).map_err(|e| e.to_string())?;
+            t.c.restart_node(4, secs(30)).map_err(|e| e.to_string())?;
+            t.c.wait_peer(1, 4, true, t.d(20))
+                .map_err(|e| e.to_string())?;
+            let copies: Vec<String> = t
+                .c
+                .api(4)
+                .instances()?
+                .into_iter()
+                .filter(|i| {
+                    i.spec.name == "p-echo" && matches!(i.state, State::Running | State::Starting)
+                })
+                .map(|i| describe(&i))
+                .collect();
+            expect(copies.is_empty(), || {
+                format!("node 4 runs p-echo again: {copies:?}")
+            })?;
+            let owner = t.owner_moves(4, 3, 62, 4, 10)?;
+            expect(owner == 1, || format!("owner {owner}"))?;
+            // Node 4's directory learns where endpoint 62 lives again (node 1 announces it over the new link).
+            let api4 = t.c.api(4);
+            eventually(
+                t.d(10),
+                "node 4 to place endpoint 62 on node 1",
+                || match api4.placed(3, 62)? {
+                    Some(1) => Ok(()),
+                    other => Err(format!("placed on {other:?}")),
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            t.run(4, client("p-call", 3, 63, 62, 1000, &[]))?;
+            let v = t.wait(4, "p-call", "its bench to end", 60, bench_done)?;
+            all_answered(&v, 1000)?;
+            t.c.api(4).stop("p-call")
+        },
+    );
+
+    r.check(
+        "7_drained_node_is_empty_and_its_endpoints_answer_elsewhere",
+        || {
+            let before: Vec<(String, u16, Vec<u32>)> =
+                t.c.api(1)
+                    .instances()?
+                    .into_iter()
+                    .map(|i| (i.spec.name, i.spec.dc, i.spec.endpoints))
+                    .collect();
+            expect(!before.is_empty(), || "node 1 has nothing to drain".into())?;
+            let out = t.c.cli_ok(1, &["node", "drain", "1"])?;
+            expect(out.contains("node 1 is empty"), || {
+                format!("dvs node drain said: {out}")
+            })?;
+            let left = t.c.api(1).instances()?;
+            expect(left.is_empty(), || format!("node 1 still has {left:?}"))?;
+            // Each endpoint answers where it went: a caller on node 4 (DC 3) or node 2 (DC 1) per endpoint.
+            for (i, (name, dc, eps)) in before.iter().enumerate() {
+                let from = if *dc == 3 { 4 } else { 2 };
+                let Some(&ep) = eps.first() else { continue };
+                let caller = format!("d-call-{i}");
+                t.run(from, client(&caller, *dc, 70 + i as u32, ep, 500, &[]))?;
+                let v = t.wait(from, &caller, "its bench to end", 60, bench_done)?;
+                all_answered(&v, 500)
+                    .map_err(|e| format!("calling {name}'s endpoint {ep}: {e}"))?;
+                t.c.api(from).stop(&caller)?;
+            }
+            Ok(())
+        },
+    );
+}

@@ -177,6 +177,10 @@ pub struct Switch {
     timing: timing::Timing,
     /// Per DC (by number), the token buckets its VM ports' frames are charged to (made at a DC's first frame).
     rates: HashMap<u16, rate::DcBuckets>,
+    /// Per (peer, DC), the buckets the peer's frames of the DC are charged to: a peer is held to the DC's
+    /// limit (times [`rate::PEER_HEADROOM`]) as this node holds its own VMs, so a node that does not limit its
+    /// VMs (or is not a dvs node) cannot flood this one.
+    peer_rates: HashMap<(u16, u16), rate::DcBuckets>,
 }
 
 impl Switch {
@@ -211,6 +215,7 @@ impl Switch {
             claims: HashMap::new(),
             timing: timing::Timing::default(),
             rates: HashMap::new(),
+            peer_rates: HashMap::new(),
             dead: HashSet::new(),
         }
     }
@@ -957,6 +962,9 @@ impl Switch {
         if !self.cluster.dc_has_node(dc, node) || !self.cluster.dc_has_node(dc, self.node) {
             return self.drop_from(Via::Peer(node), dc, Drop::WrongDc);
         }
+        if !self.admit_peer(now, node, dc, frame.len()) {
+            return self.drop_from(Via::Peer(node), dc, Drop::RateLimited);
+        }
         let Ok((eth, payload)) = EthernetHeader::parse(&frame) else {
             return self.drop_from(Via::Peer(node), dc, Drop::Malformed);
         };
@@ -1000,6 +1008,19 @@ impl Switch {
             .or_insert_with(|| {
                 let limit = cluster.dc(dc).map(|d| d.limit).unwrap_or_default();
                 rate::DcBuckets::new(&limit, now)
+            })
+            .admit(now, len)
+    }
+
+    /// Charges a frame of `len` bytes of `dc` from peer `node` to that peer's buckets for the DC; false when
+    /// the peer is over them.
+    fn admit_peer(&mut self, now: Instant, node: NodeId, dc: DcId, len: usize) -> bool {
+        let cluster = &self.cluster;
+        self.peer_rates
+            .entry((node.0, dc.0))
+            .or_insert_with(|| {
+                let limit = cluster.dc(dc).map(|d| d.limit).unwrap_or_default();
+                rate::DcBuckets::for_peer(&limit, now)
             })
             .admit(now, len)
     }

@@ -40,6 +40,9 @@ impl Bucket {
     }
 }
 
+/// How many times a DC's per-node limit one peer may send of it into this node.
+pub const PEER_HEADROOM: u64 = 2;
+
 /// The two buckets of one DC on this node.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct DcBuckets {
@@ -55,6 +58,18 @@ impl DcBuckets {
         DcBuckets {
             frames: Bucket::full(fps, bf),
             bytes: Bucket::full(bps, bb),
+            last: now,
+        }
+    }
+
+    /// Full buckets for what one peer may send of a DC: `limit` times [`PEER_HEADROOM`] (a peer's own VMs are
+    /// held to `limit` there; the headroom is for frames it forwards, e.g. to an endpoint that moved).
+    pub(super) fn for_peer(limit: &DcLimit, now: Instant) -> DcBuckets {
+        let (fps, bps, bf, bb) = limit.effective();
+        let x = |v: u64| v.saturating_mul(PEER_HEADROOM);
+        DcBuckets {
+            frames: Bucket::full(x(fps), x(bf)),
+            bytes: Bucket::full(x(bps), x(bb)),
             last: now,
         }
     }

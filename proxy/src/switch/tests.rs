@@ -1095,6 +1095,42 @@ fn a_flooding_dc_is_limited_and_counted_while_another_dc_passes() {
 }
 
 #[test]
+fn a_flooding_peer_is_held_to_twice_the_dc_limit_and_counted() {
+    let (mut s, [_, _, c, _]) = limited(0);
+    let mut out = Vec::new();
+    // Node 2 floods DC 1 (limit 100/s, burst 10): twice the burst passes, the rest is dropped as rate-limited,
+    // on the peer's counters and the DC's.
+    for _ in 0..100 {
+        s.peer_frame(T0, N2, DC1, 0, lan(mac(77), [0xff; 6]), &mut out);
+    }
+    let st = s.stats();
+    assert_eq!(st.dcs[&DC1.0].drops.rate_limited, 80);
+    assert_eq!(st.peers[&N2.0].drops.rate_limited, 80);
+    // The same peer's frames of DC 2 (at the defaults) all pass, to DC 2's ports.
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        s.peer_frame(T0, N2, DC2, 0, lan(mac(78), [0xff; 6]), &mut out);
+    }
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, Out::Port(p, _) if *p == c))
+            .count(),
+        100
+    );
+    assert_eq!(
+        s.stats()
+            .dcs
+            .get(&DC2.0)
+            .map_or(0, |d| d.drops.rate_limited),
+        0
+    );
+    // Time refills node 2's bucket for DC 1.
+    let mut out = Vec::new();
+    s.peer_frame(at(1_000), N2, DC1, 0, lan(mac(77), [0xff; 6]), &mut out);
+    assert!(!out.is_empty());
+}
+
+#[test]
 fn the_bucket_refills_with_time_up_to_the_burst() {
     let (mut s, [a, b, ..]) = limited(0);
     assert_eq!(send_n(&mut s, T0, a, b, DC1, 10, 20, 20), 10);

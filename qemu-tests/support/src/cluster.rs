@@ -96,6 +96,9 @@ pub struct ClusterConfig {
     pub accel: Accel,
     /// The cluster's state on etcd instead of the cluster file alone: members in the first nodes' namespaces.
     pub etcd: Option<EtcdDef>,
+    /// Mutual TLS on peer links: a cluster CA made here, a node certificate for each node (`tls = {...}` in
+    /// its node.toml).
+    pub peer_tls: bool,
 }
 
 /// An etcd for the cluster: one member in each of the first `members` nodes' namespaces (client port 2379,
@@ -119,6 +122,7 @@ impl ClusterConfig {
             subnet: "10.217.0".into(),
             accel: Accel::detect(),
             etcd: None,
+            peer_tls: false,
         }
     }
 
@@ -225,6 +229,8 @@ pub struct Cluster {
     etcd: Option<EtcdDef>,
     /// The etcd members, by node (None: killed).
     members: Vec<Option<dvs_etcd::member::LocalMember>>,
+    /// The peer links' cluster CA, when they are mutual TLS.
+    peer_ca: Option<dvs_proxy::tls::Pem>,
 }
 
 const NS_PREFIX: &str = "dvsct";
@@ -274,6 +280,7 @@ impl Cluster {
             node_toml: String::new(),
             etcd: cfg.etcd.clone(),
             members: Vec::new(),
+            peer_ca: None,
         };
         // From here on, a failure drops `c`, which undoes whatever was made so far.
         let bridge = Bridge::new(
@@ -325,6 +332,17 @@ impl Cluster {
         if let Some(e) = &cfg.etcd {
             c.start_etcd(e.members.min(cfg.nodes), c.deadline(ready))?;
         }
+        if cfg.peer_tls {
+            let ca = dvs_proxy::tls::new_cluster_ca("cluster test peers").map_err(|e| {
+                FixtureError::Io {
+                    what: "making the peer-link CA".into(),
+                    source: std::io::Error::other(e),
+                }
+            })?;
+            let path = c.work.join("peer-ca.pem");
+            std::fs::write(&path, &ca.cert).map_err(io(format!("writing {}", path.display())))?;
+            c.peer_ca = Some(ca);
+        }
         for n in 1..=cfg.nodes {
             c.write_node(n, false)?;
         }
@@ -367,6 +385,23 @@ impl Cluster {
             "node = {n}\ncluster = \"cluster.toml\"\ndata_dir = \"n{n}\"\napi_listen = \"{api_addr}\"\n{}",
             self.node_toml
         );
+        if let Some(ca) = &self.peer_ca {
+            let pem = dvs_proxy::tls::issue_node_cert(ca, &format!("n{n}"), m3ipc_core::NodeId(n))
+                .map_err(|e| FixtureError::Io {
+                    what: format!("issuing node {n}'s peer certificate"),
+                    source: std::io::Error::other(e),
+                })?;
+            for (file, text) in [
+                (format!("peer-n{n}.pem"), &pem.cert),
+                (format!("peer-n{n}.key"), &pem.key),
+            ] {
+                let path = self.work.join(&file);
+                std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
+            }
+            text.push_str(&format!(
+                "tls = {{ ca = \"peer-ca.pem\", cert = \"peer-n{n}.pem\", key = \"peer-n{n}.key\" }}\n"
+            ));
+        }
         if let Some(e) = &self.etcd {
             let endpoints: Vec<String> = (1..=e.members)
                 .map(|m| format!("\"http://{}.{m}:2379\"", self.subnet))
@@ -449,6 +484,58 @@ impl Cluster {
                     what: "etcd did not come up".into(),
                     source: std::io::Error::other(e),
                 })?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `n`'s etcd member again after [`Cluster::kill_etcd`] (from its data directory: it rejoins
+    /// the cluster it was in) and waits until it listens.
+    pub fn restart_etcd(&mut self, n: u16, ready: Duration) -> Result<(), FixtureError> {
+        use dvs_etcd::member::{LocalMember, MemberAddrs};
+        let Some(e) = &self.etcd else {
+            return Ok(());
+        };
+        let i = usize::from(n.max(1) - 1);
+        if i >= usize::from(e.members) || self.members.get(i).is_some_and(Option::is_some) {
+            return Ok(());
+        }
+        let addr = |m: u16, port: u16| -> std::net::SocketAddr {
+            std::net::SocketAddr::new(
+                format!("{}.{m}", self.subnet)
+                    .parse()
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+                port,
+            )
+        };
+        let all: Vec<MemberAddrs> = (1..=e.members)
+            .map(|m| MemberAddrs {
+                name: format!("n{m}"),
+                client: addr(m, 2379),
+                peer: addr(m, 2380),
+            })
+            .collect();
+        let ns = self.node(n).ns.clone();
+        let m = LocalMember::start(
+            &self.work.join("etcd"),
+            &all[i],
+            &all,
+            Duration::from_millis(100),
+            |cmd| {
+                enter_netns(cmd, &ns);
+                dvs_instance::die_with_parent(cmd);
+            },
+        )
+        .map_err(|e| FixtureError::Io {
+            what: format!("restarting etcd member n{n}"),
+            source: std::io::Error::other(e),
+        })?;
+        m.wait_listening(self.accel.timeout(ready))
+            .map_err(|e| FixtureError::Io {
+                what: format!("etcd member n{n} did not come back"),
+                source: std::io::Error::other(e),
+            })?;
+        if let Some(slot) = self.members.get_mut(i) {
+            *slot = Some(m);
         }
         Ok(())
     }
@@ -726,9 +813,10 @@ impl Drop for Cluster {
                 d.stop(grace);
             }
         }
-        // Machines die with their daemon (PR_SET_PDEATHSIG); count strays.
-        left += processes_mentioning(&format!("{}/", self.work.display())).len();
+        // Machines die with their daemon (PR_SET_PDEATHSIG); count strays (etcd members, which name the work
+        // directory too, go first).
         self.members.clear();
+        left += processes_mentioning(&format!("{}/", self.work.display())).len();
         self.namespaces.clear();
         self.bridge = None;
         if self.keep {

@@ -1,5 +1,6 @@
 //! The control plane on etcd, in the cluster fixture: three nodes as network namespaces, each with an etcd
-//! member (a three-member etcd), their daemons on it with 2 s leases, real VOS VMs. The checks change the
+//! member (a three-member etcd), their daemons on it with 3 s leases, mutual TLS on their peer links, real
+//! VOS VMs. The checks change the
 //! cluster while calls run and look at what callers see and what etcd says: a DC created and deleted live, a
 //! fourth node joining under traffic, a node killed in the middle of calls (its callers get NodeUnreachable
 //! within about a TTL, its instance runs again on a survivor, and a caller afterwards loses nothing), an etcd
@@ -23,9 +24,9 @@ use dvs_test_support::wait::{eventually, Deadline};
 use dvs_vos_abi::Report;
 use m3ipc_core::ErrorCode;
 
-const CHECKS: usize = 7;
-/// The nodes' lease TTL.
-const TTL_S: u64 = 2;
+const CHECKS: usize = 9;
+/// The nodes' lease TTL (the default: it rides through an etcd leader election, about 1 s here).
+const TTL_S: u64 = 3;
 
 fn root_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -167,6 +168,7 @@ fn main() -> ExitCode {
         members: 3,
         lease_ttl_s: TTL_S,
     });
+    cfg.peer_tls = true;
     let Some(mut cluster) = r.step("three nodes on a three-member etcd", || {
         Cluster::up(cfg, secs(40)).map_err(|e| e.to_string())
     }) else {
@@ -206,6 +208,34 @@ fn checks(r: &mut Runner, t: &mut T<'_>, img: &str) {
             })?;
         }
         Ok(())
+    });
+
+    r.check("1b_peer_links_are_mutual_tls_and_a_plain_peer_is_refused", || {
+        use std::io::{Read, Write};
+        let before = t.c.api(1).counters()?.links.tls_refused;
+        let addr = std::net::SocketAddr::new(t.c.node_ip(1), 7071);
+        let mut s = std::net::TcpStream::connect_timeout(&addr, secs(2))
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        s.set_read_timeout(Some(secs(5))).map_err(|e| e.to_string())?;
+        // What a peer without TLS would send first: its Hello, in the clear.
+        let _ = s.write_all(b"DVS1 hello from node 2\n");
+        let mut buf = [0u8; 64];
+        let answered = matches!(s.read(&mut buf), Ok(n) if n > 0);
+        drop(s);
+        eventually(t.d(5), "node 1 to count the refused link", || {
+            let now = t.c.api(1).counters()?.links.tls_refused;
+            if now > before {
+                Ok(())
+            } else {
+                Err(format!("tls_refused {now} (was {before}); the plain client got an answer: {answered}"))
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        // And the real links are up, over TLS.
+        let st = t.c.api(1).status()?;
+        expect(st.peers.get(&2) == Some(&true) && st.peers.get(&3) == Some(&true), || {
+            format!("node 1's peers: {:?}", st.peers)
+        })
     });
 
     r.check(
@@ -439,4 +469,205 @@ fn checks(r: &mut Runner, t: &mut T<'_>, img: &str) {
             Ok(())
         },
     );
+
+    r.check("8_randomized_schedule_keeps_one_owner_and_one_copy", || {
+        schedule(t)
+    });
+}
+
+/// splitmix64: a small seeded generator, so that a schedule can be run again from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// The echo servers of the schedule: (name, endpoint).
+const ECHOES: [(&str, u32); 3] = [("s-echo-0", 80), ("s-echo-1", 81), ("s-echo-2", 82)];
+/// The schedule's DC.
+const SDC: u16 = 5;
+
+/// A seeded schedule (`DVS_SCHEDULE_SEED`, `DVS_SCHEDULE_STEPS`; printed, so that a failure can be run again)
+/// of migrations, node kills and restarts, and partitions of node 4, over three `always` echo servers in a DC
+/// on all four nodes. After each step, once it settles: every echo endpoint has exactly one owner in etcd, a
+/// live node, which runs the echo, and no other live node runs a copy. Every few steps and at the end, a
+/// caller's sendrecs to each endpoint are all answered (none lost; the client checks each reply's content).
+fn schedule(t: &mut T<'_>) -> Result<(), String> {
+    let seed = std::env::var("DVS_SCHEDULE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261204u64);
+    let steps: usize = std::env::var("DVS_SCHEDULE_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    println!("    schedule: seed {seed}, {steps} steps (DVS_SCHEDULE_SEED / DVS_SCHEDULE_STEPS)");
+    let mut rng = Rng(seed);
+    // Every node up, every etcd member up, a DC on all four.
+    t.c.restart_etcd(2, secs(20)).map_err(|e| e.to_string())?;
+    t.c.restart_node(3, secs(30)).map_err(|e| e.to_string())?;
+    for n in 1..=4 {
+        for m in (n + 1)..=4 {
+            t.c.wait_peer(n, m, true, t.d(20))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    t.c.cli_ok(
+        1,
+        &["dc", "create", "chaos", "--id", "5", "--nodes", "1,2,3,4"],
+    )?;
+    for (i, (name, ep)) in ECHOES.iter().enumerate() {
+        let on = 1 + (i as u16 % 4);
+        t.run(on, always(vos(name, SDC, &[*ep], &["echo"], None, &[])))?;
+        t.ready(on, name)?;
+    }
+    let mut down: Option<u16> = None;
+    let mut log = Vec::new();
+    let (mut migrations, mut refused) = (0u32, 0u32);
+    for step in 0..steps {
+        let roll = rng.below(10);
+        let what = if let (Some(n), true) = (down, roll >= 6) {
+            t.c.restart_node(n, secs(30))
+                .map_err(|e| format!("step {step}: {e}"))?;
+            down = None;
+            links_up(t, n).map_err(|e| format!("step {step}: {e}"))?;
+            format!("restart node {n}")
+        } else if down.is_none() && roll >= 8 {
+            let n = 2 + rng.below(3) as u16;
+            t.c.kill_node(n);
+            down = Some(n);
+            format!("kill node {n}")
+        } else if down.is_none() && roll == 7 {
+            // Node 4 holds no etcd member: cutting it off leaves etcd its quorum.
+            t.c.set_link(4, false).map_err(|e| e.to_string())?;
+            eventually(t.d(20), "node 4's daemon to stop", || {
+                t.c.daemon_exited(4)
+                    .map(|_| ())
+                    .ok_or_else(|| "running".to_string())
+            })
+            .map_err(|e| format!("step {step}: {e}"))?;
+            t.c.set_link(4, true).map_err(|e| e.to_string())?;
+            t.c.restart_node(4, secs(30))
+                .map_err(|e| format!("step {step}: {e}"))?;
+            links_up(t, 4).map_err(|e| format!("step {step}: {e}"))?;
+            "partition node 4, heal, restart it".to_string()
+        } else {
+            let (name, ep) = ECHOES[rng.below(ECHOES.len())];
+            let from = owner(t, ep)?;
+            let live: Vec<u16> = (1..=4).filter(|n| Some(*n) != down && *n != from).collect();
+            let to = live[rng.below(live.len())];
+            // A move may be refused (the destination just came back and is not reachable from the source
+            // yet): the instance then stays where it was, which the check after the step holds it to.
+            migrations += 1;
+            match t.c.api(from).migrate(name, to) {
+                Ok(_) => format!("migrate {name} {from} -> {to}"),
+                Err(e) => {
+                    refused += 1;
+                    format!("migrate {name} {from} -> {to} refused ({e})")
+                }
+            }
+        };
+        log.push(format!("{step}: {what}"));
+        settle(t, down).map_err(|e| {
+            format!(
+                "after step {step} ({what}): {e}\nschedule so far:\n{}",
+                log.join("\n")
+            )
+        })?;
+        if step % 8 == 7 || step + 1 == steps {
+            call_all(t, down, step).map_err(|e| {
+                format!(
+                    "after step {step} ({what}): {e}\nschedule so far:\n{}",
+                    log.join("\n")
+                )
+            })?;
+        }
+    }
+    println!(
+        "    schedule done ({migrations} migrations, {refused} refused): {}",
+        log.join("; ")
+    );
+    expect(refused * 4 <= migrations, || {
+        format!("{refused} of {migrations} migrations were refused")
+    })
+}
+
+/// Waits until every other node's peer link to node `n` (just restarted) is up again.
+fn links_up(t: &T<'_>, n: u16) -> Result<(), String> {
+    for m in (1..=4).filter(|m| *m != n) {
+        t.c.wait_peer(m, n, true, t.d(20))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The node etcd says owns echo endpoint `ep` (one owner, or an error).
+fn owner(t: &T<'_>, ep: u32) -> Result<u16, String> {
+    let owners: Vec<u16> =
+        t.c.api(1)
+            .control()?
+            .owners
+            .iter()
+            .filter(|o| o.dc == SDC && o.ep == ep)
+            .map(|o| o.node)
+            .collect();
+    match owners.as_slice() {
+        [n] => Ok(*n),
+        other => Err(format!("endpoint {ep} has owners {other:?}")),
+    }
+}
+
+/// Waits until every echo endpoint has one owner, a live node running that echo, and no live copy elsewhere.
+fn settle(t: &T<'_>, down: Option<u16>) -> Result<(), String> {
+    eventually(t.d(30), "one owner and one live copy of every echo", || {
+        let live: Vec<u16> = (1..=4).filter(|n| Some(*n) != down).collect();
+        let mut copies: Vec<(String, u16)> = Vec::new();
+        for &n in &live {
+            for i in t.c.api(n).instances()? {
+                if ECHOES.iter().any(|(e, _)| *e == i.spec.name)
+                    && matches!(i.state, State::Running | State::Starting)
+                {
+                    copies.push((i.spec.name.clone(), n));
+                }
+            }
+        }
+        for (name, ep) in ECHOES {
+            let on = owner(t, ep)?;
+            let here: Vec<u16> = copies
+                .iter()
+                .filter(|(c, _)| c == name)
+                .map(|(_, n)| *n)
+                .collect();
+            if here != [on] || !live.contains(&on) {
+                return Err(format!(
+                    "{name}: owner node {on}, live copies on {here:?} (down: {down:?})"
+                ));
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// A caller on a live node for each echo endpoint: 200 sendrecs, all answered.
+fn call_all(t: &T<'_>, down: Option<u16>, step: usize) -> Result<(), String> {
+    let from = if down == Some(1) { 2 } else { 1 };
+    for (i, (name, ep)) in ECHOES.iter().enumerate() {
+        let caller = format!("s-call-{step}-{i}");
+        t.run(from, client(&caller, SDC, 90 + i as u32, *ep, 200, &[]))?;
+        let v = t.wait(from, &caller, "its bench to end", 60, bench_done)?;
+        all_answered(&v, 200).map_err(|e| format!("calling {name}: {e}"))?;
+        t.c.api(from).stop(&caller)?;
+    }
+    Ok(())
 }

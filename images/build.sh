@@ -22,7 +22,7 @@ cat > "$out/vos.manifest.json.tmp" <<JSON
   "boot": "pvh",
   "machines": ["microvm", "q35"],
   "default_memory_mib": 8,
-  "services": ["http", "echo", "udp-echo", "ipc-bench", "disk", "fs"],
+  "services": ["http", "echo", "udp-echo", "ipc-bench", "disk", "fs", "net-probe"],
   "boot_config": "one kernel word dvs.cfg=<hex of a postcard dvs_vos_abi::BootConfig>, built by the node daemon"
 }
 JSON

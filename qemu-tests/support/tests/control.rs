@@ -24,7 +24,7 @@ use dvs_test_support::wait::{eventually, Deadline};
 use dvs_vos_abi::Report;
 use m3ipc_core::ErrorCode;
 
-const CHECKS: usize = 9;
+const CHECKS: usize = 10;
 /// The nodes' lease TTL (the default: it rides through an etcd leader election, about 1 s here).
 const TTL_S: u64 = 3;
 
@@ -237,6 +237,70 @@ fn checks(r: &mut Runner, t: &mut T<'_>, img: &str) {
             format!("node 1's peers: {:?}", st.peers)
         })
     });
+
+    r.check(
+        "1c_a_guest_reaches_its_dc_lan_and_nothing_of_its_host",
+        || {
+            let mut web = vos("probe-web", 1, &[], &["http"], None, &[]);
+            web.ip = Some("10.1.0.2/24".into());
+            t.run(2, web)?;
+            t.ready(2, "probe-web")?;
+            let (ip1, ip2) = (t.c.node_ip(1), t.c.node_ip(2));
+            // The first target is the positive control: a web server on the DC's LAN. The rest are the host's:
+            // the node APIs, etcd, the host's loopback, QEMU user networking's host alias, a LAN gateway.
+            let targets = [
+                "10.1.0.2:80".to_string(),
+                format!("{ip1}:7070"),
+                format!("{ip2}:7070"),
+                format!("{ip1}:2379"),
+                "127.0.0.1:7070".into(),
+                "10.0.2.2:7070".into(),
+                "10.1.0.1:7070".into(),
+            ];
+            let args: Vec<String> = targets.iter().map(|t| format!("probe={t}")).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut probe = vos("prober", 1, &[], &["net-probe"], None, &args);
+            probe.ip = Some("10.1.0.3/24".into());
+            t.run(1, probe)?;
+            let v = t.wait(1, "prober", "a report per target", 60, |v| {
+                reports(v)
+                    .iter()
+                    .filter(|r| matches!(r, Report::Probe { .. }))
+                    .count()
+                    >= targets.len()
+                    || v.guest.fatal.is_some()
+            })?;
+            let seen: Vec<(String, bool, String)> = reports(&v)
+                .iter()
+                .filter_map(|r| match r {
+                    Report::Probe {
+                        target,
+                        port,
+                        reached,
+                        detail,
+                    } => Some((
+                        format!(
+                            "{}.{}.{}.{}:{port}",
+                            target[0], target[1], target[2], target[3]
+                        ),
+                        *reached,
+                        detail.clone(),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            for (i, want) in targets.iter().enumerate() {
+                let got = seen.iter().find(|(t, ..)| t == want);
+                let should = i == 0;
+                expect(got.is_some_and(|(_, r, _)| *r == should), || {
+                    format!("{want}: expected reached={should}, got {got:?} (all: {seen:?})")
+                })?;
+            }
+            println!("    probes: {seen:?}");
+            t.c.api(1).stop("prober")?;
+            t.c.api(2).stop("probe-web")
+        },
+    );
 
     r.check(
         "2_dc_created_live_carries_calls_and_is_deleted_live",

@@ -34,17 +34,21 @@ pub enum Service {
     Disk,
     /// File server on `storage.fs`, storing its blocks on the disk server at `storage.disk`.
     Fs,
+    /// Tries a TCP connection to each `probe=` target and reports whether it was reached (a test's look
+    /// at what a guest can reach; it serves nothing).
+    NetProbe,
 }
 
 impl Service {
     /// Every service.
-    pub const ALL: [Service; 6] = [
+    pub const ALL: [Service; 7] = [
         Service::Http,
         Service::Echo,
         Service::IpcBench,
         Service::UdpEcho,
         Service::Disk,
         Service::Fs,
+        Service::NetProbe,
     ];
 
     /// The name users write (`http`, `echo`, `ipc-bench`, `udp-echo`).
@@ -56,6 +60,7 @@ impl Service {
             Service::UdpEcho => "udp-echo",
             Service::Disk => "disk",
             Service::Fs => "fs",
+            Service::NetProbe => "net-probe",
         }
     }
 
@@ -69,7 +74,7 @@ impl Service {
 
     /// True for services that speak IP (and so need an address).
     pub const fn needs_ip(self) -> bool {
-        matches!(self, Service::Http | Service::UdpEcho)
+        matches!(self, Service::Http | Service::UdpEcho | Service::NetProbe)
     }
 
     /// True for services that speak M3-IPC (and so need endpoints).
@@ -218,7 +223,21 @@ pub struct BootConfig {
     /// on a 2-core host the longer poll was bimodal guest to guest (0.75x or 2.5x the median),
     /// as two polling vCPUs starve the QEMU threads that carry their frames.
     pub call_spin_us: u32,
+    /// What service net-probe tries to reach (`probe=A.B.C.D:PORT`, repeatable, at most [`MAX_PROBES`]).
+    pub probes: Vec<ProbeTarget>,
 }
+
+/// A TCP address service net-probe tries to connect to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeTarget {
+    /// IPv4 address.
+    pub addr: [u8; 4],
+    /// TCP port.
+    pub port: u16,
+}
+
+/// Most `probe=` targets one configuration may hold.
+pub const MAX_PROBES: usize = 16;
 
 /// Smallest fabric MTU (plain Ethernet).
 pub const MIN_MTU: u32 = 1500;
@@ -292,6 +311,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     (
         "http_body_ms",
         "ms a request body may make no progress (then 408)",
+    ),
+    (
+        "probe",
+        "A.B.C.D:PORT service net-probe tries to reach (repeatable)",
     ),
 ];
 
@@ -409,6 +432,7 @@ impl BootConfig {
             http: HttpConfig::default(),
             mtu: MIN_MTU,
             call_spin_us: 0,
+            probes: Vec::new(),
         }
     }
 
@@ -446,6 +470,20 @@ impl BootConfig {
             "http_idle_ms" => self.http.idle_ms = num("http_idle_ms", v)?,
             "http_head_ms" => self.http.head_ms = num("http_head_ms", v)?,
             "http_body_ms" => self.http.body_ms = num("http_body_ms", v)?,
+            "probe" => {
+                let bad = |why| ConfigError::BadValue {
+                    key: "probe",
+                    value: v.into(),
+                    why,
+                };
+                let (addr, port) = v.rsplit_once(':').ok_or(bad("not A.B.C.D:PORT"))?;
+                let addr = parse_ipv4(addr).ok_or(bad("not an IPv4 address"))?;
+                let port = port.parse::<u16>().map_err(|_| bad("not a port number"))?;
+                if self.probes.len() >= MAX_PROBES {
+                    return Err(bad("more than 16 probe= targets"));
+                }
+                self.probes.push(ProbeTarget { addr, port });
+            }
             _ => return Err(ConfigError::UnknownKey(k.into())),
         }
         Ok(())
@@ -469,6 +507,11 @@ impl BootConfig {
         if self.services.iter().any(|s| s.needs_endpoint()) && self.endpoints.is_empty() {
             return Err(ConfigError::Inconsistent(
                 "services echo and ipc-bench need at least one endpoint",
+            ));
+        }
+        if self.services.contains(&Service::NetProbe) && self.probes.is_empty() {
+            return Err(ConfigError::Inconsistent(
+                "service net-probe needs probe=A.B.C.D:PORT (one or more)",
             ));
         }
         if self.services.contains(&Service::IpcBench) && self.bench.peer.is_none() {
@@ -650,6 +693,47 @@ mod tests {
     use super::*;
     use alloc::string::ToString;
     use alloc::vec;
+
+    #[test]
+    fn probe_targets_are_typed_and_bounded() {
+        let mut c = BootConfig::new(1, 1);
+        c.services = vec![Service::NetProbe];
+        c.fabric = Some(IpConfig {
+            cidr: Cidr {
+                addr: [10, 1, 0, 3],
+                prefix: 24,
+            },
+            gateway: None,
+        });
+        assert!(matches!(c.validate(), Err(ConfigError::Inconsistent(_))));
+        c.apply("probe=10.1.0.2:80").unwrap();
+        assert_eq!(
+            c.probes,
+            vec![ProbeTarget {
+                addr: [10, 1, 0, 2],
+                port: 80
+            }]
+        );
+        c.validate().unwrap();
+        for bad in [
+            "probe=10.1.0.2",
+            "probe=10.1.0:80",
+            "probe=10.1.0.2:70000",
+            "probe=x:1",
+        ] {
+            assert!(
+                matches!(
+                    c.apply(bad),
+                    Err(ConfigError::BadValue { key: "probe", .. })
+                ),
+                "{bad}"
+            );
+        }
+        for _ in 1..MAX_PROBES {
+            c.apply("probe=1.2.3.4:5").unwrap();
+        }
+        assert!(c.apply("probe=1.2.3.4:5").is_err(), "past MAX_PROBES");
+    }
 
     fn web() -> BootConfig {
         let mut c = BootConfig::new(3, 42);

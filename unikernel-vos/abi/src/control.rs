@@ -262,6 +262,17 @@ pub enum Report {
         /// 99th percentile lateness.
         p99_ns: u64,
     },
+    /// Service net-probe's attempt at one target: whether a TCP connection to it was made.
+    Probe {
+        /// The IPv4 address tried.
+        target: [u8; 4],
+        /// The TCP port tried.
+        port: u16,
+        /// True when the connection was made.
+        reached: bool,
+        /// How it ended (`connected`, `refused`, `timed out`, `no route`, ...).
+        detail: String,
+    },
 }
 
 /// Why bytes from the control channel did not make a record.

@@ -8,6 +8,7 @@ pub mod echo;
 pub mod fs;
 pub mod http;
 pub mod ipc_bench;
+pub mod net_probe;
 pub mod udp_echo;
 
 use crate::arch::{self, ExitCode};
@@ -75,7 +76,9 @@ pub fn start(k: &mut Kernel, cfg: &BootConfig) {
         k.spawn(Service::Fs, Some(ep), task);
     }
     let nics = k.net.borrow().ports.len();
-    if (cfg.runs(Service::Http) || cfg.runs(Service::UdpEcho)) && nics == 0 {
+    if (cfg.runs(Service::Http) || cfg.runs(Service::UdpEcho) || cfg.runs(Service::NetProbe))
+        && nics == 0
+    {
         arch::fatal(
             ExitCode::Fault,
             format_args!(
@@ -111,6 +114,10 @@ pub fn start(k: &mut Kernel, cfg: &BootConfig) {
     if cfg.runs(Service::UdpEcho) {
         let task = udp_echo::serve(k.net.clone(), ip_nic);
         k.spawn(Service::UdpEcho, None, task);
+    }
+    if cfg.runs(Service::NetProbe) {
+        let task = net_probe::run(k.net.clone(), cfg.probes.clone());
+        k.spawn(Service::NetProbe, None, task);
     }
     if let (Some(client), Some(peer)) = (roles.client, cfg.bench.peer) {
         let task = ipc_bench::run(k.ipc.clone(), Endpoint(client), Endpoint(peer), cfg.bench);

@@ -612,33 +612,44 @@ async fn raw_tls_with(
     head: &str,
     body: &[u8],
 ) -> (u16, String) {
+    let head = format!("content-type: application/json\r\n{head}");
+    match raw_request(api, tls, method, path, &head, body).await {
+        Some((status, _, body)) => (status, body),
+        None => (0, String::new()),
+    }
+}
+
+/// One request over TLS configured by `tls`, sent as it is (`head`: header lines, each ending in CRLF, after
+/// host and connection; then `body`): the status, the header block (lower-cased) and the body; None when
+/// the node refused the connection.
+async fn raw_request(
+    api: &str,
+    tls: rustls::ClientConfig,
+    method: &str,
+    path: &str,
+    head: &str,
+    body: &[u8],
+) -> Option<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(api).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let Ok(mut s) = tls.connect(name, tcp).await else {
-        return (0, String::new());
-    };
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n{head}\r\n"
-    );
+    let mut s = tls.connect(name, tcp).await.ok()?;
+    let req = format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{head}\r\n");
     if s.write_all(req.as_bytes()).await.is_err() || s.write_all(body).await.is_err() {
-        return (0, String::new());
+        return None;
     }
     let mut answer = Vec::new();
     // A TLS peer that closes without close_notify is an error here; what came before it counts.
     let _ = s.read_to_end(&mut answer).await;
-    let answer = String::from_utf8_lossy(&answer);
-    let status = answer
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (headers, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = headers
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    Some((status, headers.to_ascii_lowercase(), body.to_string()))
 }
 
 /// TLS that trusts the node of `creds` but presents no client certificate.
@@ -1899,8 +1910,7 @@ async fn control_plane_on_etcd_changes_the_cluster_live() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// One raw HTTP/1.1 request over `tls` (`head`: header lines, each ending in CRLF; a `content-length` is
-/// added for `body`): the status, the header block and the body.
+/// One raw HTTP/1.1 request over `tls` with a content-length for `body`: status, headers, body.
 async fn raw_answer(
     api: &str,
     tls: rustls::ClientConfig,
@@ -1909,26 +1919,10 @@ async fn raw_answer(
     head: &str,
     body: &str,
 ) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(api).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut s = tls.connect(name, tcp).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{head}\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer).await;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let (headers, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = headers
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, headers.to_ascii_lowercase(), body.to_string())
+    let head = format!("content-length: {}\r\n{head}", body.len());
+    raw_request(api, tls, method, path, &head, body.as_bytes())
+        .await
+        .expect("the node took the connection")
 }
 
 /// The value of `name="csrf" value="..."` on a console page.

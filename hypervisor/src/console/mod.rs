@@ -518,6 +518,23 @@ fn back(next: Option<&str>) -> Redirect {
     }
 }
 
+/// Runs an action for an admin session whose form carried its token (see [`Viewer::may_change`]), keeps
+/// how it went for the next page, and sends the browser there.
+async fn act(
+    s: &Api,
+    v: &Viewer,
+    headers: &HeaderMap,
+    csrf: &str,
+    next: Option<&str>,
+    work: impl std::future::Future<Output = anyhow::Result<Vec<String>>>,
+) -> Response {
+    if let Err(r) = v.may_change(csrf, headers) {
+        return r.into_response();
+    }
+    outcome(s, v, work.await);
+    back(next).into_response()
+}
+
 fn outcome(s: &Api, v: &Viewer, r: anyhow::Result<Vec<String>>) {
     let flash = match r {
         Ok(lines) => Flash { ok: true, lines },
@@ -527,6 +544,14 @@ fn outcome(s: &Api, v: &Viewer, r: anyhow::Result<Vec<String>>) {
         },
     };
     s.console.sessions.set_flash(&v.id, flash);
+}
+
+/// The instance called `name` and a client of its node, for an action.
+async fn located(s: &Api, name: &str) -> anyhow::Result<(InstanceView, NodeClient)> {
+    let (inst, c) = find(s, name)
+        .await
+        .map_err(|_| anyhow::anyhow!("no instance '{name}'"))?;
+    Ok((inst, need_client(c)?))
 }
 
 fn need_client(c: Option<NodeClient>) -> anyhow::Result<NodeClient> {
@@ -551,23 +576,16 @@ async fn stop(
     Path(name): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    if let Err(r) = v.may_change(&f.csrf, &headers) {
-        return r.into_response();
-    }
-    let r = async {
-        let (inst, c) = find(&s, &name)
-            .await
-            .map_err(|_| anyhow::anyhow!("no instance '{name}'"))?;
-        need_client(c)?.stop(&inst.spec.name).await?;
+    let work = async {
+        let (inst, c) = located(&s, &name).await?;
+        c.stop(&inst.spec.name).await?;
         Ok(vec![format!(
             "stopped {} (node {})",
             inst.spec.name, inst.node
         )])
-    }
-    .await;
-    outcome(&s, &v, r);
+    };
     // The instance page of a stopped instance is gone: back to the overview.
-    back(None).into_response()
+    act(&s, &v, &headers, &f.csrf, None, work).await
 }
 
 async fn restart(
@@ -577,14 +595,8 @@ async fn restart(
     Path(name): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    if let Err(r) = v.may_change(&f.csrf, &headers) {
-        return r.into_response();
-    }
-    let r = async {
-        let (inst, c) = find(&s, &name)
-            .await
-            .map_err(|_| anyhow::anyhow!("no instance '{name}'"))?;
-        let c = need_client(c)?;
+    let work = async {
+        let (inst, c) = located(&s, &name).await?;
         c.stop(&inst.spec.name).await?;
         let started = c
             .run(&RunRequest {
@@ -596,10 +608,8 @@ async fn restart(
             "restarted {} on node {} (boot {})",
             started.spec.name, started.node, started.boots
         )])
-    }
-    .await;
-    outcome(&s, &v, r);
-    back(f.next.as_deref()).into_response()
+    };
+    act(&s, &v, &headers, &f.csrf, f.next.as_deref(), work).await
 }
 
 #[derive(Deserialize)]
@@ -616,25 +626,18 @@ async fn migrate(
     Path(name): Path<String>,
     Form(f): Form<MigrateForm>,
 ) -> Response {
-    if let Err(r) = v.may_change(&f.csrf, &headers) {
-        return r.into_response();
-    }
-    let r = async {
-        let (inst, c) = find(&s, &name)
-            .await
-            .map_err(|_| anyhow::anyhow!("no instance '{name}'"))?;
+    let work = async {
+        let (inst, c) = located(&s, &name).await?;
         if inst.node == f.to {
             anyhow::bail!("{} runs on node {} already", inst.spec.name, f.to);
         }
-        let moved = need_client(c)?.migrate(&inst.spec.name, f.to).await?;
+        let moved = c.migrate(&inst.spec.name, f.to).await?;
         Ok(vec![format!(
             "migrated {} from node {} to node {}",
             inst.spec.name, inst.node, moved.to
         )])
-    }
-    .await;
-    outcome(&s, &v, r);
-    back(f.next.as_deref()).into_response()
+    };
+    act(&s, &v, &headers, &f.csrf, f.next.as_deref(), work).await
 }
 
 #[derive(Deserialize)]
@@ -655,10 +658,7 @@ fn words(s: &str) -> impl Iterator<Item = &str> {
 }
 
 async fn run(State(s): S, v: Viewer, headers: HeaderMap, Form(f): Form<RunForm>) -> Response {
-    if let Err(r) = v.may_change(&f.csrf, &headers) {
-        return r.into_response();
-    }
-    let r = async {
+    let work = async {
         let mut spec = InstanceSpec::new(f.name.trim(), f.image.trim(), f.dc);
         spec.endpoints = words(&f.endpoints)
             .map(|w| {
@@ -695,10 +695,8 @@ async fn run(State(s): S, v: Viewer, headers: HeaderMap, Form(f): Form<RunForm>)
             "started {} on node {} in DC {} (endpoints {:?})",
             started.spec.name, started.node, started.spec.dc, started.spec.endpoints
         )])
-    }
-    .await;
-    outcome(&s, &v, r);
-    back(None).into_response()
+    };
+    act(&s, &v, &headers, &f.csrf, None, work).await
 }
 
 #[derive(Deserialize)]
@@ -709,10 +707,7 @@ struct ApplyForm {
 }
 
 async fn apply(State(s): S, v: Viewer, headers: HeaderMap, Form(f): Form<ApplyForm>) -> Response {
-    if let Err(r) = v.may_change(&f.csrf, &headers) {
-        return r.into_response();
-    }
-    let r = async {
+    let work = async {
         let m = crate::manifest::DcManifest::parse(&f.manifest, std::path::Path::new("manifest"))?;
         if !m.images.is_empty() {
             anyhow::bail!(
@@ -720,7 +715,11 @@ async fn apply(State(s): S, v: Viewer, headers: HeaderMap, Form(f): Form<ApplyFo
                  [[image]] tables and name images as NAME or NAME:VERSION (push them with `dvs image push`)"
             );
         }
-        let nodes = clients(&s).ok_or_else(|| need_client(None).err().unwrap_or_else(|| anyhow::anyhow!("no credentials")))?;
+        let nodes = clients(&s).ok_or_else(|| {
+            need_client(None)
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("no credentials"))
+        })?;
         let g = gather(&s).await;
         let images = BTreeMap::new();
         let plan = crate::apply::Apply {
@@ -736,14 +735,15 @@ async fn apply(State(s): S, v: Viewer, headers: HeaderMap, Form(f): Form<ApplyFo
             &m,
             "the manifest",
             async |_: &NodeClient, img: &crate::manifest::LoadedImage, _: u16| {
-                anyhow::bail!("image {}: the console does not push images", img.manifest.name)
+                anyhow::bail!(
+                    "image {}: the console does not push images",
+                    img.manifest.name
+                )
             },
             &mut |l| lines.push(l),
         )
         .await?;
         Ok(lines)
-    }
-    .await;
-    outcome(&s, &v, r);
-    back(None).into_response()
+    };
+    act(&s, &v, &headers, &f.csrf, None, work).await
 }

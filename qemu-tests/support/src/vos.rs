@@ -4,6 +4,7 @@ use dvs_hypervisor::instances::{InstanceSpec, InstanceView, State};
 use dvs_vos_abi::Report;
 
 use crate::api::describe;
+use crate::cluster::Cluster;
 
 /// A VOS instance.
 pub fn vos(
@@ -93,4 +94,50 @@ pub fn all_answered(v: &InstanceView, n: u32) -> Result<(), String> {
             describe(v)
         )
     })
+}
+
+/// Waits (up to `kvm_s` seconds under KVM, scaled for the accelerator) until instance `name` on `node`
+/// satisfies `pred`; the error says what was awaited and the last view.
+pub fn wait_for(
+    c: &Cluster,
+    node: u16,
+    name: &str,
+    what: &str,
+    kvm_s: u64,
+    pred: impl FnMut(&InstanceView) -> bool,
+) -> Result<InstanceView, String> {
+    c.api(node)
+        .wait_view(
+            name,
+            what,
+            c.deadline(std::time::Duration::from_secs(kvm_s)),
+            pred,
+        )
+        .map_err(|e| e.to_string())
+}
+
+/// Waits until `name` on `node` runs (its Ready record arrived), failing if it ended instead.
+pub fn ready(c: &Cluster, node: u16, name: &str) -> Result<InstanceView, String> {
+    let v = wait_for(c, node, name, "state running (a Ready record)", 30, running)?;
+    expect(v.state == State::Running, || {
+        format!("{name} did not become ready: {}", describe(&v))
+    })?;
+    Ok(v)
+}
+
+/// The repository's root (for `images/vos.elf`).
+pub fn root_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The `dvs` binary: `$DVS_BIN`, else `dvs` in the target directory of the running test.
+pub fn dvs_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("DVS_BIN") {
+        return p.into();
+    }
+    // A test runs as target/<profile>/deps/<name>-<hash>; cargo puts dvs in target/<profile>/.
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("dvs")))
+        .unwrap_or_else(|| "dvs".into())
 }

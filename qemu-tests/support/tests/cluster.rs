@@ -24,7 +24,7 @@ use dvs_test_support::api::describe;
 use dvs_test_support::cluster::{is_root, Cluster, ClusterConfig};
 use dvs_test_support::runner::Runner;
 use dvs_test_support::vos::{
-    all_answered, bench_done, client, ended, expect, failure, reports, running, sendrecs_done, vos,
+    all_answered, bench_done, client, ended, expect, failure, reports, sendrecs_done, vos,
 };
 use dvs_test_support::wait::{eventually, Deadline};
 use dvs_vos_abi::control::BenchStep;
@@ -107,19 +107,12 @@ impl Ctx<'_> {
         kvm: u64,
         pred: impl FnMut(&InstanceView) -> bool,
     ) -> Result<InstanceView, String> {
-        self.c
-            .api(node)
-            .wait_view(name, what, self.d(kvm), pred)
-            .map_err(|e| e.to_string())
+        dvs_test_support::vos::wait_for(self.c, node, name, what, kvm, pred)
     }
 
     /// Waits until `name` runs (its Ready record arrived), failing if it ended instead.
     fn ready(&self, node: u16, name: &str) -> Result<InstanceView, String> {
-        let v = self.wait(node, name, "state running (a Ready record)", 30, running)?;
-        expect(v.state == State::Running, || {
-            format!("{name} did not become ready: {}", describe(&v))
-        })?;
-        Ok(v)
+        dvs_test_support::vos::ready(self.c, node, name)
     }
 
     fn bench(&self, node: u16, name: &str, kvm: u64) -> Result<InstanceView, String> {

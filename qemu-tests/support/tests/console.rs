@@ -18,25 +18,11 @@ use dvs_hypervisor::instances::State;
 use dvs_instance::spec::Accel;
 use dvs_test_support::cluster::{is_root, Cluster, ClusterConfig};
 use dvs_test_support::runner::Runner;
+use dvs_test_support::vos::{dvs_bin, root_dir};
 use dvs_test_support::wait::{eventually, Deadline};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 const CHECKS: usize = 9;
-
-fn root_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn dvs_bin() -> PathBuf {
-    std::env::var_os("DVS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_BIN_EXE_dvs-double"))
-                .parent()
-                .map(|d| d.join("dvs"))
-                .unwrap_or_else(|| PathBuf::from("dvs"))
-        })
-}
 
 /// A free TCP port on loopback (for ChromeDriver).
 fn free_port() -> Result<u16, String> {

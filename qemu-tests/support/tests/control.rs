@@ -10,7 +10,6 @@
 //! Part of `make cluster-test` (root, QEMU, `images/vos.elf`, Debian's etcd-server); without
 //! `DVS_CLUSTER_TEST=1` this target passes at once.
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,9 @@ use dvs_instance::spec::Accel;
 use dvs_test_support::api::describe;
 use dvs_test_support::cluster::{is_root, Cluster, ClusterConfig, EtcdDef};
 use dvs_test_support::runner::Runner;
-use dvs_test_support::vos::{all_answered, bench_done, client, expect, reports, running, vos};
+use dvs_test_support::vos::{
+    all_answered, bench_done, client, dvs_bin, expect, reports, root_dir, vos,
+};
 use dvs_test_support::wait::{eventually, Deadline};
 use dvs_vos_abi::Report;
 use m3ipc_core::ErrorCode;
@@ -27,21 +28,6 @@ use m3ipc_core::ErrorCode;
 const CHECKS: usize = 10;
 /// The nodes' lease TTL (the default: it rides through an etcd leader election, about 1 s here).
 const TTL_S: u64 = 3;
-
-fn root_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn dvs_bin() -> PathBuf {
-    std::env::var_os("DVS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_BIN_EXE_dvs-double"))
-                .parent()
-                .map(|d| d.join("dvs"))
-                .unwrap_or_else(|| PathBuf::from("dvs"))
-        })
-}
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -78,18 +64,11 @@ impl T<'_> {
         kvm: u64,
         pred: impl FnMut(&InstanceView) -> bool,
     ) -> Result<InstanceView, String> {
-        self.c
-            .api(node)
-            .wait_view(name, what, self.d(kvm), pred)
-            .map_err(|e| e.to_string())
+        dvs_test_support::vos::wait_for(self.c, node, name, what, kvm, pred)
     }
 
     fn ready(&self, node: u16, name: &str) -> Result<InstanceView, String> {
-        let v = self.wait(node, name, "state running", 30, running)?;
-        expect(v.state == State::Running, || {
-            format!("{name} did not become ready: {}", describe(&v))
-        })?;
-        Ok(v)
+        dvs_test_support::vos::ready(self.c, node, name)
     }
 
     /// Runs `spec` on `node`, retrying while the node does not know its DC yet (a DC made a moment ago
@@ -122,22 +101,12 @@ impl T<'_> {
     /// Waits until etcd (as node `from` reads it) has endpoint `ep` of `dc` owned by a node other than
     /// `not`; returns that node.
     fn owner_moves(&self, from: u16, dc: u16, ep: u32, not: u16, kvm: u64) -> Result<u16, String> {
-        let api = self.c.api(from);
         eventually(
             self.d(kvm),
             &format!("etcd to give endpoint {ep} of DC {dc} to a node other than {not}"),
-            || {
-                let owners: Vec<u16> = api
-                    .control()?
-                    .owners
-                    .iter()
-                    .filter(|o| o.dc == dc && o.ep == ep)
-                    .map(|o| o.node)
-                    .collect();
-                match owners.as_slice() {
-                    [n] if *n != not => Ok(*n),
-                    other => Err(format!("owners {other:?}")),
-                }
+            || match owners(self.c, from, dc, ep)?.as_slice() {
+                [n] if *n != not => Ok(*n),
+                other => Err(format!("owners {other:?}")),
             },
         )
         .map_err(|e| e.to_string())
@@ -675,20 +644,23 @@ fn links_up(t: &T<'_>, n: u16) -> Result<(), String> {
     Ok(())
 }
 
-/// The node etcd says owns echo endpoint `ep` (one owner, or an error).
+/// The node etcd says owns echo endpoint `ep` of the schedule's DC (one owner, or an error).
 fn owner(t: &T<'_>, ep: u32) -> Result<u16, String> {
-    let owners: Vec<u16> =
-        t.c.api(1)
-            .control()?
-            .owners
-            .iter()
-            .filter(|o| o.dc == SDC && o.ep == ep)
-            .map(|o| o.node)
-            .collect();
-    match owners.as_slice() {
+    match owners(t.c, 1, SDC, ep)?.as_slice() {
         [n] => Ok(*n),
         other => Err(format!("endpoint {ep} has owners {other:?}")),
     }
+}
+
+/// The nodes that own endpoint `ep` of `dc` in etcd, as node `from` reads it.
+fn owners(c: &Cluster, from: u16, dc: u16, ep: u32) -> Result<Vec<u16>, String> {
+    Ok(c.api(from)
+        .control()?
+        .owners
+        .iter()
+        .filter(|o| o.dc == dc && o.ep == ep)
+        .map(|o| o.node)
+        .collect())
 }
 
 /// Waits until every echo endpoint has one owner, a live node running that echo, and no live copy elsewhere.

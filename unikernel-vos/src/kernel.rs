@@ -255,7 +255,9 @@ impl Kernel {
             let counters = self.counters();
             if last_stats.as_ref() != Some(&counters) {
                 if now_us >= last_stats_at + self.stats_every_us {
-                    println!("{}", stats_line(&counters));
+                    // On the control channel only: as a console line it was ~500 serial bytes, each an
+                    // exit (tens of ms here), every second that traffic flowed. `dvs ps -o wide`, the
+                    // metrics and the instance view show these counters.
                     control::send(&ControlRecord::Counters(counters.clone()));
                     last_stats = Some(counters);
                     last_stats_at = now_us;
@@ -303,45 +305,6 @@ fn mac(m: &[u8; 6]) -> String {
     format!(
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         m[0], m[1], m[2], m[3], m[4], m[5]
-    )
-}
-
-/// The console form of the counters.
-fn stats_line(c: &Counters) -> String {
-    format!(
-        "dvs: stats echo_received={} echo_replied={} notify_received={} frames_in={} frames_out={} bad_frames={} wrong_dc={} spoofed={} not_here={} stale={} duplicates={} retransmits={} bad_ethernet={} http_requests={} http_bad={} http_timeouts={} http_evicted={} http_busy={} nic_rx={} nic_tx={} nic_rx_errors={} nic_tx_full={} nic_kicks={} tsc_khz={} clock_back={} loop_gap_max_us={} disk_reads={} disk_writes={} disk_flushes={} disk_errors={} fs_requests={} fs_errors={}",
-        c.echo_received,
-        c.echo_replied,
-        c.notify_received,
-        c.frames_in,
-        c.frames_out,
-        c.bad_frames,
-        c.wrong_dc,
-        c.spoofed,
-        c.not_here,
-        c.stale,
-        c.duplicates,
-        c.retransmits,
-        c.bad_ethernet,
-        c.http_requests,
-        c.http_bad,
-        c.http_timeouts,
-        c.http_evicted,
-        c.http_busy,
-        c.nic_rx,
-        c.nic_tx,
-        c.nic_rx_errors,
-        c.nic_tx_full,
-        c.nic_kicks,
-        c.tsc_khz,
-        c.clock_back,
-        c.loop_gap_max_us,
-        c.disk_reads,
-        c.disk_writes,
-        c.disk_flushes,
-        c.disk_errors,
-        c.fs_requests,
-        c.fs_errors
     )
 }
 

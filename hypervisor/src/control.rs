@@ -394,8 +394,6 @@ impl ControlPlane {
     /// surviving node of their DC — the one their name picks among the DC's live nodes, which takes the
     /// record over by compare-and-swap, so that one survivor runs each.
     pub fn rescue(self: &Arc<Self>, mgr: Arc<Manager>) -> tokio::task::JoinHandle<()> {
-        /// How often a dead node's records are looked at again while it stays dead.
-        const RESCUE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
         // Weak: the task must not keep the membership (and so the lease) alive after the daemon is gone.
         let weak = Arc::downgrade(self);
         let mut rx = self.watch.subscribe();
@@ -403,19 +401,14 @@ impl ControlPlane {
             loop {
                 let state = rx.borrow_and_update().clone();
                 let Some(cp) = weak.upgrade() else { return };
-                let mut any_dead = false;
                 for dead in state.nodes.keys().filter(|n| !state.alive.contains(n)) {
                     if *dead != cp.node {
-                        any_dead = true;
                         cp.rescue_from(&state, *dead, &mgr).await;
                     }
                 }
                 drop(cp);
-                // Woken by a change of members or DCs; while a node is dead, also every RESCUE_RETRY (a
-                // rescue that failed — etcd busy, a claim lost to a race — is tried again).
-                tokio::select! {
-                    r = rx.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep(RESCUE_RETRY), if any_dead => {}
+                if rx.changed().await.is_err() {
+                    return;
                 }
             }
         })

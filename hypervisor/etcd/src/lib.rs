@@ -154,11 +154,6 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    /// True when `other` holds the same nodes, live members and DCs (whatever the revision).
-    pub fn same_members_and_dcs(&self, other: &ClusterState) -> bool {
-        self.nodes == other.nodes && self.alive == other.alive && self.dcs == other.dcs
-    }
-
     /// The nodes and DCs as a cluster map (what the proxy routes by).
     pub fn map(&self) -> ClusterMap {
         ClusterMap {

@@ -10,8 +10,6 @@ use crate::{ClusterState, EtcdError, Store};
 /// The cluster's nodes, live members and DCs as etcd last said, kept current by a watch on the prefix (from
 /// the revision of the first read on, so that no change falls between the read and the watch). When the
 /// watch breaks (etcd restarted, the history compacted) it reads the whole state again and watches on.
-/// Subscribers are woken only when nodes, members or DCs change: endpoint claims and instance records (most
-/// of the traffic under the prefix) move the kept revision but wake nobody.
 #[derive(Debug)]
 pub struct ClusterWatch {
     rx: watch::Receiver<ClusterState>,
@@ -91,7 +89,7 @@ async fn follow(store: Store, tx: watch::Sender<ClusterState>) {
                         state.revision = state.revision.max(h.revision());
                     }
                     tx.send_if_modified(|s| {
-                        let changed = !s.same_members_and_dcs(&state);
+                        let changed = *s != state;
                         *s = state;
                         changed
                     });
@@ -104,7 +102,7 @@ async fn follow(store: Store, tx: watch::Sender<ClusterState>) {
         match store.state().await {
             Ok(s) => {
                 tx.send_if_modified(|old| {
-                    let changed = !old.same_members_and_dcs(&s);
+                    let changed = *old != s;
                     *old = s;
                     changed
                 });

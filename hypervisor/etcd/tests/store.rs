@@ -183,40 +183,6 @@ async fn dcs_are_created_and_deleted_live_and_watchers_see_it() {
     assert!(!a.state().await.unwrap().nodes.contains_key(&3));
 }
 
-/// Endpoint claims and instance records move the watch's revision but wake no subscriber; a DC does.
-#[tokio::test]
-async fn watchers_wake_for_members_and_dcs_not_for_claims() {
-    let dir = tempdir("wake");
-    let m = LocalMember::single(&dir).unwrap();
-    let s = store(&m).await;
-    s.join(&node(1)).await.unwrap();
-    let watch = s.watch().await.unwrap();
-    let mut rx = watch.subscribe();
-    rx.borrow_and_update();
-    let before = watch.current().revision;
-    let owner = EndpointOwner {
-        node: 1,
-        instance: "i1".into(),
-        gen: 1,
-    };
-    s.claim(1, 40, &owner, Expect::Absent).await.unwrap();
-    s.put_instance(1, "i1", b"{}").await.unwrap();
-    let moved = tokio::time::timeout(Duration::from_secs(5), async {
-        while watch.current().revision <= before + 1 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(moved.is_ok(), "the watch saw the claim and the record");
-    assert!(!rx.has_changed().unwrap(), "a claim woke a subscriber");
-    s.create_dc(&dc(5, "shop", &[1])).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), rx.changed())
-        .await
-        .expect("a DC wakes subscribers")
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
 #[tokio::test]
 async fn endpoint_ownership_changes_are_compare_and_swap() {
     let dir = tempdir("owners");

@@ -543,7 +543,7 @@ fn schedule(t: &mut T<'_>) -> Result<(), String> {
     let steps: usize = std::env::var("DVS_SCHEDULE_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
+        .unwrap_or(80);
     println!("    schedule: seed {seed}, {steps} steps (DVS_SCHEDULE_SEED / DVS_SCHEDULE_STEPS)");
     let mut rng = Rng(seed);
     // Every node up, every etcd member up, a DC on all four.
